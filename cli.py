@@ -1,0 +1,74 @@
+"""dawnpipe command line: thin click commands over the importable API.
+
+Each command parses options, builds a config, calls one API function and prints where the result went.
+Expected failures arrive as DawnpipeError and are printed as one line (exit 1), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from common.errors import DawnpipeError
+
+
+class _Group(click.Group):
+    """A click group that turns DawnpipeError into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DawnpipeError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def main() -> None:
+    """dawnpipe: train a fast CIFAR-10 ResNet-9, export it, evaluate it with and without TTA, count its cost."""
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="CIFAR-10: cifar-10-python.tar.gz, cifar-10-batches-py/, or an image folder "
+                   "(train/<class>/*, test/<class>/*) or its .tar/.tar.gz. Default: the official archive, "
+                   "downloaded to the cache folder ($DAWNPIPE_CACHE or ~/.cache/dawnpipe).")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Passes over the training set.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Images per step (global).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Peak learning rate of the one-cycle schedule (mean-loss units; Myrtle's value).")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Channel multiplier on 64/128/256/512 (0.125 trains a tiny model fast).")
+@click.option("--cutout", type=click.IntRange(min=0, max=32), default=0, show_default=True,
+              help="Side in pixels of a random zeroed square per training image; 0 turns cutout off.")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use only N training images (class-balanced).")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on only N test images (class-balanced).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, order and augmentation; repeats a run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA if present (fp16), else CPU (bf16 where the CPU has it, else fp32).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Parent folder of run folders.")
+@click.option("--name", default=None, help="Run folder name (default: time and seed).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Epochs between EMA test evaluations shown in the progress bar.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue an interrupted run folder from its checkpoint (other options come from the checkpoint).")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks.")
+def train(**opts) -> None:
+    """Train ResNet-9 with Myrtle.ai's 10-epoch recipe and write runs/<name>/checkpoint.pt + manifest.json."""
+    from train.api import train_command
+
+    result = train_command(**opts)
+    click.echo(f"checkpoint: {result.checkpoint}")
+    click.echo(f"manifest:   {result.run_dir / 'manifest.json'}")
+    if "ema_test_acc" in result.metrics:
+        m = result.metrics
+        click.echo(f"EMA test accuracy {m['ema_test_acc']:.4f} (flip TTA {m['ema_test_acc_flip']:.4f}) on "
+                   f"{m['test_images']} images; {m['train_seconds']:.1f} s training, "
+                   f"{m['train_images_per_s']:.0f} images/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces every stage shares: one-line errors, atomic files, run manifests, device choice."""

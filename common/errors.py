@@ -1,0 +1,14 @@
+"""The one error type users see.
+
+Every expected failure (bad path, corrupt file, wrong shape, missing GPU) raises ``DawnpipeError`` with a
+single line that names the problem and the fix. The CLI prints that line and exits 1; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class DawnpipeError(Exception):
+    """A user-facing failure: ``str(err)`` is one line saying what is wrong and how to fix it."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        message = problem if fix is None else f"{problem}; {fix}"
+        super().__init__(" ".join(message.split()))  # always a single line

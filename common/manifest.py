@@ -1,0 +1,89 @@
+"""The run folder's ``manifest.json``: what was run, on what, and every artifact with its lineage.
+
+Layout::
+
+    {"format": "dawnpipe-manifest", "version": 1,
+     "runs": {"train": {...config, versions, device, data...}, "export": {...}, ...},
+     "artifacts": {"checkpoint": {"path": "checkpoint.pt", "sha256": ..., "made_from": {...},
+                                  "input_contract": {...}, "metrics": {...}}, ...}}
+
+Deployment reads contracts from here (or from the artifact's own metadata), never from constants in code.
+Each stage merges its own section so later stages keep what earlier ones wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from common.errors import DawnpipeError
+from common.files import atomic_write_json, sha256_file
+
+MANIFEST_NAME = "manifest.json"
+_FORMAT = "dawnpipe-manifest"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the parts that decide whether an artifact can be reproduced or loaded."""
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version()}
+    for name in ("torch", "numpy", "onnx", "onnxruntime", "tensorrt", "click"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The manifest of ``run_dir``, or an empty one if there is none yet."""
+    path = Path(run_dir) / MANIFEST_NAME
+    if not path.exists():
+        return {"format": _FORMAT, "version": 1, "runs": {}, "artifacts": {}}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DawnpipeError(f"{path} is not valid JSON", "delete it and rerun the stage that writes it") from None
+    if data.get("format") != _FORMAT:
+        raise DawnpipeError(f"{path} is not a dawnpipe manifest", "point at a run folder made by dawnpipe")
+    return data
+
+
+def artifact_entry(run_dir: str | Path, path: str | Path, *, made_from: dict[str, Any] | None = None,
+                   input_contract: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Describe one file of the run: its path relative to the run folder, sha256 and lineage."""
+    path = Path(path)
+    try:
+        rel = str(path.resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        rel = str(path.resolve())
+    entry: dict[str, Any] = {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    entry["made_from"] = made_from or {}
+    entry["input_contract"] = input_contract or {}
+    entry["metrics"] = metrics or {}
+    entry.update(extra)
+    return entry
+
+
+def update_manifest(run_dir: str | Path, *, run: tuple[str, dict[str, Any]] | None = None,
+                    artifacts: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Merge one stage's run record and artifacts into the manifest, written atomically."""
+    data = read_manifest(run_dir)
+    if run is not None:
+        name, record = run
+        data["runs"][name] = {**record, "versions": versions()}
+    for name, entry in (artifacts or {}).items():
+        data["artifacts"][name] = entry
+    return atomic_write_json(Path(run_dir) / MANIFEST_NAME, data)
+
+
+def find_artifact(run_dir: str | Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
+    """The manifest entry whose file has this sha256, if the run knows it."""
+    for name, entry in read_manifest(run_dir).get("artifacts", {}).items():
+        if entry.get("sha256") == sha256:
+            return name, entry
+    return None

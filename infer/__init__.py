@@ -1,0 +1,1 @@
+"""Inference stage: TTA views, backends behind one interface, evaluation, selective TTA, deployment."""

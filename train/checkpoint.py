@@ -1,0 +1,74 @@
+"""The training checkpoint: raw and EMA weights, model config, input contract, classes, metrics, resume state.
+
+Saved with ``torch.save`` to a temporary name and renamed. Loaded with ``weights_only=True`` (plain containers
+and tensors only), and checked for its format tag and version so a foreign or truncated file gets a one-line
+error instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import DawnpipeError
+from common.files import atomic_write
+from train.model import ModelConfig, ResNet9
+
+FORMAT = "dawnpipe-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def input_contract(normalization: dict[str, list[float]]) -> dict[str, Any]:
+    """What a deployed model takes: uint8 NHWC RGB 32x32 pixels, normalised inside the model."""
+    return {"name": "images", "dtype": "uint8", "layout": "NHWC", "shape": [None, 32, 32, 3], "channels": "RGB",
+            "normalization": normalization, "output": {"name": "logits", "dtype": "float32", "shape": [None, 10]}}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file, with a clear error if it is missing."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.exists():
+        raise DawnpipeError(f"checkpoint {path} does not exist", "pass a run folder or checkpoint made by `cli.py train`")
+    return path
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write atomically; ``payload`` gets the format tag and version."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a dawnpipe checkpoint (tensors on CPU)."""
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and unpickler errors all mean the same thing to a user
+        raise DawnpipeError(f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated "
+                            "or not a PyTorch file", "retrain, or point at an intact checkpoint.pt") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DawnpipeError(f"{path} was not made by dawnpipe (no {FORMAT!r} tag)",
+                            "export checkpoints written by `cli.py train`")
+    if payload.get("version") != VERSION:
+        raise DawnpipeError(f"{path} is a version {payload.get('version')} checkpoint; this dawnpipe reads "
+                            f"version {VERSION}", "retrain with this version, or use the dawnpipe that made it")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], weights: str = "ema") -> ResNet9:
+    """An eval-mode ResNet-9 holding the ``ema`` or ``raw`` weights of a loaded checkpoint."""
+    if weights not in ("ema", "raw"):
+        raise DawnpipeError(f"unknown weights {weights!r}", "use --weights ema or raw")
+    model = ResNet9(ModelConfig(**payload["model_config"]))
+    state = payload["ema"] if weights == "ema" else payload["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise DawnpipeError(f"checkpoint weights do not fit its model config ({str(err).splitlines()[0]})",
+                            "the checkpoint is damaged; retrain") from None
+    return model.eval()

@@ -1,0 +1,67 @@
+"""The training recipe as one frozen dataclass; defaults are Myrtle.ai's 10-epoch "bag of tricks" run.
+
+Sources: D. Page, "How to Train Your ResNet" posts 1-8 (Myrtle.ai, 2018-2019), final recipe of post 8
+(94.1% with flip TTA in 26 s on a V100), as reproduced in T. Germer's cifar10-fast-simple.
+Learning rates are in mean-loss units (PyTorch SGD on a batch-mean loss): the post's ``lr/batch_size`` on a
+summed loss is the same update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from train.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Units in comments."""
+
+    # data
+    data: str | None = None  # path to CIFAR-10 in any supported form; None = official archive from the cache
+    train_limit: int | None = None  # images; use only the first N (class-balanced) training images
+    test_limit: int | None = None  # images; evaluate on the first N (class-balanced) test images
+    # schedule (post 8)
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 512  # images per step
+    lr_peak: float = 1.0  # mean-loss lr at the peak; post 8: PiecewiseLinear([0, e/5, e-2], [0, 1.0, 0.1])
+    lr_warmup_frac: float = 0.2  # fraction of training spent rising linearly from 0 to lr_peak (epochs/5)
+    lr_final: float = 0.1  # lr at the end of the decay, held to the end; post 8
+    lr_hold_frac: float = 0.2  # fraction of training held at lr_final (post 8: the last 2 of 10 epochs)
+    lr_scaling: str = "linear"  # "linear": lr x batch_size/lr_base_batch (Goyal et al. 2017); "none"
+    lr_base_batch: int = 512  # images; the batch the lr values above were tuned for (post 8)
+    bias_lr_scale: float = 64.0  # BN biases: lr x64 and weight decay /64 (post 8)
+    momentum: float = 0.9  # Nesterov momentum; post 8
+    weight_decay: float = 5e-4  # per mean-loss step; post 8's 5e-4*batch_size on a summed loss
+    label_smoothing: float = 0.2  # post 8
+    # augmentation (post 2: pad 4 + random crop + flip); cutout is post 4's option, off in post 8's final run
+    crop_pad: int = 4  # pixels of reflect padding before the random 32x32 crop
+    flip: bool = True  # random horizontal flip, probability 0.5
+    cutout: int = 0  # side in pixels of a zeroed square; 0 = off (post 4 used 8)
+    # EMA of weights and BN buffers (post 8: momentum 0.99 applied every 5 steps)
+    ema_every: int = 5  # steps between EMA updates
+    ema_decay: float = 0.99  # per step; applied as decay**ema_every every ema_every steps
+    ema_warmup: bool = True  # decay min(d, (1+u)/(10+u)) at update u, so short runs are not stuck near init
+    # model
+    model: ModelConfig = field(default_factory=ModelConfig)
+    whitening_images: int = 10_000  # training images whose 3x3 patches set the whitening layer (post 8)
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = 1  # epochs between EMA test evaluations (the last epoch is always evaluated)
+    out: str = "runs"  # parent folder of run folders
+    name: str | None = None  # run folder name; None = from time and seed
+    sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics
+    resume: str | None = None  # run folder (or checkpoint) to continue instead of starting over
+
+    def to_dict(self) -> dict:
+        """Plain dict for the checkpoint and manifest."""
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> TrainConfig:
+        """Inverse of to_dict (ignores unknown keys so older checkpoints still load)."""
+        known = {k: v for k, v in data.items() if k in TrainConfig.__dataclass_fields__}
+        if isinstance(known.get("model"), dict):
+            known["model"] = ModelConfig(**known["model"])
+        return TrainConfig(**known)

@@ -1,0 +1,118 @@
+"""Data-parallel training through torchrun and DistributedDataParallel.
+
+``torchrun --nproc_per_node N cli.py train ...`` runs the ordinary trainer in N processes with a Context:
+every rank builds the same epoch (shared seed, so the same permutation and augmentation), keeps its slice of
+each global batch, and DDP all-reduces the gradients (NCCL on GPUs, gloo on CPUs). Rank 0 alone evaluates,
+writes checkpoints and the manifest; the others print nothing but errors. A failing rank raises, torchrun
+tears the others down, and the last checkpoint (written atomically by rank 0) survives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+from common.device import DeviceChoice, choose_device
+from common.errors import DawnpipeError
+from train.config import TrainConfig
+
+_TIMEOUT = datetime.timedelta(minutes=5)  # a peer silent this long is treated as dead
+
+
+def launched_by_torchrun() -> bool:
+    """True inside a process started by torchrun (it sets these variables)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
+
+
+def shard_indices(num_steps: int, global_batch: int, rank: int, world: int) -> torch.Tensor:
+    """Positions in the epoch's order that ``rank`` trains on: its contiguous slice of every global batch."""
+    local = global_batch // world
+    steps = torch.arange(num_steps)[:, None] * global_batch
+    return (steps + rank * local + torch.arange(local)[None, :]).reshape(-1)
+
+
+@dataclass
+class Context:
+    """What the trainer needs to know and do differently under DDP."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device_choice: DeviceChoice
+    sync_bn: bool
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP around the model (SyncBatchNorm first if asked; the trainer keeps the bare module for EMA)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.sync_bn:
+            if self.device_choice.device.type != "cuda":
+                raise DawnpipeError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel)",
+                                    "drop --sync-bn on CPU; per-rank BatchNorm is the default")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ids = [self.local_rank] if self.device_choice.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def shard(self, x: torch.Tensor, y: torch.Tensor, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of the epoch, in step order."""
+        idx = shard_indices(len(y) // global_batch, global_batch, self.rank, self.world_size).to(x.device)
+        return x[idx], y[idx]
+
+    def reduce_stats(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):
+        """Epoch statistics over all ranks: loss averaged, counts summed."""
+        packed = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=loss_sum.device,
+                                                                                 dtype=torch.float64)])
+        tdist.all_reduce(packed)
+        return packed[0] / self.world_size, packed[1].long(), int(packed[2].item())
+
+    def check_resume(self, payload: dict[str, Any]) -> None:
+        """A resumed run must keep its world size (the global batch and data order depend on it)."""
+        saved = payload["state"].get("world_size", 1)
+        if saved != self.world_size:
+            raise DawnpipeError(f"the checkpoint was written by a run of {saved} processes, this one has "
+                                f"{self.world_size}", f"resume with torchrun --nproc_per_node {saved}")
+
+
+def init_context(cfg: TrainConfig) -> Context:
+    """Join the process group torchrun set up, after checking there are devices for every process."""
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        gpus = torch.cuda.device_count()
+        if local_world > gpus:
+            raise DawnpipeError(f"torchrun started {local_world} processes on this node but only {gpus} GPUs are "
+                                "visible", f"use --nproc_per_node {max(gpus, 1)} or fewer")
+        torch.cuda.set_device(local)
+        dev = choose_device("cuda")
+        dev = DeviceChoice(torch.device("cuda", local), dev.autocast_dtype, dev.channels_last)
+    else:
+        cores = os.cpu_count() or 1
+        if local_world > cores:
+            raise DawnpipeError(f"torchrun started {local_world} CPU processes but this machine has {cores} cores",
+                                f"use --nproc_per_node {cores} or fewer")
+        dev = choose_device("cpu")
+        torch.set_num_threads(max(1, cores // local_world))
+    tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=_TIMEOUT)
+    return Context(rank, world, local, dev, cfg.sync_bn)
+
+
+def run_distributed(cfg: TrainConfig, *, progress: bool = True):
+    """Train under torchrun; a lost peer becomes a one-line error naming the surviving checkpoint."""
+    from train.trainer import train
+
+    ctx = init_context(cfg)
+    try:
+        return train(cfg, progress=progress, dist=ctx)
+    except (RuntimeError, tdist.DistBackendError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DawnpipeError(f"rank {ctx.rank}: a peer process failed or vanished ({first[:200]}); the last "
+                            f"checkpoint written by rank 0 is kept", "fix the failing rank and rerun with --resume") from None
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()

@@ -1,0 +1,47 @@
+"""Exponential moving average of a model's weights *and* BatchNorm buffers (post 8)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Keeps ``ema = decay*ema + (1-decay)*model`` over every floating tensor of the state dict.
+
+    Including BN running statistics matters: averaged weights with un-averaged statistics mismatch. Integer
+    buffers (BN's batch counter) are copied. Updates use fused foreach ops and never sync with the host.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.warmup = warmup  # TF ExponentialMovingAverage's num_updates rule: decay min(d, (1+u)/(10+u))
+        self.updates = 0
+        self._pairs = [(e, m) for e, m in zip(self.module.state_dict().values(), model.state_dict().values())]
+        self._float = [(e, m) for e, m in self._pairs if e.is_floating_point()]
+        self._other = [(e, m) for e, m in self._pairs if not e.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """One EMA step towards the live model."""
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
+        if self._float:
+            ema, live = zip(*self._float)
+            torch._foreach_lerp_(list(ema), list(live), 1.0 - decay)
+        for e, m in self._other:
+            e.copy_(m)
+
+    def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        """Restore a saved average and its update count (for resume)."""
+        self.module.load_state_dict(state)
+        self.updates = updates
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged state, loadable into a model of the same config."""
+        return self.module.state_dict()

@@ -1,0 +1,305 @@
+"""The trainer: Myrtle's ResNet-9 recipe from data to a run folder, top to bottom.
+
+    cfg = TrainConfig(epochs=10)            # defaults are the post-8 record recipe
+    result = train(cfg)                     # -> runs/<name>/checkpoint.pt + manifest.json
+
+Data lives on the device as uint8 NHWC; each epoch is augmented in one batched gather from a generator
+seeded by (seed, epoch), so runs repeat exactly and a resumed run replays the interrupted epoch's batches.
+The step never waits for the host: loss and accuracy accumulate on the device and are read at epoch ends
+(plus a finite-loss check every few dozen steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from common.device import DeviceChoice, choose_device
+from common.errors import DawnpipeError
+from common.files import ensure_writable_dir
+from common.manifest import artifact_entry, update_manifest
+from infer.tta import tta_logits, views
+from train.augment import augment
+from train.checkpoint import CHECKPOINT_NAME, input_contract, load_checkpoint, save_checkpoint
+from train.config import TrainConfig
+from train.data import Cifar, load_cifar
+from train.ema import EMA
+from train.model import ResNet9, normalize
+from train.schedule import lr_multiplier, lr_table
+
+_CHECK_EVERY = 32  # steps between finite-loss checks (the only host syncs inside an epoch)
+
+
+@dataclass
+class TrainResult:
+    """Where the run went and what it reached."""
+
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict[str, Any]
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> TrainResult:
+    """Train ResNet-9 per ``cfg`` and write the run folder. ``dist`` is a train.distributed.Context or None."""
+    started = time.time()
+    rank0 = dist is None or dist.rank == 0
+    resume_state: dict[str, Any] | None = None
+    if cfg.resume:
+        resume_state = load_checkpoint(cfg.resume)
+        saved = TrainConfig.from_dict(resume_state["train_config"])
+        if resume_state["state"].get("complete"):
+            raise DawnpipeError(f"the run in {cfg.resume} already finished all {saved.epochs} epochs",
+                                "start a new run without --resume")
+        cfg = replace(saved, resume=cfg.resume, device=cfg.device)
+    dev = choose_device(cfg.device) if dist is None else dist.device_choice
+    torch.manual_seed(cfg.seed)
+
+    # ---- data, on the device as uint8 NHWC
+    data = load_cifar(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    world = 1 if dist is None else dist.world_size
+    if cfg.batch_size > len(data.train_y):
+        raise DawnpipeError(f"batch size {cfg.batch_size} is larger than the {len(data.train_y)} training images",
+                            "lower --batch-size or raise --train-limit")
+    if cfg.batch_size % world:
+        raise DawnpipeError(f"global batch {cfg.batch_size} does not split over {world} ranks",
+                            "pick a --batch-size divisible by the number of processes")
+    train_x = torch.from_numpy(data.train_x).to(dev.device)
+    train_y = torch.from_numpy(data.train_y).to(dev.device)
+    test_x = torch.from_numpy(data.test_x).to(dev.device)
+    test_y = torch.from_numpy(data.test_y).to(dev.device)
+    mean = train_x.float().mean(dim=(0, 1, 2))  # pixel units, per RGB channel
+    std = train_x.float().std(dim=(0, 1, 2))
+    if resume_state is not None:
+        mean = torch.tensor(resume_state["normalization"]["mean"], device=dev.device)
+        std = torch.tensor(resume_state["normalization"]["std"], device=dev.device)
+    norm = {"mean": mean.tolist(), "std": std.tolist()}
+    compute = dev.autocast_dtype or torch.float32
+
+    # ---- model, optimizer, EMA
+    model_cfg = replace(cfg.model, num_classes=len(data.classes))
+    model = ResNet9(model_cfg)
+    model.set_whitening(normalize(train_x[: cfg.whitening_images], mean, std, torch.float32))
+    model = model.to(dev.device, memory_format=torch.channels_last if dev.channels_last else torch.preserve_format)
+    weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": weights, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
+         {"params": biases, "lr_scale": cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}],
+        lr=0.0, momentum=cfg.momentum, nesterov=True, foreach=True)
+    ema = EMA(model, cfg.ema_decay ** cfg.ema_every, warmup=cfg.ema_warmup)
+    live = model if dist is None else dist.wrap(model)
+    steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
+    lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch, skip_steps = 0, 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        ema.load(resume_state["ema"], resume_state["state"].get("ema_updates", 0))
+        optimizer.load_state_dict(resume_state["state"]["optimizer"])
+        start_epoch, skip_steps = resume_state["state"]["epoch"], resume_state["state"]["step_in_epoch"]
+        history = list(resume_state["metrics"]["epochs"])
+        if dist is not None:
+            dist.check_resume(resume_state)
+
+    run_dir = _run_dir(cfg) if rank0 else Path(cfg.out)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+
+    def checkpoint(epoch: int, step_in_epoch: int, complete: bool, final: dict[str, Any] | None = None) -> None:
+        if not rank0:
+            return
+        save_checkpoint(ckpt_path, {
+            "model_config": model_cfg.to_dict(), "model": _cpu_state(model), "ema": _cpu_state(ema.module),
+            "normalization": norm, "classes": list(data.classes), "input": input_contract(norm),
+            "train_config": cfg.to_dict(), "data": data.describe(),
+            "metrics": {"epochs": history, "final": final or {}},
+            "state": {"epoch": epoch, "step_in_epoch": step_in_epoch, "complete": complete,
+                      "optimizer": optimizer.state_dict(), "world_size": world,
+                      "ema_updates": ema.updates}})
+
+    # ---- loop
+    bar = _progress_bar(cfg.epochs * steps_per_epoch, enabled=progress and rank0)
+    bar.update(start_epoch * steps_per_epoch + skip_steps)
+    train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
+    first_step_unix = None
+    epoch, done = start_epoch, skip_steps
+    try:
+        with _graceful_interrupt() as interrupt:
+            for epoch in range(start_epoch, cfg.epochs):
+                gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + epoch)
+                order = torch.randperm(len(train_y), generator=gen).to(dev.device)
+                epoch_x = augment(train_x[order], gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout)
+                epoch_y = train_y[order]
+                if dist is not None:  # each rank takes its slice of every global batch
+                    epoch_x, epoch_y = dist.shard(epoch_x, epoch_y, cfg.batch_size)
+                local_batch = cfg.batch_size // world
+                loss_sum = torch.zeros((), device=dev.device)
+                correct = torch.zeros((), device=dev.device, dtype=torch.long)
+                seen, steps_run, done = 0, 0, skip_steps
+                model.train()
+                _sync(dev)
+                epoch_start = time.perf_counter()
+                for step in range(skip_steps, steps_per_epoch):
+                    if interrupt["stop"]:
+                        raise KeyboardInterrupt
+                    if first_step_unix is None:
+                        first_step_unix = time.time()
+                    lr = float(lrs[epoch * steps_per_epoch + step])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * group["lr_scale"]
+                    x = normalize(epoch_x[step * local_batch:(step + 1) * local_batch], mean, std, compute)
+                    y = epoch_y[step * local_batch:(step + 1) * local_batch]
+                    with _autocast(dev):
+                        logits = live(x)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if (step + 1) % cfg.ema_every == 0:
+                        ema.update()
+                    done = step + 1
+                    loss_sum += loss.detach()
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    seen += len(y)
+                    steps_run += 1
+                    bar.update(1)
+                    if (step + 1) % _CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                        _stop_on_nan(epoch, step, ckpt_path, history)
+                skip_steps = 0
+                _sync(dev)
+                epoch_seconds = time.perf_counter() - epoch_start
+                train_seconds += epoch_seconds
+                if dist is not None:
+                    loss_sum, correct, seen = dist.reduce_stats(loss_sum, correct, seen)  # loss averaged over ranks
+                if not torch.isfinite(loss_sum):
+                    _stop_on_nan(epoch, steps_per_epoch - 1, ckpt_path, history)
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1, "train_loss": loss_sum.item() / max(steps_run, 1),
+                    "train_acc": correct.item() / max(seen, 1), "lr": lr,
+                    "train_seconds": epoch_seconds, "train_images_per_s": seen / max(epoch_seconds, 1e-9)}
+                if rank0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                    record["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
+                record["elapsed_s"] = time.time() - started
+                history.append(record)
+                bar.set_postfix_str(_postfix(record, cfg.epochs), refresh=True)
+                checkpoint(epoch + 1, 0, complete=False)
+                epoch, done = epoch + 1, 0  # a Ctrl-C from here on resumes at the next epoch's start
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(epoch, done, complete=False)
+        where = ckpt_path if rank0 else "rank 0's run folder"
+        raise DawnpipeError(f"interrupted in epoch {epoch + 1} after step {done}; a checkpoint of that point is at "
+                            f"{where}", f"continue with `cli.py train --resume {run_dir}`") from None
+    bar.close()
+
+    # ---- final evaluation: EMA with and without flip TTA, raw weights for comparison
+    final: dict[str, Any] = {"train_seconds": train_seconds, "wall_seconds": time.time() - started,
+                             "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
+                             "first_step_unix": first_step_unix, "started_unix": started}
+    if rank0:
+        final["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
+        final["ema_test_acc_flip"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "flip")
+        final["raw_test_acc"] = accuracy(model.eval(), test_x, test_y, mean, std, dev, "none")
+        final["test_images"] = len(test_y)
+        checkpoint(cfg.epochs, 0, complete=True, final=final)
+        _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world)
+    return TrainResult(run_dir, ckpt_path, final)
+
+
+@torch.no_grad()
+def accuracy(model: ResNet9, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+             dev: DeviceChoice, tta: str, batch: int = 1000) -> float:
+    """Top-1 accuracy of an eval-mode model on uint8 NHWC images, with the named TTA views."""
+    was_training = model.training
+    model.eval()
+    compute = dev.autocast_dtype or torch.float32
+    run = lambda x: model(normalize(x, mean, std, compute)).float()  # noqa: E731
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    with _autocast(dev):
+        for i in range(0, len(labels), batch):
+            correct += (tta_logits(run, images[i:i + batch], views(tta)).argmax(1) == labels[i:i + batch]).sum()
+    model.train(was_training)
+    return correct.item() / max(len(labels), 1)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _autocast(dev: DeviceChoice) -> contextlib.AbstractContextManager:
+    if dev.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.device.type, dtype=dev.autocast_dtype)
+
+
+def _sync(dev: DeviceChoice) -> None:
+    if dev.device.type == "cuda":
+        torch.cuda.synchronize(dev.device)
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _run_dir(cfg: TrainConfig) -> Path:
+    if cfg.resume:
+        return Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent
+    name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.seed}"
+    return ensure_writable_dir(Path(cfg.out) / name)
+
+
+def _stop_on_nan(epoch: int, step: int, ckpt: Path, history: list[dict[str, Any]]) -> None:
+    kept = f"the last good checkpoint (epoch {len(history)}) is kept at {ckpt}" if history else "no epoch finished"
+    raise DawnpipeError(f"the loss became NaN or infinite in epoch {epoch + 1} near step {step + 1}; training "
+                        f"stopped and {kept}", "lower the learning rate (--lr) or check the data")
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+
+
+def _postfix(record: dict[str, Any], epochs: int) -> str:
+    ema = f" ema_test_acc={record['ema_test_acc']:.4f}" if "ema_test_acc" in record else ""
+    return (f"epoch {record['epoch']}/{epochs} loss={record['train_loss']:.3f} "
+            f"train_acc={record['train_acc']:.4f}{ema} {record['elapsed_s']:.0f}s")
+
+
+def _write_manifest(run_dir: Path, ckpt: Path, cfg: TrainConfig, dev: DeviceChoice, data: Cifar,
+                    norm: dict[str, list[float]], final: dict[str, Any], world: int) -> None:
+    metrics = {k: v for k, v in final.items() if not k.endswith("_unix")}
+    entry = artifact_entry(run_dir, ckpt, made_from={"data": data.source, "data_sha256": data.source_sha256},
+                           input_contract=input_contract(norm), metrics=metrics, kind="checkpoint",
+                           classes=list(data.classes))
+    record = {"config": cfg.to_dict(), "device": dev.describe(), "data": data.describe(),
+              "world_size": world, "global_batch": cfg.batch_size, "metrics": metrics}
+    update_manifest(run_dir, run=("train", record), artifacts={"checkpoint": entry})
+
+
+@contextlib.contextmanager
+def _graceful_interrupt():
+    """First Ctrl-C sets a flag the loop honours at the next step boundary (so the saved state is whole);
+    a second one interrupts at once."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
