@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny learnable CIFAR-like data written by the tests in every format the loader reads.
+
+Class k images are a class colour plus noise, so a tiny ResNet-9 learns them in a few epochs whatever the
+flips and translations. Nothing here needs the real CIFAR-10 or a network.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["c0", "c1", "c2", "c3"]
+_PALETTE = np.array([[230, 40, 40], [40, 200, 60], [50, 60, 220], [220, 210, 40]], dtype=np.int16)
+
+
+def make_images(per_class: int, seed: int, num_classes: int = len(CLASSES)) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 32, 32, 3) images and int64 labels of a learnable colour task."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    rng.shuffle(labels)
+    noise = rng.integers(-60, 61, size=(len(labels), 32, 32, 3))
+    images = np.clip(_PALETTE[labels % len(_PALETTE)][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def write_image_folder(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes=CLASSES,
+                       fmt: str = "png") -> Path:
+    """train/<class>/<i>.png and test/<class>/<i>.png (lossless, so pixels round-trip exactly)."""
+    for split, (images, labels) in splits.items():
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / split / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.{fmt}")
+    return root
+
+
+def write_batches(folder: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes=CLASSES) -> Path:
+    """The official cifar-10-batches-py layout: 5 pickled training batches, a test batch, batches.meta."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = splits["train"]
+    chunks = np.array_split(np.arange(len(train_y)), 5)
+
+    def dump(name: str, x: np.ndarray, y: np.ndarray) -> None:
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+        with open(folder / name, "wb") as handle:
+            pickle.dump({b"data": rows, b"labels": y.tolist(), b"batch_label": name.encode()}, handle)
+
+    for i, idx in enumerate(chunks, start=1):
+        dump(f"data_batch_{i}", train_x[idx], train_y[idx])
+    dump("test_batch", *splits["test"])
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({b"label_names": [c.encode() for c in classes]}, handle)
+    return folder
+
+
+def tar_folder(source: Path, target: Path, arcname: str = "") -> Path:
+    """Pack ``source`` into a .tar or .tar.gz (by suffix)."""
+    mode = "w:gz" if target.name.endswith(".gz") else "w"
+    with tarfile.open(target, mode) as tar:
+        for path in sorted(source.rglob("*")):
+            tar.add(path, arcname=str(Path(arcname) / path.relative_to(source)), recursive=False)
+    return target
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A PNG file's bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session gets its own decoded-data cache, never the user's."""
+    monkeypatch.setenv("DAWNPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """64 training and 16 test images per class."""
+    return {"train": make_images(64, seed=1), "test": make_images(16, seed=2)}
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory, tiny_splits) -> Path:
+    """The tiny data as an image folder."""
+    return write_image_folder(tmp_path_factory.mktemp("imagefolder"), tiny_splits)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, image_folder) -> Path:
+    """A tiny trained run folder shared by export, infer and costs tests."""
+    from train.api import config_from_options
+    from train.trainer import train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = config_from_options(data=image_folder, epochs=6, batch_size=32, lr=2.0, width=0.125, out=out,
+                              name="tiny", device="cpu")
+    return train(cfg, progress=False).run_dir

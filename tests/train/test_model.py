@@ -1,0 +1,55 @@
+"""ResNet-9 structure, ghost batch norm against a reference, and the whitening layer."""
+
+from __future__ import annotations
+
+import torch
+
+from train.model import GhostBatchNorm, ModelConfig, ResNet9, normalize
+
+
+def test_output_shape_and_width():
+    model = ResNet9(ModelConfig(width=0.125))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert ModelConfig().channels() == (64, 128, 256, 512)
+    full = sum(p.numel() for p in ResNet9(ModelConfig()).parameters())
+    assert 6_000_000 < full < 7_000_000  # Page's ResNet-9 has about 6.5M parameters
+
+
+def test_tricks_switch_off():
+    model = ResNet9(ModelConfig(width=0.125, whitening=False, ghost_batch=0, freeze_bn_scale=False, celu_alpha=0))
+    assert model.whiten is None and isinstance(model.prep[-1], torch.nn.ReLU)
+    assert all(m.weight.requires_grad for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_ghost_batch_norm_matches_per_group_reference_and_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    bn = GhostBatchNorm(8, 16, freeze_scale=False).double()
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.normal_()
+    groups = x.view(4, 16, 8, 5, 5)
+    var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
+    want = ((groups - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 1, 8, 1, 1) + bn.bias.view(1, 1, 8, 1, 1))
+    assert torch.allclose(bn(x), want.view(64, 8, 5, 5), atol=1e-12)
+    assert torch.allclose(bn.running_mean, 0.1 * mean.mean(0).view(8), atol=1e-12)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w, b: bn(x), (x, bn.weight, bn.bias))
+
+
+def test_whitening_decorrelates_patches():
+    torch.manual_seed(0)
+    images = torch.randn(200, 3, 32, 32).cumsum(-1) / 10  # strongly correlated neighbouring pixels
+    model = ResNet9(ModelConfig(width=0.125))
+    model.set_whitening(images)
+    out = model.whiten(images)[:, :, 1:-1, 1:-1].permute(1, 0, 2, 3).reshape(27, -1)
+    cov = out @ out.T / out.shape[1]
+    leading = cov[:20, :20]  # tiny-eigenvalue directions are damped by eps, the rest are ~unit variance
+    assert torch.allclose(leading, torch.diag(torch.diag(leading)), atol=0.05)
+
+
+def test_normalize_is_channels_last_and_correct():
+    images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    mean, std = torch.tensor([100.0, 110.0, 120.0]), torch.tensor([50.0, 60.0, 70.0])
+    x = normalize(images, mean, std, torch.float32)
+    assert x.shape == (2, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x[1, 2, 5, 7], (images[1, 5, 7, 2].float() - 120) / 70)

@@ -1,0 +1,89 @@
+"""End-to-end training on tiny synthetic data: learning, repeatability, run folder, NaN, Ctrl-C and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from common.errors import DawnpipeError
+from train import trainer as trainer_mod
+from train.api import config_from_options
+from train.checkpoint import load_checkpoint
+from train.trainer import train
+
+
+def _cfg(image_folder, out, **overrides):
+    options = dict(data=image_folder, epochs=2, batch_size=64, lr=2.0, width=0.125, out=out, device="cpu")
+    options.update(overrides)
+    return config_from_options(**options)
+
+
+def test_tiny_run_learns_and_writes_run_folder(trained_run):
+    payload = load_checkpoint(trained_run)
+    final = payload["metrics"]["final"]
+    assert final["ema_test_acc"] >= 0.75  # 4 classes: chance is 0.25
+    assert set(payload) >= {"model", "ema", "model_config", "normalization", "classes", "input", "metrics"}
+    assert payload["classes"] == ["c0", "c1", "c2", "c3"] and payload["input"]["dtype"] == "uint8"
+    assert len(payload["metrics"]["epochs"]) == 6 and payload["state"]["complete"]
+    manifest = json.loads((trained_run / "manifest.json").read_text())
+    entry = manifest["artifacts"]["checkpoint"]
+    assert entry["path"] == "checkpoint.pt" and len(entry["sha256"]) == 64
+    assert entry["made_from"]["data_sha256"] and manifest["runs"]["train"]["device"]["type"] == "cpu"
+    assert not list(trained_run.glob("*.tmp")) and not list(trained_run.glob(".*.tmp"))
+
+
+def test_same_seed_repeats_exactly(image_folder, tmp_path):
+    a = train(_cfg(image_folder, tmp_path, name="a", epochs=1), progress=False)
+    b = train(_cfg(image_folder, tmp_path, name="b", epochs=1), progress=False)
+    wa, wb = load_checkpoint(a.checkpoint)["ema"], load_checkpoint(b.checkpoint)["ema"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_batch_larger_than_data(image_folder, tmp_path):
+    with pytest.raises(DawnpipeError, match="larger than the 256 training images"):
+        train(_cfg(image_folder, tmp_path, batch_size=1024), progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path):
+    # epoch 1 trains at a sane rate; the lr then jumps to 1e30 and the loss overflows in epoch 2
+    good = train(_cfg(image_folder, tmp_path, name="nan", epochs=1), progress=False)
+    before = good.checkpoint.read_bytes()
+    cfg = _cfg(image_folder, tmp_path, name="nan2", epochs=3, lr=1e30)
+    with pytest.raises(DawnpipeError, match="NaN or infinite") as info:
+        train(cfg, progress=False)
+    assert "\n" not in str(info.value)
+    assert good.checkpoint.read_bytes() == before  # other runs untouched
+    ckpt = tmp_path / "nan2" / "checkpoint.pt"
+    if ckpt.exists():  # whatever was saved is from a finished, finite epoch
+        saved = load_checkpoint(ckpt)
+        assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+class _StopAfter(dict):
+    """The trainer's interrupt flag, raised after ``n`` steps (as a first Ctrl-C would)."""
+
+    def __init__(self, n: int):
+        super().__init__(stop=False)
+        self.left = n
+
+    def __getitem__(self, key):
+        self.left -= 1
+        return self.left < 0
+
+
+def test_ctrl_c_keeps_checkpoint_and_resume_matches_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    whole = train(_cfg(image_folder, tmp_path, name="whole", epochs=2), progress=False)
+    monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
+    with pytest.raises(DawnpipeError, match="--resume"):
+        train(_cfg(image_folder, tmp_path, name="cut", epochs=2), progress=False)
+    state = load_checkpoint(tmp_path / "cut")["state"]
+    assert (state["epoch"], state["step_in_epoch"], state["complete"]) == (1, 2, False)
+    monkeypatch.undo()
+    resumed = train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-5) for k in a["ema"])
+    with pytest.raises(DawnpipeError, match="already finished"):
+        train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
