@@ -70,5 +70,46 @@ def train(**opts) -> None:
                    f"{m['train_images_per_s']:.0f} images/s")
 
 
+_TTA_CHOICES = ["none", "flip", "translate", "flip-translate"]
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--tta", default="none", show_default=True,
+              help="TTA views baked into the graph: none, flip, translate or flip-translate.")
+@click.option("--shift", type=click.IntRange(1, 8), default=1, show_default=True, help="Pixels of the translate views.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, or fp16 (weights and compute).")
+@click.option("--weights", type=click.Choice(["ema", "raw"]), default="ema", show_default=True,
+              help="Which weights of the checkpoint to export.")
+@click.option("--trt", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and an NVIDIA GPU).")
+@click.option("--trt-opt-batch", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Batch size the engine is tuned for.")
+@click.option("--trt-max-batch", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Largest batch the engine accepts (smallest is 1).")
+@click.option("--triton", type=click.Path(path_type=Path), default=None, help="Write a Triton model repository here.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset to write.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: the run folder).")
+def export(source: Path, tta: str, shift: int, precision: str, weights: str, trt: bool, trt_opt_batch: int,
+           trt_max_batch: int, triton: Path | None, opset: int, out: Path | None) -> None:
+    """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine."""
+    from export.api import ExportConfig
+    from export.api import export as run_export
+    from export.tensorrt_build import EngineSpec
+
+    cfg = ExportConfig(source=str(source), tta=tta, shift=shift, precision=precision, weights=weights, trt=trt,
+                       engine=EngineSpec(opt_batch=min(trt_opt_batch, trt_max_batch), max_batch=trt_max_batch),
+                       triton=str(triton) if triton else None, opset=opset, out=str(out) if out else None)
+    result = run_export(cfg)
+    for precision_name, check in result.checks.items():
+        click.echo(f"{precision_name} check vs PyTorch: max |logit diff| {check['max_abs_diff']:.2e}, top-1 "
+                   f"agreement {check['top1_agreement']:.2%} on {check['images']} images")
+    click.echo(f"onnx:     {result.onnx}")
+    if result.engine:
+        click.echo(f"engine:   {result.engine}")
+    for config in result.triton:
+        click.echo(f"triton:   {config}")
+    click.echo(f"manifest: {result.run_dir / 'manifest.json'} ({result.seconds:.1f} s)")
+
+
 if __name__ == "__main__":
     sys.exit(main())

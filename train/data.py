@@ -245,3 +245,13 @@ def _write_cache(path: Path, arrays: tuple) -> None:
         atomic_write(path, _save)
     except OSError:
         pass  # the cache is an optimisation; a read-only cache folder must not stop training
+
+
+def cached_test_images(source_sha256: str, limit: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """The first ``limit`` (class-balanced) test images of an already-decoded source, or None if not cached."""
+    arrays = _read_cache(cache_dir() / f"decoded-{source_sha256[:32]}.npz")
+    if arrays is None:
+        return None
+    _, _, test_x, test_y, classes = arrays
+    idx = balanced_subset(test_y, limit)
+    return test_x[idx], test_y[idx], classes

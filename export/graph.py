@@ -1,0 +1,79 @@
+"""The deployable module: uint8 NHWC pixels in, float32 logits out, normalisation and TTA views inside.
+
+The TTA views come from ``infer.tta`` (the same index maps the host-side TTA uses), stacked along the batch
+so one model pass serves every view; the deployed graph's cost is exactly views x model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.errors import DawnpipeError
+from infer.tta import View, views
+from train.checkpoint import model_from_checkpoint
+from train.model import normalize
+
+PRECISIONS = ("fp32", "fp16")
+
+
+class _DecomposedCELU(nn.Module):
+    """CELU from basic ops: ONNX's Celu is float32-only, so fp16 graphs need this form (same values)."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, self.alpha * (torch.exp(torch.clamp(x, max=0) / self.alpha) - 1))
+
+
+class DeployModel(nn.Module):
+    """Normalise, build the views, run the classifier once on all of them, average logits by weight."""
+
+    def __init__(self, classifier: nn.Module, mean: list[float], std: list[float], tta_views: tuple[View, ...],
+                 dtype: torch.dtype) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.compute_dtype = dtype
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.register_buffer("weights", torch.tensor([v.weight for v in tta_views], dtype=torch.float32))
+        self.views = tta_views
+        for i, view in enumerate(tta_views):
+            self.register_buffer(f"rows{i}", torch.as_tensor(view.rows(32), dtype=torch.long))
+            self.register_buffer(f"cols{i}", torch.as_tensor(view.cols(32), dtype=torch.long))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch = []
+        for i, view in enumerate(self.views):
+            if view.is_identity():
+                batch.append(images)
+            else:
+                batch.append(images.index_select(1, getattr(self, f"rows{i}")).index_select(2, getattr(self, f"cols{i}")))
+        stacked = batch[0] if len(batch) == 1 else torch.cat(batch)
+        logits = self.classifier(normalize(stacked, self.mean, self.std, self.compute_dtype)).float()
+        if len(batch) == 1:
+            return logits
+        per_view = logits.view(len(batch), -1, logits.shape[-1])
+        return (per_view * self.weights.view(-1, 1, 1)).sum(0)
+
+
+def build_deploy_model(payload: dict[str, Any], *, weights: str = "ema", tta: str = "none", shift: int = 1,
+                       precision: str = "fp32") -> DeployModel:
+    """The eval-mode deployable module for a loaded checkpoint."""
+    if precision not in PRECISIONS:
+        raise DawnpipeError(f"unknown precision {precision!r}", "use --precision fp32 or fp16")
+    classifier = model_from_checkpoint(payload, weights)
+    dtype = torch.float32
+    if precision == "fp16":
+        for module in list(classifier.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.CELU):
+                    setattr(module, name, _DecomposedCELU(child.alpha))
+        classifier = classifier.half()
+        dtype = torch.float16
+    norm = payload["normalization"]
+    return DeployModel(classifier, norm["mean"], norm["std"], views(tta, shift), dtype).eval()
