@@ -1,0 +1,246 @@
+"""Backends behind one interface: load once, ``infer(uint8 NHWC) -> float32 logits``, context-managed.
+
+    with load("runs/x/resnet9-ema-none-fp32.onnx") as model:   # picks onnxruntime from the file
+        logits = model.infer(images)                           # images: uint8 [N, 32, 32, 3] RGB
+
+``load`` picks the backend from the artifact (checkpoint or run folder -> torch, .onnx -> onnxruntime,
+.engine/.plan -> tensorrt) and reads the input contract, classes and any TTA already in the graph from the
+artifact's metadata or its run's manifest, never from constants here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import DawnpipeError
+from common.files import sha256_file
+from common.manifest import find_artifact
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class Backend:
+    """Common part: the contract, input checks, and the context-manager protocol."""
+
+    name = "backend"
+
+    def __init__(self, path: Path, contract: dict[str, Any], classes: list[str], graph_tta: str, graph_views: int,
+                 precision: str) -> None:
+        self.path, self.contract, self.classes = path, contract, list(classes)
+        self.graph_tta, self.graph_views, self.precision = graph_tta, graph_views, precision
+        self.device = "cpu"
+
+    def check_input(self, images: Any) -> np.ndarray:
+        """The uint8 [N, 32, 32, 3] contract, enforced with a one-line error before any runtime sees the data."""
+        shape = list(self.contract.get("shape", [None, 32, 32, 3]))[1:]
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            got = getattr(images, "dtype", type(images).__name__)
+            raise DawnpipeError(f"model input must be uint8 pixels, got {got}",
+                                "pass raw RGB pixels 0-255 as a uint8 array; normalisation happens inside the model")
+        if images.ndim != 4 or list(images.shape[1:]) != shape:
+            raise DawnpipeError(f"model input must have shape [N, {', '.join(map(str, shape))}] (NHWC RGB), got "
+                                f"{list(images.shape)}", "convert images with infer.predict.to_model_input first")
+        return np.ascontiguousarray(images)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        """float32 logits [N, classes] for uint8 images [N, 32, 32, 3]."""
+        return self._run(self.check_input(images))
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (nothing to wait for on CPU backends)."""
+
+    def close(self) -> None:
+        """Release sessions and device memory."""
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, device, precision, artifact: what a report row needs to say what was measured."""
+        return {"backend": self.name, "device": self.device, "precision": self.precision, "artifact": str(self.path),
+                "graph_tta": self.graph_tta, "graph_views": self.graph_views}
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TorchBackend(Backend):
+    """The checkpoint in PyTorch eager: fp32 on CPU (the reference), fp16 on CUDA."""
+
+    name = "torch"
+
+    def __init__(self, path: Path, device: str = "auto", weights: str = "ema") -> None:
+        import torch
+
+        from export.graph import build_deploy_model
+        from train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(path)
+        payload = load_checkpoint(ckpt)
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DawnpipeError("--device cuda asked for but no CUDA GPU is visible", "use --device cpu")
+        precision = "fp16" if use_cuda else "fp32"
+        super().__init__(ckpt, input_contract(payload["normalization"]), payload["classes"], "none", 1, precision)
+        self.device = "cuda" if use_cuda else "cpu"
+        self._torch = torch
+        self._model = build_deploy_model(payload, weights=weights, precision=precision).to(self.device)
+        self._model.classifier.to(memory_format=torch.channels_last)
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(images).to(self.device, non_blocking=True)
+            return self._model(x).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            self._torch.cuda.synchronize()
+
+
+class OnnxRuntimeBackend(Backend):
+    """An exported ONNX file in onnxruntime with the chosen execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, provider: str = "auto", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        from export.onnx_export import read_metadata
+
+        meta = read_metadata(path)
+        if meta.get("format") != "dawnpipe-onnx/1":
+            raise DawnpipeError(f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
+                                "export it with `cli.py export`, which records the input contract")
+        super().__init__(path, meta["input_contract"], meta["classes"], meta.get("tta_mode", "none"),
+                         int(meta.get("tta_views", 1)), meta.get("precision", "fp32"))
+        available = ort.get_available_providers()
+        chosen, self.note = _choose_provider(provider, available)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as err:  # onnxruntime raises its own exception types for broken graphs
+            raise DawnpipeError(f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})",
+                                "re-export the model") from None
+        self.provider = self._session.get_providers()[0]
+        self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self._session.run(["logits"], {"images": images})[0]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "provider": self.provider}
+
+
+def _choose_provider(provider: str, available: list[str]) -> tuple[list[str], str]:
+    """Providers list for the session and a note saying what was chosen and why (fallbacks are stated)."""
+    if provider == "auto":
+        for name in ("tensorrt", "cuda", "cpu"):
+            if PROVIDERS[name] in available:
+                note = "" if name != "cpu" or len(available) == 1 else f"using CPU (available: {', '.join(available)})"
+                return list(dict.fromkeys([PROVIDERS[name], "CPUExecutionProvider"])), note
+    if provider not in PROVIDERS:
+        raise DawnpipeError(f"unknown provider {provider!r}", f"use one of auto, {', '.join(PROVIDERS)}")
+    if PROVIDERS[provider] not in available:
+        raise DawnpipeError(f"onnxruntime provider {PROVIDERS[provider]} is not installed (installed: "
+                            f"{', '.join(available)})", "pick an installed one with --provider, or install "
+                            "onnxruntime-gpu for cuda/tensorrt")
+    return list(dict.fromkeys([PROVIDERS[provider], "CPUExecutionProvider"])), ""
+
+
+class TensorRTBackend(Backend):
+    """A serialized TensorRT engine: CUDA buffers (torch-allocated), one stream, execute_async_v3."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path) -> None:
+        from export.tensorrt_build import tensorrt_status
+
+        record = _manifest_record(path)
+        if record is None:
+            raise DawnpipeError(f"{path} is not listed in its run folder's manifest, so its input contract is unknown",
+                                "keep engines in the run folder `cli.py export --trt` wrote them to")
+        trt, gpu = tensorrt_status()
+        super().__init__(path, record["input_contract"], record.get("classes") or _manifest_classes(path),
+                         record.get("tta_mode", "none"), int(record.get("tta_views", 1)), record.get("precision", "fp16"))
+        import torch
+
+        self._torch, self.device = torch, "cuda"
+        runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+        self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise DawnpipeError(f"{path.name} was built for {record.get('gpu')} with TensorRT {record.get('tensorrt')}; "
+                                f"this machine has {gpu['gpu']} with TensorRT {gpu['tensorrt']}, and engines do not "
+                                "move between GPUs or versions", "rebuild it here with `cli.py export --trt`")
+        self._context = self._engine.create_execution_context()
+        self._stream = torch.cuda.Stream()
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(images).cuda(non_blocking=True)
+        out = torch.empty((len(images), len(self.classes)), dtype=torch.float32, device="cuda")
+        self._context.set_input_shape("images", tuple(x.shape))
+        self._context.set_tensor_address("images", x.data_ptr())
+        self._context.set_tensor_address("logits", out.data_ptr())
+        self._stream.wait_stream(torch.cuda.current_stream())
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise DawnpipeError("TensorRT refused to run the batch", "check the batch size against the engine profile")
+        self._stream.synchronize()
+        return out.cpu().numpy()
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
+
+
+def _manifest_record(path: Path) -> dict[str, Any] | None:
+    """The manifest entry of an artifact, found by sha256 in the manifest beside it."""
+    manifest = path.parent / "manifest.json"
+    if not manifest.exists():
+        return None
+    found = find_artifact(path.parent, sha256_file(path))
+    return found[1] if found else None
+
+
+def _manifest_classes(path: Path) -> list[str]:
+    data = json.loads((path.parent / "manifest.json").read_text())
+    return data["artifacts"]["checkpoint"]["classes"]
+
+
+def load(path: str | Path, backend: str = "auto", *, provider: str = "auto", device: str = "auto") -> Backend:
+    """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it)."""
+    path = Path(path).expanduser()
+    if backend not in BACKENDS:
+        raise DawnpipeError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+    if not path.exists():
+        raise DawnpipeError(f"artifact {path} does not exist", "pass a run folder, checkpoint.pt, .onnx or .engine")
+    kind = artifact_kind(path)
+    wanted = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
+    if backend not in ("auto", wanted):
+        raise DawnpipeError(f"{path.name} is a {kind}, which the {backend} backend cannot run",
+                            f"use --backend {wanted} or auto, or pass the matching artifact")
+    if kind == "checkpoint":
+        return TorchBackend(path, device=device)
+    if kind == "onnx":
+        return OnnxRuntimeBackend(path, provider=provider)
+    return TensorRTBackend(path)
+
+
+def artifact_kind(path: Path) -> str:
+    """checkpoint | onnx | engine, from the name (and folder-ness) of the artifact."""
+    if path.is_dir() or path.suffix in (".pt", ".pth"):
+        return "checkpoint"
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix in (".engine", ".plan", ".trt"):
+        return "engine"
+    raise DawnpipeError(f"{path.name}: unknown artifact type", "pass a run folder, checkpoint.pt, .onnx or .engine file")
