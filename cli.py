@@ -111,5 +111,68 @@ def export(source: Path, tta: str, shift: int, precision: str, weights: str, trt
     click.echo(f"manifest: {result.run_dir / 'manifest.json'} ({result.seconds:.1f} s)")
 
 
+@main.command(name="eval")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="CIFAR-10 source (default: the data the run was trained on, from its manifest).")
+@click.option("--tta", default="none,flip", show_default=True,
+              help="Comma-separated modes: none, flip, translate, flip-translate, or all.")
+@click.option("--backend", default="auto", show_default=True, help="auto, torch, onnxruntime or tensorrt.")
+@click.option("--provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Images per call.")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on N test images (class-balanced).")
+@click.option("--selective-fraction", type=float, default=0.2, show_default=True,
+              help="Selective TTA: extra views for this least-confident fraction (rows named selective-MODE).")
+@click.option("--selective-threshold", type=float, default=None,
+              help="Selective TTA by confidence instead: extra views below this top-1 probability.")
+@click.option("--no-selective", is_flag=True, help="Skip the selective TTA rows.")
+@click.option("--latency-iters", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Timed batch-1 calls per mode (0 skips latency and throughput).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for eval.json (default: run folder).")
+def eval_command(artifact: Path, data: Path | None, tta: str, backend: str, provider: str, batch_size: int,
+                 test_limit: int | None, selective_fraction: float, selective_threshold: float | None,
+                 no_selective: bool, latency_iters: int, out: Path | None) -> None:
+    """Evaluate ARTIFACT (run folder, checkpoint, .onnx or .engine) with and without TTA."""
+    from infer.evaluate import EvalConfig, evaluate
+    from infer.report_table import format_rows
+
+    fraction = None if (no_selective or selective_threshold is not None) else selective_fraction
+    threshold = None if no_selective else selective_threshold
+    cfg = EvalConfig(artifact=str(artifact), data=str(data) if data else None,
+                     tta=tuple(m.strip() for m in tta.split(",") if m.strip()), backend=backend, provider=provider,
+                     batch_size=batch_size, test_limit=test_limit, selective_fraction=fraction,
+                     selective_threshold=threshold, latency_iters=latency_iters, out=str(out) if out else None)
+    rows, path = evaluate(cfg)
+    click.echo(format_rows(rows))
+    click.echo(f"results: {path}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tta", default="none", show_default=True, help="none, flip, translate or flip-translate.")
+@click.option("--backend", default="auto", show_default=True, help="auto, torch, onnxruntime or tensorrt.")
+@click.option("--top-k", type=int, default=1, show_default=True, help="Classes to print per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of lines.")
+def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, top_k: int, as_json: bool) -> None:
+    """Classify IMAGES (files or folders; any size or mode, converted to 32x32 RGB) with ARTIFACT."""
+    import json
+    import warnings
+
+    from infer.predict import CONVERSION, Predictor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
+        with Predictor(artifact, tta=tta, backend=backend, top_k=top_k) as predictor:
+            results = predictor.predict_files(list(images))
+    if as_json:
+        click.echo(json.dumps({"conversion": CONVERSION, "results": [r.to_dict() for r in results]}, indent=2))
+        return
+    for result in results:
+        top = ", ".join(f"{name} {prob:.3f}" for name, prob in result.top)
+        click.echo(f"{result.source}: {top}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,7 +54,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if correct == 0 else max(0.0, centre - half)  # the bounds are exactly 0 and 1 at the extremes
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
 
 
 def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path]:

@@ -1,0 +1,123 @@
+"""Deployment: class and probability per image, for files of any size and mode.
+
+Conversion to the model's 32x32 RGB contract (stated, so users can match it upstream):
+1. palette and transparent images are converted to RGBA and composited on white; grayscale and CMYK to RGB;
+2. the largest centred square is cropped (no distortion of aspect ratio);
+3. it is resized to 32x32 with Pillow's BOX filter (area average: the right filter for strong downscaling).
+32x32 RGB inputs pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import DawnpipeError
+from infer.backends import Backend, load
+from infer.selective import softmax_confidence
+from infer.tta import DEFAULT_SHIFT, backend_logits
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+CONVERSION = "RGBA composited on white / grayscale to RGB, centre square crop, BOX resize to 32x32"
+
+
+def to_model_input(image, size: int = 32) -> np.ndarray:
+    """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB per the module docstring's method."""
+    from PIL import Image
+
+    if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    image = image.convert("RGB")
+    w, h = image.size
+    if (w, h) != (size, size):
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BOX)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_images(paths: list[str | Path]) -> tuple[list[Path], np.ndarray]:
+    """Expand folders, read every image, skip non-images with a warning; error when nothing is left."""
+    from PIL import Image, UnidentifiedImageError
+
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise DawnpipeError(f"{path} does not exist", "pass image files or folders of images")
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    kept, arrays = [], []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                arrays.append(to_model_input(image))
+            kept.append(file)
+        except (UnidentifiedImageError, OSError, ValueError):
+            warnings.warn(f"skipping {file}: not an image Pillow can read", stacklevel=2)
+    if not kept:
+        raise DawnpipeError(f"no readable images in {', '.join(map(str, paths))}", "pass PNG/JPEG/... files or folders")
+    return kept, np.stack(arrays)
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one image with their probabilities."""
+
+    source: str
+    top: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for --json."""
+        return {"image": self.source, "predictions": [{"class": c, "probability": p} for c, p in self.top]}
+
+
+class Predictor:
+    """A loaded model a service can hold in memory and call per request.
+
+        with Predictor("runs/x/resnet9-ema-none-fp32.onnx", tta="flip") as predictor:
+            predictor.predict_arrays(batch_uint8)       # or predictor.predict_files([...])
+    """
+
+    def __init__(self, artifact: str | Path, *, tta: str = "none", backend: str = "auto", provider: str = "auto",
+                 top_k: int = 1, shift: int = DEFAULT_SHIFT) -> None:
+        self.backend: Backend = load(artifact, backend, provider=provider)
+        if top_k < 1:
+            raise DawnpipeError(f"--top-k {top_k} must be at least 1", "pass --top-k 1 or more")
+        self.tta = self.backend.graph_tta if self.backend.graph_tta != "none" else tta
+        self.top_k, self.shift = min(top_k, len(self.backend.classes)), shift
+        backend_logits(self.backend, np.zeros((1, 32, 32, 3), np.uint8), self.tta, shift=shift)  # validate + warm up
+
+    def predict_arrays(self, images: np.ndarray, sources: list[str] | None = None) -> list[Prediction]:
+        """Predictions for uint8 [N, 32, 32, 3] RGB images."""
+        logits = backend_logits(self.backend, images, self.tta, shift=self.shift)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        order = np.argsort(-probs, axis=1)[:, : self.top_k]
+        names = sources or [str(i) for i in range(len(images))]
+        return [Prediction(names[i], [(self.backend.classes[j], float(probs[i, j])) for j in order[i]])
+                for i in range(len(images))]
+
+    def predict_files(self, paths: list[str | Path]) -> list[Prediction]:
+        """Predictions for image files and folders (converted per the module's stated method)."""
+        files, images = read_images(paths)
+        return self.predict_arrays(images, [str(f) for f in files])
+
+    def confidence(self, images: np.ndarray) -> np.ndarray:
+        """Top-1 probability per image (for routing, e.g. selective TTA upstream)."""
+        return softmax_confidence(backend_logits(self.backend, images, self.tta, shift=self.shift))
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

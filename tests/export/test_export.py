@@ -1,0 +1,185 @@
+"""Export round trips for every TTA mode and precision, the uint8 contract, metadata, and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from common.errors import DawnpipeError
+from export.api import ExportConfig, export
+from export.onnx_export import read_metadata
+from export.triton import config_pbtxt
+from infer.backends import OnnxRuntimeBackend, TorchBackend
+from infer.tta import TTA_MODES, backend_logits
+from tests.conftest import make_images
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_images(8, seed=11)[0]
+
+
+@pytest.fixture(scope="module")
+def exports(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    results = {}
+    for mode in TTA_MODES:
+        for precision in ("fp32", "fp16"):
+            results[mode, precision] = export(ExportConfig(source=str(trained_run), tta=mode, precision=precision,
+                                                           out=str(out), check_images=256))
+    return results
+
+
+@pytest.mark.parametrize("mode", TTA_MODES)
+def test_graph_tta_matches_pytorch_host_side_tta(exports, trained_run, images, mode):
+    with TorchBackend(trained_run, device="cpu") as reference, OnnxRuntimeBackend(exports[mode, "fp32"].onnx) as deployed:
+        want = backend_logits(reference, images, mode)  # host-side TTA through infer's view definitions
+        got = deployed.infer(images)  # TTA inside the graph
+    assert np.abs(got - want).max() < 1e-4
+    assert exports[mode, "fp32"].checks["fp32"]["max_abs_diff"] <= 1e-3
+
+
+@pytest.mark.parametrize("mode", TTA_MODES)
+def test_fp16_agrees_with_fp32(exports, images, mode):
+    with OnnxRuntimeBackend(exports[mode, "fp16"].onnx) as half, OnnxRuntimeBackend(exports[mode, "fp32"].onnx) as full:
+        a, b = half.infer(images), full.infer(images)
+    assert half.precision == "fp16" and a.dtype == np.float32
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.95 and np.abs(a - b).max() < 0.05
+    weights = [i for i in onnx.load(str(exports[mode, "fp16"].onnx)).graph.initializer if len(i.dims) == 4]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+
+
+def test_batch_sizes_one_and_seven(exports, images):
+    with OnnxRuntimeBackend(exports["flip", "fp32"].onnx) as model:
+        one, seven = model.infer(images[:1]), model.infer(images[:7])
+    assert one.shape == (1, 4) and seven.shape == (7, 4) and np.allclose(one[0], seven[0], atol=1e-5)
+
+
+def test_uint8_contract_enforced(exports, images):
+    path = exports["none", "fp32"].onnx
+    with OnnxRuntimeBackend(path) as model:
+        with pytest.raises(DawnpipeError, match="uint8"):
+            model.infer(images.astype(np.float32))
+        with pytest.raises(DawnpipeError, match="shape"):
+            model.infer(images[:, :16])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)" and session.get_outputs()[0].type == "tensor(float)"
+    with pytest.raises(Exception):  # the graph itself refuses floats, whatever runs it
+        session.run(None, {"images": images.astype(np.float32)})
+
+
+def test_metadata_and_self_contained(exports, trained_run):
+    from common.files import sha256_file
+
+    result = exports["flip-translate", "fp32"]
+    meta = read_metadata(result.onnx)
+    assert meta["classes"] == ["c0", "c1", "c2", "c3"] and meta["tta_mode"] == "flip-translate"
+    assert meta["tta_views"] == 6 and abs(sum(meta["tta_weights"]) - 1) < 1e-9
+    assert meta["source_checkpoint_sha256"] == sha256_file(trained_run / "checkpoint.pt")
+    assert meta["input_contract"]["dtype"] == "uint8" and meta["input_contract"]["layout"] == "NHWC"
+    model = onnx.load(str(result.onnx), load_external_data=False)
+    assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+    assert [p.name for p in result.onnx.parent.iterdir() if p.suffix not in (".onnx", ".json")] == []
+
+
+def test_manifest_lineage(trained_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = export(ExportConfig(source=str(run), check_images=128))
+    manifest = json.loads((run / "manifest.json").read_text())
+    entry = manifest["artifacts"][result.onnx.name]
+    assert entry["made_from"]["sha256"] == manifest["artifacts"]["checkpoint"]["sha256"]
+    assert entry["metrics"]["check"]["top1_agreement"] == 1.0 and entry["input_contract"]["dtype"] == "uint8"
+
+
+def test_triton_repository(trained_run, tmp_path):
+    result = export(ExportConfig(source=str(trained_run), out=str(tmp_path / "o"), triton=str(tmp_path / "repo"),
+                                 check_images=128))
+    config = tmp_path / "repo" / "resnet9_ema_none_onnx" / "config.pbtxt"
+    assert config in result.triton and (config.parent / "1" / "model.onnx").exists()
+    text = config.read_text()
+    assert 'platform: "onnxruntime_onnx"' in text and "TYPE_UINT8" in text and "dynamic_batching" in text
+    assert "dims: [ 4 ]" in text and "max_batch_size: 1024" in config_pbtxt("m", "tensorrt_plan", 1024, 10)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
+                    reason="TensorRT and a GPU are present; the trt-marked test builds a real engine instead")
+def test_trt_without_tensorrt_still_writes_onnx(trained_run, tmp_path):
+    with pytest.raises(DawnpipeError) as info:
+        export(ExportConfig(source=str(trained_run), trt=True, out=str(tmp_path), check_images=128))
+    message = str(info.value)
+    assert ("TensorRT is not installed" in message) or ("no CUDA GPU" in message)
+    assert (tmp_path / "resnet9-ema-none-fp32.onnx").exists()
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
+                    reason="needs TensorRT and a CUDA GPU (neither can be installed on the CPU CI machine)")
+def test_trt_engine_matches_onnxruntime(trained_run, tmp_path, images):
+    from infer.backends import TensorRTBackend
+
+    result = export(ExportConfig(source=str(trained_run), trt=True, precision="fp16", out=str(trained_run),
+                                 check_images=128))
+    with TensorRTBackend(result.engine) as engine, OnnxRuntimeBackend(result.onnx) as reference:
+        assert (engine.infer(images).argmax(1) == reference.infer(images).argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_truncated_or_garbage_checkpoint(tmp_path, content):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(content)
+    with pytest.raises(DawnpipeError, match="not a readable checkpoint"):
+        export(ExportConfig(source=str(bad)))
+
+
+def test_truncated_real_checkpoint(trained_run, tmp_path):
+    data = (trained_run / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DawnpipeError, match="truncated"):
+        export(ExportConfig(source=str(tmp_path)))
+
+
+def test_foreign_checkpoint(tmp_path):
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(DawnpipeError, match="not made by dawnpipe"):
+        export(ExportConfig(source=str(tmp_path / "other.pt")))
+
+
+def test_incompatible_version(trained_run, tmp_path):
+    payload = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    payload["version"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(DawnpipeError, match="version 99"):
+        export(ExportConfig(source=str(tmp_path / "future.pt")))
+
+
+def test_unwritable_output_folder(trained_run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(DawnpipeError, match="cannot write to output folder"):
+        export(ExportConfig(source=str(trained_run), out=str(blocker / "sub")))
+
+
+@pytest.mark.parametrize("args, message", [(["--tta", "mirror"], "unknown TTA mode"),
+                                           (["--precision", "int4"], "unknown precision"),
+                                           (["--opset", "99"], "opset 99")])
+def test_cli_bad_options_one_line(trained_run, args, message):
+    result = CliRunner().invoke(main, ["export", str(trained_run), *args])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_cli_export_prints_checks(trained_run, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(tmp_path), "--tta", "flip"])
+    assert result.exit_code == 0, result.output
+    assert "max |logit diff|" in result.output and (tmp_path / "resnet9-ema-flip-fp32.onnx").exists()
