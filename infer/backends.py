@@ -73,31 +73,36 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """The checkpoint in PyTorch eager: fp32 on CPU (the reference), fp16 on CUDA."""
+    """The checkpoint in PyTorch eager, channels_last. Precision ``auto``: fp16 on CUDA, bf16 autocast on a
+    CPU with native bf16, else fp32; ``fp32`` gives the exact reference the export checks use."""
 
     name = "torch"
 
-    def __init__(self, path: Path, device: str = "auto", weights: str = "ema") -> None:
+    def __init__(self, path: Path, device: str = "auto", weights: str = "ema", precision: str = "auto") -> None:
         import torch
 
+        from common.device import choose_device
         from export.graph import build_deploy_model
         from train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
         payload = load_checkpoint(ckpt)
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DawnpipeError("--device cuda asked for but no CUDA GPU is visible", "use --device cpu")
-        precision = "fp16" if use_cuda else "fp32"
+        choice = choose_device(device)
+        if precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise DawnpipeError(f"unknown precision {precision!r}", "use auto, fp32, fp16 or bf16")
+        if precision == "auto":
+            precision = {torch.float16: "fp16", torch.bfloat16: "bf16", None: "fp32"}[choice.autocast_dtype]
         super().__init__(ckpt, input_contract(payload["normalization"]), payload["classes"], "none", 1, precision)
-        self.device = "cuda" if use_cuda else "cpu"
+        self.device = choice.device.type
         self._torch = torch
-        self._model = build_deploy_model(payload, weights=weights, precision=precision).to(self.device)
+        graph_precision = "fp16" if precision == "fp16" else "fp32"
+        self._model = build_deploy_model(payload, weights=weights, precision=graph_precision).to(self.device)
         self._model.classifier.to(memory_format=torch.channels_last)
+        self._autocast = precision == "bf16"
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device, torch.bfloat16, enabled=self._autocast):
             x = torch.from_numpy(images).to(self.device, non_blocking=True)
             return self._model(x).float().cpu().numpy()
 
@@ -216,7 +221,8 @@ def _manifest_classes(path: Path) -> list[str]:
     return data["artifacts"]["checkpoint"]["classes"]
 
 
-def load(path: str | Path, backend: str = "auto", *, provider: str = "auto", device: str = "auto") -> Backend:
+def load(path: str | Path, backend: str = "auto", *, provider: str = "auto", device: str = "auto",
+         precision: str = "auto") -> Backend:
     """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it)."""
     path = Path(path).expanduser()
     if backend not in BACKENDS:
@@ -229,7 +235,7 @@ def load(path: str | Path, backend: str = "auto", *, provider: str = "auto", dev
         raise DawnpipeError(f"{path.name} is a {kind}, which the {backend} backend cannot run",
                             f"use --backend {wanted} or auto, or pass the matching artifact")
     if kind == "checkpoint":
-        return TorchBackend(path, device=device)
+        return TorchBackend(path, device=device, precision=precision)
     if kind == "onnx":
         return OnnxRuntimeBackend(path, provider=provider)
     return TensorRTBackend(path)

@@ -20,8 +20,8 @@ from common.files import atomic_write_json, sha256_file
 from common.manifest import artifact_entry, read_manifest, update_manifest
 from infer.backends import Backend, load
 from infer.latency import measure
-from infer.selective import selective_logits
-from infer.tta import DEFAULT_SHIFT, TTA_MODES, backend_logits, check_mode, views
+from infer.selective import combine_selective, selective_logits
+from infer.tta import DEFAULT_SHIFT, TTA_MODES, apply_view, backend_logits, check_mode, views
 
 EVAL_NAME = "eval.json"
 
@@ -72,21 +72,23 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
 
         flops = artifact_flops(backend.path)
         base_flops = flops.model_flops / max(backend.graph_views, 1)
+        say = progress or (lambda _message: None)
+        say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
+        mode_logits = _all_mode_logits(backend, images, modes, cfg)
+        selective = backend.graph_tta == "none" and (cfg.selective_fraction is not None
+                                                      or cfg.selective_threshold is not None)
         rows = []
         for mode in modes:
-            say = progress or (lambda _m: None)
-            say(f"{backend.name} {mode}")
-            logits = backend_logits(backend, images, mode, shift=cfg.shift, batch=cfg.batch_size)
             n_views = backend.graph_views if backend.graph_tta != "none" else len(views(mode, cfg.shift))
-            row = _row(backend, mode, logits, labels, n_views, base_flops)
+            row = _row(backend, mode, mode_logits[mode], labels, n_views, base_flops)
+            say(f"{backend.name}: latency of {mode}")
             row["latency"] = _latency(backend, images, cfg, lambda x, m=mode: backend_logits(backend, x, m, shift=cfg.shift))
             row["flops_unknown_ops"] = flops.unknown_ops
             rows.append(row)
-            if mode != "none" and backend.graph_tta == "none" and (cfg.selective_fraction is not None
-                                                                    or cfg.selective_threshold is not None):
-                say(f"{backend.name} selective-{mode}")
-                sel = selective_logits(backend, images, mode, fraction=cfg.selective_fraction,
-                                       threshold=cfg.selective_threshold, shift=cfg.shift, batch=cfg.batch_size)
+            if mode != "none" and selective:
+                plain = mode_logits["none"] if "none" in mode_logits else backend_logits(backend, images, "none")
+                sel = combine_selective(plain, mode_logits[mode], n_views, fraction=cfg.selective_fraction,
+                                        threshold=cfg.selective_threshold)
                 srow = _row(backend, f"selective-{mode}", sel.logits, labels, sel.views_per_image, base_flops)
                 srow["selective"] = {"fraction": cfg.selective_fraction, "threshold": cfg.selective_threshold,
                                      "selected": float(sel.selected.mean())}
@@ -97,6 +99,20 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
                 rows.append(srow)
         path = _write(rows, backend, cfg, run_dir)
     return rows, path
+
+
+def _all_mode_logits(backend: Backend, images: np.ndarray, modes: list[str], cfg: EvalConfig) -> dict[str, np.ndarray]:
+    """Logits of every mode, running each distinct view once and combining by each mode's weights."""
+    if backend.graph_tta != "none":
+        return {modes[0]: backend_logits(backend, images, modes[0], batch=cfg.batch_size)}
+    per_view: dict[tuple, np.ndarray] = {}
+    for mode in modes:
+        for view in views(mode, cfg.shift):
+            key = (view.flip, view.dy, view.dx)
+            if key not in per_view:
+                per_view[key] = np.concatenate([backend.infer(apply_view(images[i:i + cfg.batch_size], view))
+                                                for i in range(0, len(images), cfg.batch_size)])
+    return {mode: sum(v.weight * per_view[(v.flip, v.dy, v.dx)] for v in views(mode, cfg.shift)) for mode in modes}
 
 
 def _modes(requested: tuple[str, ...]) -> list[str]:

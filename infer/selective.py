@@ -49,6 +49,14 @@ def select(confidence: np.ndarray, *, fraction: float | None = None, threshold: 
     return chosen
 
 
+def combine_selective(plain: np.ndarray, full: np.ndarray, n_views: int, *, fraction: float | None = None,
+                      threshold: float | None = None) -> SelectiveResult:
+    """Selective TTA from already computed plain and full-TTA logits (evaluation computes each view once)."""
+    chosen = select(softmax_confidence(plain), fraction=fraction, threshold=threshold)
+    logits = np.where(chosen[:, None], full, plain)
+    return SelectiveResult(logits, chosen, 1.0 + (n_views - 1) * float(chosen.mean()) if len(chosen) else 1.0)
+
+
 def selective_logits(backend, images: np.ndarray, mode: str, *, fraction: float | None = None,
                      threshold: float | None = None, shift: int = DEFAULT_SHIFT, batch: int = 500) -> SelectiveResult:
     """Plain logits for confident images, full ``mode`` TTA logits for the rest."""

@@ -39,7 +39,7 @@ def exports(trained_run, tmp_path_factory):
 
 @pytest.mark.parametrize("mode", TTA_MODES)
 def test_graph_tta_matches_pytorch_host_side_tta(exports, trained_run, images, mode):
-    with TorchBackend(trained_run, device="cpu") as reference, OnnxRuntimeBackend(exports[mode, "fp32"].onnx) as deployed:
+    with TorchBackend(trained_run, device="cpu", precision="fp32") as reference, OnnxRuntimeBackend(exports[mode, "fp32"].onnx) as deployed:
         want = backend_logits(reference, images, mode)  # host-side TTA through infer's view definitions
         got = deployed.infer(images)  # TTA inside the graph
     assert np.abs(got - want).max() < 1e-4

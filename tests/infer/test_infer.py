@@ -47,7 +47,7 @@ def test_view_definitions():
 
 
 def test_onnxruntime_backend_matches_torch(trained_run, onnx_plain, images):
-    with load(trained_run) as reference, load(onnx_plain) as deployed:
+    with load(trained_run, precision="fp32") as reference, load(onnx_plain) as deployed:
         assert isinstance(reference, TorchBackend) and isinstance(deployed, OnnxRuntimeBackend)
         assert reference.classes == deployed.classes == ["c0", "c1", "c2", "c3"]
         assert np.abs(reference.infer(images) - deployed.infer(images)).max() < 1e-4
@@ -58,14 +58,14 @@ def test_onnxruntime_backend_matches_torch(trained_run, onnx_plain, images):
                     reason="needs TensorRT and a CUDA GPU (neither can be installed on the CPU CI machine)")
 def test_tensorrt_backend_matches_torch(trained_run, images):
     result = export(ExportConfig(source=str(trained_run), trt=True, precision="fp16", check_images=128))
-    with load(result.engine) as engine, load(trained_run, device="cpu") as reference:
+    with load(result.engine) as engine, load(trained_run, device="cpu", precision="fp32") as reference:
         assert (engine.infer(images).argmax(1) == reference.infer(images).argmax(1)).mean() >= 0.95
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_torch_backend_on_cuda_matches_cpu(trained_run, images):
-    with load(trained_run, device="cuda") as gpu, load(trained_run, device="cpu") as cpu:
+    with load(trained_run, device="cuda") as gpu, load(trained_run, device="cpu", precision="fp32") as cpu:
         assert (gpu.infer(images).argmax(1) == cpu.infer(images).argmax(1)).mean() >= 0.95
 
 
