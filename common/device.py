@@ -21,9 +21,13 @@ class DeviceChoice:
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the device."""
-        info: dict[str, Any] = {"type": self.device.type, "precision": _dtype_name(self.autocast_dtype),
-                                "channels_last": self.channels_last, "cpu": platform.processor() or platform.machine(),
-                                "threads": torch.get_num_threads()}
+        info: dict[str, Any] = {
+            "type": self.device.type,
+            "precision": _dtype_name(self.autocast_dtype),
+            "channels_last": self.channels_last,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        }
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}")
@@ -48,8 +52,10 @@ def choose_device(name: str = "auto") -> DeviceChoice:
     if name not in ("auto", "cpu", "cuda"):
         raise DawnpipeError(f"unknown device {name!r}", "use --device auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DawnpipeError("--device cuda was asked for but no CUDA GPU is visible to PyTorch",
-                            "use --device cpu (or auto), or run on a machine with a GPU and a CUDA build of torch")
+        raise DawnpipeError(
+            "--device cuda was asked for but no CUDA GPU is visible to PyTorch",
+            "use --device cpu (or auto), or run on a machine with a GPU and a CUDA build of torch",
+        )
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return DeviceChoice(torch.device("cuda"), torch.float16, channels_last=True)
     return DeviceChoice(torch.device("cpu"), torch.bfloat16 if cpu_supports_bf16() else None, channels_last=True)

@@ -32,8 +32,9 @@ def ensure_writable_dir(path: str | Path) -> Path:
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()
     except OSError as err:
-        raise DawnpipeError(f"cannot write to output folder {path} ({err.strerror})",
-                            "pass a writable folder with --out") from None
+        raise DawnpipeError(
+            f"cannot write to output folder {path} ({err.strerror})", "pass a writable folder with --out"
+        ) from None
     return path
 
 

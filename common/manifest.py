@@ -52,9 +52,15 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return data
 
 
-def artifact_entry(run_dir: str | Path, path: str | Path, *, made_from: dict[str, Any] | None = None,
-                   input_contract: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                   **extra: Any) -> dict[str, Any]:
+def artifact_entry(
+    run_dir: str | Path,
+    path: str | Path,
+    *,
+    made_from: dict[str, Any] | None = None,
+    input_contract: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """Describe one file of the run: its path relative to the run folder, sha256 and lineage."""
     path = Path(path)
     try:
@@ -69,8 +75,12 @@ def artifact_entry(run_dir: str | Path, path: str | Path, *, made_from: dict[str
     return entry
 
 
-def update_manifest(run_dir: str | Path, *, run: tuple[str, dict[str, Any]] | None = None,
-                    artifacts: dict[str, dict[str, Any]] | None = None) -> Path:
+def update_manifest(
+    run_dir: str | Path,
+    *,
+    run: tuple[str, dict[str, Any]] | None = None,
+    artifacts: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """Merge one stage's run record and artifacts into the manifest, written atomically."""
     data = read_manifest(run_dir)
     if run is not None:

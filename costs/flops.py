@@ -20,15 +20,81 @@ import numpy as np
 
 from common.errors import DawnpipeError
 
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Relu", "Celu", "Elu", "LeakyRelu", "Exp", "Log", "Sqrt", "Neg", "Abs",
-                "Where", "Clip", "Max", "Min", "Sigmoid", "Tanh", "Greater", "Less", "Equal", "Pow", "Softmax",
-                "Erf", "Reciprocal", "HardSigmoid", "HardSwish", "PRelu", "Not", "And", "Or", "Floor", "Ceil"}
-_POOLING = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "ReduceMax", "ReduceMean", "ReduceSum",
-            "ReduceMin"}
+_ELEMENTWISE = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "Celu",
+    "Elu",
+    "LeakyRelu",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Where",
+    "Clip",
+    "Max",
+    "Min",
+    "Sigmoid",
+    "Tanh",
+    "Greater",
+    "Less",
+    "Equal",
+    "Pow",
+    "Softmax",
+    "Erf",
+    "Reciprocal",
+    "HardSigmoid",
+    "HardSwish",
+    "PRelu",
+    "Not",
+    "And",
+    "Or",
+    "Floor",
+    "Ceil",
+}
+_POOLING = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalMaxPool",
+    "GlobalAveragePool",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMin",
+}
 _NORMALIZATION = {"BatchNormalization", "InstanceNormalization", "LayerNormalization"}
-_DATA = {"Gather", "Transpose", "Reshape", "Concat", "Cast", "Shape", "Slice", "Unsqueeze", "Squeeze", "Constant",
-         "Identity", "Flatten", "Split", "Expand", "ConstantOfShape", "Range", "Tile", "Pad", "Size", "GatherND",
-         "GatherElements", "ScatterND", "ArgMax", "TopK", "NonZero", "Dropout"}
+_DATA = {
+    "Gather",
+    "Transpose",
+    "Reshape",
+    "Concat",
+    "Cast",
+    "Shape",
+    "Slice",
+    "Unsqueeze",
+    "Squeeze",
+    "Constant",
+    "Identity",
+    "Flatten",
+    "Split",
+    "Expand",
+    "ConstantOfShape",
+    "Range",
+    "Tile",
+    "Pad",
+    "Size",
+    "GatherND",
+    "GatherElements",
+    "ScatterND",
+    "ArgMax",
+    "TopK",
+    "NonZero",
+    "Dropout",
+}
 
 
 @dataclass
@@ -52,9 +118,14 @@ class FlopCount:
 
     def to_dict(self, with_nodes: bool = False) -> dict[str, Any]:
         """Plain dict for reports."""
-        out = {"model_flops": self.model_flops, "model_gflops": self.model_flops / 1e9, "macs": self.macs,
-               "total_flops": self.total_flops, "by_category": dict(self.by_category),
-               "unknown_ops": sorted(set(self.unknown_ops))}
+        out = {
+            "model_flops": self.model_flops,
+            "model_gflops": self.model_flops / 1e9,
+            "macs": self.macs,
+            "total_flops": self.total_flops,
+            "by_category": dict(self.by_category),
+            "unknown_ops": sorted(set(self.unknown_ops)),
+        }
         if with_nodes:
             out["nodes"] = self.nodes
         return out
@@ -69,14 +140,17 @@ def count_onnx(path_or_model: str | Path | Any) -> FlopCount:
         try:
             model = onnx.load(str(path_or_model))
         except Exception as err:
-            raise DawnpipeError(f"{path_or_model} is not a readable ONNX model ({type(err).__name__})",
-                                "re-export it with `cli.py export`") from None
+            raise DawnpipeError(
+                f"{path_or_model} is not a readable ONNX model ({type(err).__name__})",
+                "re-export it with `cli.py export`",
+            ) from None
     model = _with_batch_one(model)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as err:
-        raise DawnpipeError(f"ONNX shape inference failed ({str(err).splitlines()[0][:200]})",
-                            "export with a supported opset") from None
+        raise DawnpipeError(
+            f"ONNX shape inference failed ({str(err).splitlines()[0][:200]})", "export with a supported opset"
+        ) from None
     shapes = _value_shapes(model)
     count = FlopCount()
     for node in model.graph.node:
@@ -94,10 +168,12 @@ def _with_batch_one(model):
     import onnx
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    for value in list(model.graph.input) + list(model.graph.output):
+    for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
+    for value in model.graph.output:  # let inference derive outputs: a TTA graph's inner batch is views x 1
+        value.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
     return model
 
@@ -206,7 +282,14 @@ def _checkpoint_flops(path: Path) -> FlopCount:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),), buffer, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),),
+            buffer,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return count_onnx(onnx.load_from_string(buffer.getvalue()))

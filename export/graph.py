@@ -33,8 +33,14 @@ class _DecomposedCELU(nn.Module):
 class DeployModel(nn.Module):
     """Normalise, build the views, run the classifier once on all of them, average logits by weight."""
 
-    def __init__(self, classifier: nn.Module, mean: list[float], std: list[float], tta_views: tuple[View, ...],
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        classifier: nn.Module,
+        mean: list[float],
+        std: list[float],
+        tta_views: tuple[View, ...],
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         self.classifier = classifier
         self.compute_dtype = dtype
@@ -52,7 +58,9 @@ class DeployModel(nn.Module):
             if view.is_identity():
                 batch.append(images)
             else:
-                batch.append(images.index_select(1, getattr(self, f"rows{i}")).index_select(2, getattr(self, f"cols{i}")))
+                batch.append(
+                    images.index_select(1, getattr(self, f"rows{i}")).index_select(2, getattr(self, f"cols{i}"))
+                )
         stacked = batch[0] if len(batch) == 1 else torch.cat(batch)
         logits = self.classifier(normalize(stacked, self.mean, self.std, self.compute_dtype)).float()
         if len(batch) == 1:
@@ -61,8 +69,9 @@ class DeployModel(nn.Module):
         return (per_view * self.weights.view(-1, 1, 1)).sum(0)
 
 
-def build_deploy_model(payload: dict[str, Any], *, weights: str = "ema", tta: str = "none", shift: int = 1,
-                       precision: str = "fp32") -> DeployModel:
+def build_deploy_model(
+    payload: dict[str, Any], *, weights: str = "ema", tta: str = "none", shift: int = 1, precision: str = "fp32"
+) -> DeployModel:
     """The eval-mode deployable module for a loaded checkpoint."""
     if precision not in PRECISIONS:
         raise DawnpipeError(f"unknown precision {precision!r}", "use --precision fp32 or fp16")

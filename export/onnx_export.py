@@ -34,13 +34,21 @@ def check_opset(opset: int) -> int:
     """Return ``opset`` or raise the one-line error naming the range this torch can produce."""
     top = max_opset()
     if not MIN_OPSET <= opset <= top:
-        raise DawnpipeError(f"opset {opset} is not one the installed exporter (torch {torch.__version__}) can "
-                            f"produce for this model", f"use --opset between {MIN_OPSET} and {top} (default 17)")
+        raise DawnpipeError(
+            f"opset {opset} is not one the installed exporter (torch {torch.__version__}) can produce for this model",
+            f"use --opset between {MIN_OPSET} and {top} (default 17)",
+        )
     return opset
 
 
-def export_onnx(module: torch.nn.Module, path: str | Path, *, opset: int, metadata: dict[str, Any],
-                verify: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+def export_onnx(
+    module: torch.nn.Module,
+    path: str | Path,
+    *,
+    opset: int,
+    metadata: dict[str, Any],
+    verify: Callable[[Path], dict[str, Any]],
+) -> dict[str, Any]:
     """Export ``module`` (uint8 NHWC ``images`` -> ``logits``, dynamic batch) to one self-contained file.
 
     ``verify(tmp_path)`` runs the numeric checks and raises to reject the export; its result is returned.
@@ -55,9 +63,17 @@ def export_onnx(module: torch.nn.Module, path: str | Path, *, opset: int, metada
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; the checks below decide
             # The TorchScript exporter: 10x faster here than the dynamo one and writes any opset from 13 up.
-            torch.onnx.export(module, (example,), str(tmp), input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                              do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         model = onnx.load(str(tmp))
         for key, value in metadata.items():
             entry = model.metadata_props.add()
@@ -72,8 +88,10 @@ def export_onnx(module: torch.nn.Module, path: str | Path, *, opset: int, metada
     except DawnpipeError:
         raise
     except onnx.checker.ValidationError as err:
-        raise DawnpipeError(f"the exported graph fails onnx.checker ({str(err).splitlines()[0]})",
-                            "report this with the checkpoint; try another --opset") from None
+        raise DawnpipeError(
+            f"the exported graph fails onnx.checker ({str(err).splitlines()[0]})",
+            "report this with the checkpoint; try another --opset",
+        ) from None
     return results
 
 
@@ -84,12 +102,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError, others for truncated files
-        raise DawnpipeError(f"{path} is not a readable ONNX model ({type(err).__name__})",
-                            "re-export it with `cli.py export`") from None
+        raise DawnpipeError(
+            f"{path} is not a readable ONNX model ({type(err).__name__})", "re-export it with `cli.py export`"
+        ) from None
     meta = {}
     for prop in model.metadata_props:
         if prop.key.startswith(META_PREFIX):
-            key = prop.key[len(META_PREFIX):]
+            key = prop.key[len(META_PREFIX) :]
             try:
                 meta[key] = json.loads(prop.value)
             except json.JSONDecodeError:
@@ -102,11 +121,15 @@ def run_onnxruntime(path: str | Path, images: np.ndarray, batch: int = 250) -> n
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(["logits"], {"images": images[i:i + batch]})[0]
-                           for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [session.run(["logits"], {"images": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    )
 
 
 def compare_logits(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     """Maximum absolute logit difference and top-1 agreement."""
-    return {"max_abs_diff": float(np.abs(got - want).max()),
-            "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()), "images": int(len(got))}
+    return {
+        "max_abs_diff": float(np.abs(got - want).max()),
+        "top1_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
+        "images": int(len(got)),
+    }

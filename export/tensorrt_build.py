@@ -33,13 +33,17 @@ def tensorrt_status() -> tuple[Any, dict[str, Any]]:
     try:
         import tensorrt as trt
     except ImportError:
-        raise DawnpipeError("TensorRT is not installed (import tensorrt failed), so no engine was built",
-                            "pip install tensorrt (NVIDIA's index) on a machine with an NVIDIA GPU") from None
+        raise DawnpipeError(
+            "TensorRT is not installed (import tensorrt failed), so no engine was built",
+            "pip install tensorrt (NVIDIA's index) on a machine with an NVIDIA GPU",
+        ) from None
     import torch
 
     if not torch.cuda.is_available():
-        raise DawnpipeError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible, so no engine "
-                            "was built", "run the export with --trt on a machine with an NVIDIA GPU")
+        raise DawnpipeError(
+            f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible, so no engine was built",
+            "run the export with --trt on a machine with an NVIDIA GPU",
+        )
     props = torch.cuda.get_device_properties(0)
     return trt, {"tensorrt": trt.__version__, "gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
 
@@ -51,8 +55,14 @@ def engine_name(stem: str, precision: str, gpu: dict[str, Any]) -> str:
     return f"{stem}-{precision}-{slug}-sm{gpu['compute_capability'].replace('.', '')}-trt{major}.engine"
 
 
-def build_engine(onnx_fp32: Path | None, onnx_fp16: Path | None, out_dir: Path, stem: str, precision: str,
-                 spec: EngineSpec = EngineSpec()) -> tuple[Path, dict[str, Any]]:
+def build_engine(
+    onnx_fp32: Path | None,
+    onnx_fp16: Path | None,
+    out_dir: Path,
+    stem: str,
+    precision: str,
+    spec: EngineSpec = EngineSpec(),
+) -> tuple[Path, dict[str, Any]]:
     """Build and save the engine; returns its path and what the manifest records (source, versions, GPU)."""
     trt, gpu = tensorrt_status()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -81,14 +91,20 @@ def build_engine(onnx_fp32: Path | None, onnx_fp16: Path | None, out_dir: Path, 
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise DawnpipeError("TensorRT failed to build the engine (see its log above)",
-                            "lower --trt-max-batch or free GPU memory")
+        raise DawnpipeError(
+            "TensorRT failed to build the engine (see its log above)", "lower --trt-max-batch or free GPU memory"
+        )
     path = out_dir / engine_name(stem, precision, gpu)
     atomic_write(path, lambda tmp: tmp.write_bytes(bytes(serialized)))
     atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
-    record = {**gpu, "precision": precision, "typing": "weak+FP16 flag" if weak_fp16 else "strong",
-              "profile": {"min": spec.min_batch, "opt": spec.opt_batch, "max": spec.max_batch},
-              "timing_cache": cache_path.name, "source_onnx": source.name}
+    record = {
+        **gpu,
+        "precision": precision,
+        "typing": "weak+FP16 flag" if weak_fp16 else "strong",
+        "profile": {"min": spec.min_batch, "opt": spec.opt_batch, "max": spec.max_batch},
+        "timing_cache": cache_path.name,
+        "source_onnx": source.name,
+    }
     return path, record
 
 

@@ -43,8 +43,9 @@ instance_group [ {{ kind: {"KIND_GPU" if platform == "tensorrt_plan" else "KIND_
 """
 
 
-def write_repository(repo: Path, name: str, onnx_path: Path, engine_path: Path | None, num_classes: int,
-                     max_batch: int) -> list[Path]:
+def write_repository(
+    repo: Path, name: str, onnx_path: Path, engine_path: Path | None, num_classes: int, max_batch: int
+) -> list[Path]:
     """Lay out the repository; returns the config files written."""
     written = []
     models = [(f"{name}_onnx", "onnxruntime_onnx", onnx_path, "model.onnx")]

@@ -29,8 +29,9 @@ class Backend:
 
     name = "backend"
 
-    def __init__(self, path: Path, contract: dict[str, Any], classes: list[str], graph_tta: str, graph_views: int,
-                 precision: str) -> None:
+    def __init__(
+        self, path: Path, contract: dict[str, Any], classes: list[str], graph_tta: str, graph_views: int, precision: str
+    ) -> None:
         self.path, self.contract, self.classes = path, contract, list(classes)
         self.graph_tta, self.graph_views, self.precision = graph_tta, graph_views, precision
         self.device = "cpu"
@@ -40,11 +41,15 @@ class Backend:
         shape = list(self.contract.get("shape", [None, 32, 32, 3]))[1:]
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             got = getattr(images, "dtype", type(images).__name__)
-            raise DawnpipeError(f"model input must be uint8 pixels, got {got}",
-                                "pass raw RGB pixels 0-255 as a uint8 array; normalisation happens inside the model")
+            raise DawnpipeError(
+                f"model input must be uint8 pixels, got {got}",
+                "pass raw RGB pixels 0-255 as a uint8 array; normalisation happens inside the model",
+            )
         if images.ndim != 4 or list(images.shape[1:]) != shape:
-            raise DawnpipeError(f"model input must have shape [N, {', '.join(map(str, shape))}] (NHWC RGB), got "
-                                f"{list(images.shape)}", "convert images with infer.predict.to_model_input first")
+            raise DawnpipeError(
+                f"model input must have shape [N, {', '.join(map(str, shape))}] (NHWC RGB), got {list(images.shape)}",
+                "convert images with infer.predict.to_model_input first",
+            )
         return np.ascontiguousarray(images)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
@@ -62,8 +67,14 @@ class Backend:
 
     def describe(self) -> dict[str, Any]:
         """Backend, device, precision, artifact: what a report row needs to say what was measured."""
-        return {"backend": self.name, "device": self.device, "precision": self.precision, "artifact": str(self.path),
-                "graph_tta": self.graph_tta, "graph_views": self.graph_views}
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "artifact": str(self.path),
+            "graph_tta": self.graph_tta,
+            "graph_views": self.graph_views,
+        }
 
     def __enter__(self) -> Backend:
         return self
@@ -123,10 +134,18 @@ class OnnxRuntimeBackend(Backend):
 
         meta = read_metadata(path)
         if meta.get("format") != "dawnpipe-onnx/1":
-            raise DawnpipeError(f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
-                                "export it with `cli.py export`, which records the input contract")
-        super().__init__(path, meta["input_contract"], meta["classes"], meta.get("tta_mode", "none"),
-                         int(meta.get("tta_views", 1)), meta.get("precision", "fp32"))
+            raise DawnpipeError(
+                f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
+                "export it with `cli.py export`, which records the input contract",
+            )
+        super().__init__(
+            path,
+            meta["input_contract"],
+            meta["classes"],
+            meta.get("tta_mode", "none"),
+            int(meta.get("tta_views", 1)),
+            meta.get("precision", "fp32"),
+        )
         available = ort.get_available_providers()
         chosen, self.note = _choose_provider(provider, available)
         options = ort.SessionOptions()
@@ -135,8 +154,9 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as err:  # onnxruntime raises its own exception types for broken graphs
-            raise DawnpipeError(f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})",
-                                "re-export the model") from None
+            raise DawnpipeError(
+                f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})", "re-export the model"
+            ) from None
         self.provider = self._session.get_providers()[0]
         self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
 
@@ -157,9 +177,10 @@ def _choose_provider(provider: str, available: list[str]) -> tuple[list[str], st
     if provider not in PROVIDERS:
         raise DawnpipeError(f"unknown provider {provider!r}", f"use one of auto, {', '.join(PROVIDERS)}")
     if PROVIDERS[provider] not in available:
-        raise DawnpipeError(f"onnxruntime provider {PROVIDERS[provider]} is not installed (installed: "
-                            f"{', '.join(available)})", "pick an installed one with --provider, or install "
-                            "onnxruntime-gpu for cuda/tensorrt")
+        raise DawnpipeError(
+            f"onnxruntime provider {PROVIDERS[provider]} is not installed (installed: {', '.join(available)})",
+            "pick an installed one with --provider, or install onnxruntime-gpu for cuda/tensorrt",
+        )
     return list(dict.fromkeys([PROVIDERS[provider], "CPUExecutionProvider"])), ""
 
 
@@ -173,20 +194,31 @@ class TensorRTBackend(Backend):
 
         record = _manifest_record(path)
         if record is None:
-            raise DawnpipeError(f"{path} is not listed in its run folder's manifest, so its input contract is unknown",
-                                "keep engines in the run folder `cli.py export --trt` wrote them to")
+            raise DawnpipeError(
+                f"{path} is not listed in its run folder's manifest, so its input contract is unknown",
+                "keep engines in the run folder `cli.py export --trt` wrote them to",
+            )
         trt, gpu = tensorrt_status()
-        super().__init__(path, record["input_contract"], record.get("classes") or _manifest_classes(path),
-                         record.get("tta_mode", "none"), int(record.get("tta_views", 1)), record.get("precision", "fp16"))
+        super().__init__(
+            path,
+            record["input_contract"],
+            record.get("classes") or _manifest_classes(path),
+            record.get("tta_mode", "none"),
+            int(record.get("tta_views", 1)),
+            record.get("precision", "fp16"),
+        )
         import torch
 
         self._torch, self.device = torch, "cuda"
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
         self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            raise DawnpipeError(f"{path.name} was built for {record.get('gpu')} with TensorRT {record.get('tensorrt')}; "
-                                f"this machine has {gpu['gpu']} with TensorRT {gpu['tensorrt']}, and engines do not "
-                                "move between GPUs or versions", "rebuild it here with `cli.py export --trt`")
+            raise DawnpipeError(
+                f"{path.name} was built for {record.get('gpu')} with TensorRT {record.get('tensorrt')}; "
+                f"this machine has {gpu['gpu']} with TensorRT {gpu['tensorrt']}, and engines do not "
+                "move between GPUs or versions",
+                "rebuild it here with `cli.py export --trt`",
+            )
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
 
@@ -221,8 +253,9 @@ def _manifest_classes(path: Path) -> list[str]:
     return data["artifacts"]["checkpoint"]["classes"]
 
 
-def load(path: str | Path, backend: str = "auto", *, provider: str = "auto", device: str = "auto",
-         precision: str = "auto") -> Backend:
+def load(
+    path: str | Path, backend: str = "auto", *, provider: str = "auto", device: str = "auto", precision: str = "auto"
+) -> Backend:
     """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it)."""
     path = Path(path).expanduser()
     if backend not in BACKENDS:
@@ -232,8 +265,10 @@ def load(path: str | Path, backend: str = "auto", *, provider: str = "auto", dev
     kind = artifact_kind(path)
     wanted = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
     if backend not in ("auto", wanted):
-        raise DawnpipeError(f"{path.name} is a {kind}, which the {backend} backend cannot run",
-                            f"use --backend {wanted} or auto, or pass the matching artifact")
+        raise DawnpipeError(
+            f"{path.name} is a {kind}, which the {backend} backend cannot run",
+            f"use --backend {wanted} or auto, or pass the matching artifact",
+        )
     if kind == "checkpoint":
         return TorchBackend(path, device=device, precision=precision)
     if kind == "onnx":
@@ -249,4 +284,6 @@ def artifact_kind(path: Path) -> str:
         return "onnx"
     if path.suffix in (".engine", ".plan", ".trt"):
         return "engine"
-    raise DawnpipeError(f"{path.name}: unknown artifact type", "pass a run folder, checkpoint.pt, .onnx or .engine file")
+    raise DawnpipeError(
+        f"{path.name}: unknown artifact type", "pass a run folder, checkpoint.pt, .onnx or .engine file"
+    )

@@ -75,26 +75,50 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
         say = progress or (lambda _message: None)
         say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
         mode_logits = _all_mode_logits(backend, images, modes, cfg)
-        selective = backend.graph_tta == "none" and (cfg.selective_fraction is not None
-                                                      or cfg.selective_threshold is not None)
+        selective = backend.graph_tta == "none" and (
+            cfg.selective_fraction is not None or cfg.selective_threshold is not None
+        )
         rows = []
         for mode in modes:
             n_views = backend.graph_views if backend.graph_tta != "none" else len(views(mode, cfg.shift))
             row = _row(backend, mode, mode_logits[mode], labels, n_views, base_flops)
             say(f"{backend.name}: latency of {mode}")
-            row["latency"] = _latency(backend, images, cfg, lambda x, m=mode: backend_logits(backend, x, m, shift=cfg.shift))
+            row["latency"] = _latency(
+                backend, images, cfg, lambda x, m=mode: backend_logits(backend, x, m, shift=cfg.shift)
+            )
             row["flops_unknown_ops"] = flops.unknown_ops
             rows.append(row)
             if mode != "none" and selective:
                 plain = mode_logits["none"] if "none" in mode_logits else backend_logits(backend, images, "none")
-                sel = combine_selective(plain, mode_logits[mode], n_views, fraction=cfg.selective_fraction,
-                                        threshold=cfg.selective_threshold)
+                sel = combine_selective(
+                    plain,
+                    mode_logits[mode],
+                    n_views,
+                    fraction=cfg.selective_fraction,
+                    threshold=cfg.selective_threshold,
+                )
                 srow = _row(backend, f"selective-{mode}", sel.logits, labels, sel.views_per_image, base_flops)
-                srow["selective"] = {"fraction": cfg.selective_fraction, "threshold": cfg.selective_threshold,
-                                     "selected": float(sel.selected.mean())}
-                srow["latency"] = _latency(backend, images, cfg, lambda x, m=mode: selective_logits(
-                    backend, x, m, fraction=cfg.selective_fraction, threshold=cfg.selective_threshold,
-                    shift=cfg.shift).logits, per_image_sequence=True)
+                srow["selective"] = {
+                    "fraction": cfg.selective_fraction,
+                    "threshold": cfg.selective_threshold,
+                    "selected": float(sel.selected.mean()),
+                }
+                srow["latency"] = _latency(
+                    backend,
+                    images,
+                    cfg,
+                    lambda x, m=mode: (
+                        selective_logits(
+                            backend,
+                            x,
+                            m,
+                            fraction=cfg.selective_fraction,
+                            threshold=cfg.selective_threshold,
+                            shift=cfg.shift,
+                        ).logits
+                    ),
+                    per_image_sequence=True,
+                )
                 srow["flops_unknown_ops"] = flops.unknown_ops
                 rows.append(srow)
         path = _write(rows, backend, cfg, run_dir)
@@ -110,8 +134,12 @@ def _all_mode_logits(backend: Backend, images: np.ndarray, modes: list[str], cfg
         for view in views(mode, cfg.shift):
             key = (view.flip, view.dy, view.dx)
             if key not in per_view:
-                per_view[key] = np.concatenate([backend.infer(apply_view(images[i:i + cfg.batch_size], view))
-                                                for i in range(0, len(images), cfg.batch_size)])
+                per_view[key] = np.concatenate(
+                    [
+                        backend.infer(apply_view(images[i : i + cfg.batch_size], view))
+                        for i in range(0, len(images), cfg.batch_size)
+                    ]
+                )
     return {mode: sum(v.weight * per_view[(v.flip, v.dy, v.dx)] for v in views(mode, cfg.shift)) for mode in modes}
 
 
@@ -126,26 +154,40 @@ def _test_data(cfg: EvalConfig, backend: Backend, run_dir: Path) -> tuple[np.nda
 
     source = cfg.data or read_manifest(run_dir).get("runs", {}).get("train", {}).get("data", {}).get("source")
     if not source:
-        raise DawnpipeError("no --data given and the run's manifest names no training data",
-                            "pass --data PATH to the CIFAR-10 test set")
+        raise DawnpipeError(
+            "no --data given and the run's manifest names no training data", "pass --data PATH to the CIFAR-10 test set"
+        )
     data = load_cifar(source, test_limit=cfg.test_limit)
     if list(data.classes) != backend.classes:
-        raise DawnpipeError(f"the data's classes {list(data.classes)} differ from the model's {backend.classes}",
-                            "evaluate on the data set the model was trained for")
+        raise DawnpipeError(
+            f"the data's classes {list(data.classes)} differ from the model's {backend.classes}",
+            "evaluate on the data set the model was trained for",
+        )
     return data.test_x, data.test_y
 
 
-def _row(backend: Backend, mode: str, logits: np.ndarray, labels: np.ndarray, views_per_image: float,
-         base_flops: float) -> dict[str, Any]:
+def _row(
+    backend: Backend, mode: str, logits: np.ndarray, labels: np.ndarray, views_per_image: float, base_flops: float
+) -> dict[str, Any]:
     predicted = logits.argmax(1)
     correct = int((predicted == labels).sum())
     low, high = wilson_interval(correct, len(labels))
-    per_class = {name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
-                 for i, name in enumerate(backend.classes)}
-    return {**backend.describe(), "tta": mode, "views_per_image": float(views_per_image),
-            "accuracy": correct / max(len(labels), 1), "ci95": [low, high], "correct": correct, "images": len(labels),
-            "per_class": per_class, "model_flops_per_image": base_flops * views_per_image,
-            "gflops_per_image": base_flops * views_per_image / 1e9}
+    per_class = {
+        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
+        for i, name in enumerate(backend.classes)
+    }
+    return {
+        **backend.describe(),
+        "tta": mode,
+        "views_per_image": float(views_per_image),
+        "accuracy": correct / max(len(labels), 1),
+        "ci95": [low, high],
+        "correct": correct,
+        "images": len(labels),
+        "per_class": per_class,
+        "model_flops_per_image": base_flops * views_per_image,
+        "gflops_per_image": base_flops * views_per_image / 1e9,
+    }
 
 
 def _latency(backend: Backend, images: np.ndarray, cfg: EvalConfig, run, per_image_sequence: bool = False) -> dict:
@@ -157,19 +199,28 @@ def _latency(backend: Backend, images: np.ndarray, cfg: EvalConfig, run, per_ima
         times = []
         sample = images[: max(cfg.latency_iters, 1)]
         for i in range(min(5, len(sample))):
-            run(sample[i:i + 1])
+            run(sample[i : i + 1])
         for i in range(len(sample)):
             t0 = time.perf_counter()
-            run(sample[i:i + 1])
+            run(sample[i : i + 1])
             backend.synchronize()
             times.append((time.perf_counter() - t0) * 1000)
         p50, p90, p99 = np.percentile(times, [50, 90, 99])
-        single = {"batch": 1, "calls": len(times), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-                  "images_per_s": float(len(times) / (sum(times) / 1000))}
+        single = {
+            "batch": 1,
+            "calls": len(times),
+            "p50_ms": float(p50),
+            "p90_ms": float(p90),
+            "p99_ms": float(p99),
+            "images_per_s": float(len(times) / (sum(times) / 1000)),
+        }
     else:
-        single = measure(run, images[:1], batch=1, warmup=5, iters=cfg.latency_iters, sync=backend.synchronize).to_dict()
-    bulk = measure(run, images, batch=cfg.throughput_batch, warmup=1, iters=cfg.throughput_iters,
-                   sync=backend.synchronize).to_dict()
+        single = measure(
+            run, images[:1], batch=1, warmup=5, iters=cfg.latency_iters, sync=backend.synchronize
+        ).to_dict()
+    bulk = measure(
+        run, images, batch=cfg.throughput_batch, warmup=1, iters=cfg.throughput_iters, sync=backend.synchronize
+    ).to_dict()
     return {"batch1": single, "throughput": bulk}
 
 
@@ -187,7 +238,17 @@ def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig, run_di
     merged = [r for r in existing if key(r) not in fresh] + rows
     atomic_write_json(path, {"format": "dawnpipe-eval/1", "rows": merged})
     if (run_dir / "manifest.json").exists():
-        update_manifest(run_dir, run=("eval", {"config": asdict(cfg)}), artifacts={EVAL_NAME: artifact_entry(
-            run_dir, path, kind="eval", made_from={"artifact": backend.path.name, "sha256": sha256_file(backend.path)},
-            metrics={f"{r['backend']}:{r['tta']}": r["accuracy"] for r in merged})})
+        update_manifest(
+            run_dir,
+            run=("eval", {"config": asdict(cfg)}),
+            artifacts={
+                EVAL_NAME: artifact_entry(
+                    run_dir,
+                    path,
+                    kind="eval",
+                    made_from={"artifact": backend.path.name, "sha256": sha256_file(backend.path)},
+                    metrics={f"{r['backend']}:{r['tta']}": r["accuracy"] for r in merged},
+                )
+            },
+        )
     return path

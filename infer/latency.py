@@ -29,13 +29,25 @@ class Timing:
         return self.__dict__.copy()
 
 
-def measure(run: Callable[[np.ndarray], object], images: np.ndarray, *, batch: int, warmup: int = 3,
-            iters: int = 20, min_seconds: float = 0.0, sync: Callable[[], None] = lambda: None) -> Timing:
+def measure(
+    run: Callable[[np.ndarray], object],
+    images: np.ndarray,
+    *,
+    batch: int,
+    warmup: int = 3,
+    iters: int = 20,
+    min_seconds: float = 0.0,
+    sync: Callable[[], None] = lambda: None,
+) -> Timing:
     """Time ``run`` on ``batch`` images (repeating ``images`` if needed) for ``iters`` calls (or min_seconds)."""
     if batch < 1 or iters < 1:
         raise ValueError("batch and iters must be positive")
     reps = -(-batch // len(images))
-    x = np.ascontiguousarray(np.concatenate([images] * reps)[:batch]) if reps > 1 else np.ascontiguousarray(images[:batch])
+    x = (
+        np.ascontiguousarray(np.concatenate([images] * reps)[:batch])
+        if reps > 1
+        else np.ascontiguousarray(images[:batch])
+    )
     for _ in range(warmup):
         run(x)
     sync()

@@ -80,12 +80,20 @@ class Prediction:
 class Predictor:
     """A loaded model a service can hold in memory and call per request.
 
-        with Predictor("runs/x/resnet9-ema-none-fp32.onnx", tta="flip") as predictor:
-            predictor.predict_arrays(batch_uint8)       # or predictor.predict_files([...])
+    with Predictor("runs/x/resnet9-ema-none-fp32.onnx", tta="flip") as predictor:
+        predictor.predict_arrays(batch_uint8)       # or predictor.predict_files([...])
     """
 
-    def __init__(self, artifact: str | Path, *, tta: str = "none", backend: str = "auto", provider: str = "auto",
-                 top_k: int = 1, shift: int = DEFAULT_SHIFT) -> None:
+    def __init__(
+        self,
+        artifact: str | Path,
+        *,
+        tta: str = "none",
+        backend: str = "auto",
+        provider: str = "auto",
+        top_k: int = 1,
+        shift: int = DEFAULT_SHIFT,
+    ) -> None:
         self.backend: Backend = load(artifact, backend, provider=provider)
         if top_k < 1:
             raise DawnpipeError(f"--top-k {top_k} must be at least 1", "pass --top-k 1 or more")
@@ -100,8 +108,10 @@ class Predictor:
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         order = np.argsort(-probs, axis=1)[:, : self.top_k]
         names = sources or [str(i) for i in range(len(images))]
-        return [Prediction(names[i], [(self.backend.classes[j], float(probs[i, j])) for j in order[i]])
-                for i in range(len(images))]
+        return [
+            Prediction(names[i], [(self.backend.classes[j], float(probs[i, j])) for j in order[i]])
+            for i in range(len(images))
+        ]
 
     def predict_files(self, paths: list[str | Path]) -> list[Prediction]:
         """Predictions for image files and folders (converted per the module's stated method)."""

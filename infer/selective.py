@@ -35,8 +35,10 @@ def softmax_confidence(logits: np.ndarray) -> np.ndarray:
 def select(confidence: np.ndarray, *, fraction: float | None = None, threshold: float | None = None) -> np.ndarray:
     """Which images get extra views: below ``threshold`` confidence, or the least confident ``fraction``."""
     if (fraction is None) == (threshold is None):
-        raise DawnpipeError("selective TTA needs exactly one of a fraction and a confidence threshold",
-                            "pass --selective-fraction F or --selective-threshold T")
+        raise DawnpipeError(
+            "selective TTA needs exactly one of a fraction and a confidence threshold",
+            "pass --selective-fraction F or --selective-threshold T",
+        )
     if threshold is not None:
         if not 0.0 <= threshold <= 1.0:
             raise DawnpipeError(f"confidence threshold {threshold} is outside [0, 1]", "use a probability")
@@ -49,20 +51,30 @@ def select(confidence: np.ndarray, *, fraction: float | None = None, threshold: 
     return chosen
 
 
-def combine_selective(plain: np.ndarray, full: np.ndarray, n_views: int, *, fraction: float | None = None,
-                      threshold: float | None = None) -> SelectiveResult:
+def combine_selective(
+    plain: np.ndarray, full: np.ndarray, n_views: int, *, fraction: float | None = None, threshold: float | None = None
+) -> SelectiveResult:
     """Selective TTA from already computed plain and full-TTA logits (evaluation computes each view once)."""
     chosen = select(softmax_confidence(plain), fraction=fraction, threshold=threshold)
     logits = np.where(chosen[:, None], full, plain)
     return SelectiveResult(logits, chosen, 1.0 + (n_views - 1) * float(chosen.mean()) if len(chosen) else 1.0)
 
 
-def selective_logits(backend, images: np.ndarray, mode: str, *, fraction: float | None = None,
-                     threshold: float | None = None, shift: int = DEFAULT_SHIFT, batch: int = 500) -> SelectiveResult:
+def selective_logits(
+    backend,
+    images: np.ndarray,
+    mode: str,
+    *,
+    fraction: float | None = None,
+    threshold: float | None = None,
+    shift: int = DEFAULT_SHIFT,
+    batch: int = 500,
+) -> SelectiveResult:
     """Plain logits for confident images, full ``mode`` TTA logits for the rest."""
     if backend.graph_tta != "none":
-        raise DawnpipeError("selective TTA needs a model without TTA in its graph",
-                            "evaluate an export made without --tta")
+        raise DawnpipeError(
+            "selective TTA needs a model without TTA in its graph", "evaluate an export made without --tta"
+        )
     tta_views = views(mode, shift)
     plain = backend_logits(backend, images, "none", batch=batch)
     chosen = select(softmax_confidence(plain), fraction=fraction, threshold=threshold)
@@ -74,8 +86,10 @@ def selective_logits(backend, images: np.ndarray, mode: str, *, fraction: float 
         total = plain[chosen] * identity_weight
         step = max(1, batch // len(extra))
         for i in range(0, len(picked), step):
-            chunk = picked[i:i + step]
-            out = backend.infer(np.concatenate([apply_view(chunk, v) for v in extra])).reshape(len(extra), len(chunk), -1)
-            total[i:i + step] += np.tensordot(np.array([v.weight for v in extra], dtype=np.float32), out, axes=1)
+            chunk = picked[i : i + step]
+            out = backend.infer(np.concatenate([apply_view(chunk, v) for v in extra])).reshape(
+                len(extra), len(chunk), -1
+            )
+            total[i : i + step] += np.tensordot(np.array([v.weight for v in extra], dtype=np.float32), out, axes=1)
         logits[chosen] = total
     return SelectiveResult(logits, chosen, 1.0 + len(extra) * float(chosen.mean()) if len(chosen) else 1.0)

@@ -92,8 +92,9 @@ def tta_logits(run: Callable, images, tta_views: tuple[View, ...]):
     return total
 
 
-def backend_logits(backend, images: np.ndarray, mode: str, *, shift: int = DEFAULT_SHIFT,
-                   batch: int = 500) -> np.ndarray:
+def backend_logits(
+    backend, images: np.ndarray, mode: str, *, shift: int = DEFAULT_SHIFT, batch: int = 500
+) -> np.ndarray:
     """Logits of ``backend`` on uint8 images with ``mode`` TTA, applied on the host or recognised in the graph.
 
     A graph that already holds TTA is run as is when ``mode`` names its TTA, and refused otherwise, so views
@@ -102,16 +103,17 @@ def backend_logits(backend, images: np.ndarray, mode: str, *, shift: int = DEFAU
     check_mode(mode)
     if backend.graph_tta != "none":
         if mode != backend.graph_tta:
-            raise DawnpipeError(f"this model has {backend.graph_tta} TTA inside its graph, so it cannot be "
-                                f"evaluated with --tta {mode}", f"use --tta {backend.graph_tta}, or export "
-                                "without --tta to choose TTA at evaluation time")
+            raise DawnpipeError(
+                f"this model has {backend.graph_tta} TTA inside its graph, so it cannot be evaluated with --tta {mode}",
+                f"use --tta {backend.graph_tta}, or export without --tta to choose TTA at evaluation time",
+            )
         tta_views: tuple[View, ...] = views("none")
     else:
         tta_views = views(mode, shift)
     step = max(1, batch // len(tta_views))
     out = []
     for i in range(0, len(images), step):
-        chunk = images[i:i + step]
+        chunk = images[i : i + step]
         stacked = np.concatenate([apply_view(chunk, v) for v in tta_views]) if len(tta_views) > 1 else chunk
         logits = backend.infer(stacked).reshape(len(tta_views), len(chunk), -1)
         out.append(np.tensordot(np.array([v.weight for v in tta_views], dtype=np.float32), logits, axes=1))

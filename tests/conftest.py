@@ -29,11 +29,12 @@ def make_images(per_class: int, seed: int, num_classes: int = len(CLASSES)) -> t
     return images, labels.astype(np.int64)
 
 
-def write_image_folder(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes=CLASSES,
-                       fmt: str = "png") -> Path:
+def write_image_folder(
+    root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes=CLASSES, fmt: str = "png"
+) -> Path:
     """train/<class>/<i>.png and test/<class>/<i>.png (lossless, so pixels round-trip exactly)."""
     for split, (images, labels) in splits.items():
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             folder = root / split / classes[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:05d}.{fmt}")
@@ -100,6 +101,7 @@ def trained_run(tmp_path_factory, image_folder) -> Path:
     from train.trainer import train
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = config_from_options(data=image_folder, epochs=6, batch_size=32, lr=2.0, width=0.125, out=out,
-                              name="tiny", device="cpu")
+    cfg = config_from_options(
+        data=image_folder, epochs=6, batch_size=32, lr=2.0, width=0.125, out=out, name="tiny", device="cpu"
+    )
     return train(cfg, progress=False).run_dir

@@ -23,8 +23,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def input_contract(normalization: dict[str, list[float]]) -> dict[str, Any]:
     """What a deployed model takes: uint8 NHWC RGB 32x32 pixels, normalised inside the model."""
-    return {"name": "images", "dtype": "uint8", "layout": "NHWC", "shape": [None, 32, 32, 3], "channels": "RGB",
-            "normalization": normalization, "output": {"name": "logits", "dtype": "float32", "shape": [None, 10]}}
+    return {
+        "name": "images",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "shape": [None, 32, 32, 3],
+        "channels": "RGB",
+        "normalization": normalization,
+        "output": {"name": "logits", "dtype": "float32", "shape": [None, 10]},
+    }
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -33,7 +40,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.exists():
-        raise DawnpipeError(f"checkpoint {path} does not exist", "pass a run folder or checkpoint made by `cli.py train`")
+        raise DawnpipeError(
+            f"checkpoint {path} does not exist", "pass a run folder or checkpoint made by `cli.py train`"
+        )
     return path
 
 
@@ -49,14 +58,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle and unpickler errors all mean the same thing to a user
-        raise DawnpipeError(f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated "
-                            "or not a PyTorch file", "retrain, or point at an intact checkpoint.pt") from None
+        raise DawnpipeError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}); it may be truncated or not a PyTorch file",
+            "retrain, or point at an intact checkpoint.pt",
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DawnpipeError(f"{path} was not made by dawnpipe (no {FORMAT!r} tag)",
-                            "export checkpoints written by `cli.py train`")
+        raise DawnpipeError(
+            f"{path} was not made by dawnpipe (no {FORMAT!r} tag)", "export checkpoints written by `cli.py train`"
+        )
     if payload.get("version") != VERSION:
-        raise DawnpipeError(f"{path} is a version {payload.get('version')} checkpoint; this dawnpipe reads "
-                            f"version {VERSION}", "retrain with this version, or use the dawnpipe that made it")
+        raise DawnpipeError(
+            f"{path} is a version {payload.get('version')} checkpoint; this dawnpipe reads version {VERSION}",
+            "retrain with this version, or use the dawnpipe that made it",
+        )
     return payload
 
 
@@ -69,6 +83,8 @@ def model_from_checkpoint(payload: dict[str, Any], weights: str = "ema") -> ResN
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise DawnpipeError(f"checkpoint weights do not fit its model config ({str(err).splitlines()[0]})",
-                            "the checkpoint is damaged; retrain") from None
+        raise DawnpipeError(
+            f"checkpoint weights do not fit its model config ({str(err).splitlines()[0]})",
+            "the checkpoint is damaged; retrain",
+        ) from None
     return model.eval()

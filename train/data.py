@@ -29,8 +29,10 @@ from common.files import atomic_write, sha256_file
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page
 IMAGE_SIZE = 32  # pixels, height and width
-_FIX = ("pass --data PATH to cifar-10-python.tar.gz, a cifar-10-batches-py/ folder, or an image folder "
-        "(train/<class>/*, test/<class>/*) or its .tar/.tar.gz")
+_FIX = (
+    "pass --data PATH to cifar-10-python.tar.gz, a cifar-10-batches-py/ folder, or an image folder "
+    "(train/<class>/*, test/<class>/*) or its .tar/.tar.gz"
+)
 _IMAGE_MEMBER = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
 
 
@@ -48,8 +50,13 @@ class Cifar:
 
     def describe(self) -> dict:
         """What the manifest records about the data."""
-        return {"source": self.source, "sha256": self.source_sha256, "classes": list(self.classes),
-                "train_images": len(self.train_y), "test_images": len(self.test_y)}
+        return {
+            "source": self.source,
+            "sha256": self.source_sha256,
+            "classes": list(self.classes),
+            "train_images": len(self.train_y),
+            "test_images": len(self.test_y),
+        }
 
 
 def cache_dir() -> Path:
@@ -57,8 +64,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DAWNPIPE_CACHE", Path.home() / ".cache" / "dawnpipe"))
 
 
-def load_cifar(data: str | Path | None = None, *, train_limit: int | None = None,
-               test_limit: int | None = None) -> Cifar:
+def load_cifar(
+    data: str | Path | None = None, *, train_limit: int | None = None, test_limit: int | None = None
+) -> Cifar:
     """Load CIFAR-10 from ``data`` (or the cached official archive), using the decoded cache when present."""
     path = _official_archive() if data is None else Path(data).expanduser()
     if not path.exists():
@@ -71,8 +79,9 @@ def load_cifar(data: str | Path | None = None, *, train_limit: int | None = None
         _write_cache(cached, arrays)
     train_x, train_y, test_x, test_y, classes = arrays
     train_idx, test_idx = balanced_subset(train_y, train_limit), balanced_subset(test_y, test_limit)
-    return Cifar(train_x[train_idx], train_y[train_idx], test_x[test_idx], test_y[test_idx], tuple(classes),
-                 str(path), digest)
+    return Cifar(
+        train_x[train_idx], train_y[train_idx], test_x[test_idx], test_y[test_idx], tuple(classes), str(path), digest
+    )
 
 
 def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -110,14 +119,17 @@ def _official_archive() -> Path:
                         md5.update(block)
                         bar.update(len(block))
                 if md5.hexdigest() != CIFAR10_MD5:
-                    raise DawnpipeError(f"downloaded CIFAR-10 has md5 {md5.hexdigest()}, expected {CIFAR10_MD5}",
-                                        "retry the download, or pass --data PATH to a copy you trust")
+                    raise DawnpipeError(
+                        f"downloaded CIFAR-10 has md5 {md5.hexdigest()}, expected {CIFAR10_MD5}",
+                        "retry the download, or pass --data PATH to a copy you trust",
+                    )
 
             atomic_write(target, _download)
     except OSError as err:
         reason = getattr(err, "reason", err)
-        raise DawnpipeError(f"CIFAR-10 is not in the cache ({target}) and could not be downloaded ({reason})",
-                            _FIX) from None
+        raise DawnpipeError(
+            f"CIFAR-10 is not in the cache ({target}) and could not be downloaded ({reason})", _FIX
+        ) from None
     return target
 
 
@@ -147,8 +159,11 @@ def _decode(path: Path) -> tuple:
         with tarfile.open(path) as tar:
             members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise DawnpipeError(f"{path} could not be read as an archive ({type(err).__name__}: {err}); "
-                            "it is probably truncated or corrupt", "download or copy it again") from None
+        raise DawnpipeError(
+            f"{path} could not be read as an archive ({type(err).__name__}: {err}); "
+            "it is probably truncated or corrupt",
+            "download or copy it again",
+        ) from None
     batch_files = {Path(k).name: v for k, v in members.items() if "cifar-10-batches-py/" in k or "_batch" in k}
     if "data_batch_1" in batch_files:
         return _from_batches(batch_files, str(path))
@@ -166,8 +181,9 @@ def _from_batches(files: dict[str, bytes], where: str) -> tuple:
         try:
             return pickle.loads(files[name], encoding="bytes")
         except Exception as err:  # a damaged pickle can raise almost anything
-            raise DawnpipeError(f"{where}: batch file {name} is corrupt ({type(err).__name__})",
-                                "download or extract it again") from None
+            raise DawnpipeError(
+                f"{where}: batch file {name} is corrupt ({type(err).__name__})", "download or extract it again"
+            ) from None
 
     def arrays(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         parts = [unpickle(n) for n in names]
@@ -192,8 +208,10 @@ def _from_image_files(files: dict, where: str) -> tuple:
     classes = sorted({c for _, c, _ in split_items["train"]})
     test_classes = sorted({c for _, c, _ in split_items["test"]})
     if classes != test_classes:
-        raise DawnpipeError(f"{where}: train classes {classes} differ from test classes {test_classes}",
-                            "give train/ and test/ the same class folders")
+        raise DawnpipeError(
+            f"{where}: train classes {classes} differ from test classes {test_classes}",
+            "give train/ and test/ the same class folders",
+        )
     index = {c: i for i, c in enumerate(classes)}
     out = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow releases the GIL while decoding
@@ -212,11 +230,14 @@ def _decode_image(name: str, data: bytes, where: str) -> np.ndarray:
             size = image.size
             rgb = np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError):
-        raise DawnpipeError(f"{where}: {name} is not an image Pillow can read",
-                            "remove non-image files from the data folder") from None
+        raise DawnpipeError(
+            f"{where}: {name} is not an image Pillow can read", "remove non-image files from the data folder"
+        ) from None
     if size != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DawnpipeError(f"{where}: {name} is {size[0]}x{size[1]}, not {IMAGE_SIZE}x{IMAGE_SIZE}",
-                            "resize the data set to 32x32 first (training data is never resized silently)")
+        raise DawnpipeError(
+            f"{where}: {name} is {size[0]}x{size[1]}, not {IMAGE_SIZE}x{IMAGE_SIZE}",
+            "resize the data set to 32x32 first (training data is never resized silently)",
+        )
     return rgb
 
 
@@ -238,8 +259,7 @@ def _write_cache(path: Path, arrays: tuple) -> None:
 
     def _save(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                     classes=np.array(classes))
+            np.savez(handle, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=np.array(classes))
 
     try:
         atomic_write(path, _save)

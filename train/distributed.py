@@ -52,8 +52,10 @@ class Context:
 
         if self.sync_bn:
             if self.device_choice.device.type != "cuda":
-                raise DawnpipeError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel)",
-                                    "drop --sync-bn on CPU; per-rank BatchNorm is the default")
+                raise DawnpipeError(
+                    "--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel)",
+                    "drop --sync-bn on CPU; per-rank BatchNorm is the default",
+                )
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.local_rank] if self.device_choice.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
@@ -65,8 +67,13 @@ class Context:
 
     def reduce_stats(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):
         """Epoch statistics over all ranks: loss averaged, counts summed."""
-        packed = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=loss_sum.device,
-                                                                                 dtype=torch.float64)])
+        packed = torch.stack(
+            [
+                loss_sum.double(),
+                correct.double(),
+                torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64),
+            ]
+        )
         tdist.all_reduce(packed)
         return packed[0] / self.world_size, packed[1].long(), int(packed[2].item())
 
@@ -74,8 +81,10 @@ class Context:
         """A resumed run must keep its world size (the global batch and data order depend on it)."""
         saved = payload["state"].get("world_size", 1)
         if saved != self.world_size:
-            raise DawnpipeError(f"the checkpoint was written by a run of {saved} processes, this one has "
-                                f"{self.world_size}", f"resume with torchrun --nproc_per_node {saved}")
+            raise DawnpipeError(
+                f"the checkpoint was written by a run of {saved} processes, this one has {self.world_size}",
+                f"resume with torchrun --nproc_per_node {saved}",
+            )
 
 
 def init_context(cfg: TrainConfig) -> Context:
@@ -86,16 +95,20 @@ def init_context(cfg: TrainConfig) -> Context:
     if use_cuda:
         gpus = torch.cuda.device_count()
         if local_world > gpus:
-            raise DawnpipeError(f"torchrun started {local_world} processes on this node but only {gpus} GPUs are "
-                                "visible", f"use --nproc_per_node {max(gpus, 1)} or fewer")
+            raise DawnpipeError(
+                f"torchrun started {local_world} processes on this node but only {gpus} GPUs are visible",
+                f"use --nproc_per_node {max(gpus, 1)} or fewer",
+            )
         torch.cuda.set_device(local)
         dev = choose_device("cuda")
         dev = DeviceChoice(torch.device("cuda", local), dev.autocast_dtype, dev.channels_last)
     else:
         cores = os.cpu_count() or 1
         if local_world > cores:
-            raise DawnpipeError(f"torchrun started {local_world} CPU processes but this machine has {cores} cores",
-                                f"use --nproc_per_node {cores} or fewer")
+            raise DawnpipeError(
+                f"torchrun started {local_world} CPU processes but this machine has {cores} cores",
+                f"use --nproc_per_node {cores} or fewer",
+            )
         dev = choose_device("cpu")
         torch.set_num_threads(max(1, cores // local_world))
     tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=_TIMEOUT)
@@ -111,8 +124,11 @@ def run_distributed(cfg: TrainConfig, *, progress: bool = True):
         return train(cfg, progress=progress, dist=ctx)
     except (RuntimeError, tdist.DistBackendError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DawnpipeError(f"rank {ctx.rank}: a peer process failed or vanished ({first[:200]}); the last "
-                            f"checkpoint written by rank 0 is kept", "fix the failing rank and rerun with --resume") from None
+        raise DawnpipeError(
+            f"rank {ctx.rank}: a peer process failed or vanished ({first[:200]}); the last "
+            f"checkpoint written by rank 0 is kept",
+            "fix the failing rank and rerun with --resume",
+        ) from None
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()

@@ -22,7 +22,9 @@ class EMA:
         self.decay = decay
         self.warmup = warmup  # TF ExponentialMovingAverage's num_updates rule: decay min(d, (1+u)/(10+u))
         self.updates = 0
-        self._pairs = [(e, m) for e, m in zip(self.module.state_dict().values(), model.state_dict().values())]
+        self._pairs = [
+            (e, m) for e, m in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
+        ]
         self._float = [(e, m) for e, m in self._pairs if e.is_floating_point()]
         self._other = [(e, m) for e, m in self._pairs if not e.is_floating_point()]
 
@@ -32,7 +34,7 @@ class EMA:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         self.updates += 1
         if self._float:
-            ema, live = zip(*self._float)
+            ema, live = zip(*self._float, strict=True)
             torch._foreach_lerp_(list(ema), list(live), 1.0 - decay)
         for e, m in self._other:
             e.copy_(m)

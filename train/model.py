@@ -133,11 +133,13 @@ class ResNet9(nn.Module):
         else:
             self.whiten = None
             self.prep = _conv_bn(3, c0, cfg)
-        self.layer1 = nn.Sequential(_conv_bn(c0, c1, cfg, pool=True),
-                                    Residual(_conv_bn(c1, c1, cfg), _conv_bn(c1, c1, cfg)))
+        self.layer1 = nn.Sequential(
+            _conv_bn(c0, c1, cfg, pool=True), Residual(_conv_bn(c1, c1, cfg), _conv_bn(c1, c1, cfg))
+        )
         self.layer2 = _conv_bn(c1, c2, cfg, pool=True)
-        self.layer3 = nn.Sequential(_conv_bn(c2, c3, cfg, pool=True),
-                                    Residual(_conv_bn(c3, c3, cfg), _conv_bn(c3, c3, cfg)))
+        self.layer3 = nn.Sequential(
+            _conv_bn(c2, c3, cfg, pool=True), Residual(_conv_bn(c3, c3, cfg), _conv_bn(c3, c3, cfg))
+        )
         self.linear = nn.Linear(c3, cfg.num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,8 +56,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         resume_state = load_checkpoint(cfg.resume)
         saved = TrainConfig.from_dict(resume_state["train_config"])
         if resume_state["state"].get("complete"):
-            raise DawnpipeError(f"the run in {cfg.resume} already finished all {saved.epochs} epochs",
-                                "start a new run without --resume")
+            raise DawnpipeError(
+                f"the run in {cfg.resume} already finished all {saved.epochs} epochs",
+                "start a new run without --resume",
+            )
         cfg = replace(saved, resume=cfg.resume, device=cfg.device)
     dev = choose_device(cfg.device) if dist is None else dist.device_choice
     torch.manual_seed(cfg.seed)
@@ -66,11 +68,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     data = load_cifar(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     world = 1 if dist is None else dist.world_size
     if cfg.batch_size > len(data.train_y):
-        raise DawnpipeError(f"batch size {cfg.batch_size} is larger than the {len(data.train_y)} training images",
-                            "lower --batch-size or raise --train-limit")
+        raise DawnpipeError(
+            f"batch size {cfg.batch_size} is larger than the {len(data.train_y)} training images",
+            "lower --batch-size or raise --train-limit",
+        )
     if cfg.batch_size % world:
-        raise DawnpipeError(f"global batch {cfg.batch_size} does not split over {world} ranks",
-                            "pick a --batch-size divisible by the number of processes")
+        raise DawnpipeError(
+            f"global batch {cfg.batch_size} does not split over {world} ranks",
+            "pick a --batch-size divisible by the number of processes",
+        )
     train_x = torch.from_numpy(data.train_x).to(dev.device)
     train_y = torch.from_numpy(data.train_y).to(dev.device)
     test_x = torch.from_numpy(data.test_x).to(dev.device)
@@ -91,10 +97,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     optimizer = torch.optim.SGD(
-        [{"params": weights, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
-         {"params": biases, "lr_scale": cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}],
-        lr=0.0, momentum=cfg.momentum, nesterov=True, foreach=True)
-    ema = EMA(model, cfg.ema_decay ** cfg.ema_every, warmup=cfg.ema_warmup)
+        [
+            {"params": weights, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
+            {"params": biases, "lr_scale": cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale},
+        ],
+        lr=0.0,
+        momentum=cfg.momentum,
+        nesterov=True,
+        foreach=True,
+    )
+    ema = EMA(model, cfg.ema_decay**cfg.ema_every, warmup=cfg.ema_warmup)
     live = model if dist is None else dist.wrap(model)
     steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
@@ -115,14 +127,28 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     def checkpoint(epoch: int, step_in_epoch: int, complete: bool, final: dict[str, Any] | None = None) -> None:
         if not rank0:
             return
-        save_checkpoint(ckpt_path, {
-            "model_config": model_cfg.to_dict(), "model": _cpu_state(model), "ema": _cpu_state(ema.module),
-            "normalization": norm, "classes": list(data.classes), "input": input_contract(norm),
-            "train_config": cfg.to_dict(), "data": data.describe(),
-            "metrics": {"epochs": history, "final": final or {}},
-            "state": {"epoch": epoch, "step_in_epoch": step_in_epoch, "complete": complete,
-                      "optimizer": optimizer.state_dict(), "world_size": world,
-                      "ema_updates": ema.updates}})
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model_config": model_cfg.to_dict(),
+                "model": _cpu_state(model),
+                "ema": _cpu_state(ema.module),
+                "normalization": norm,
+                "classes": list(data.classes),
+                "input": input_contract(norm),
+                "train_config": cfg.to_dict(),
+                "data": data.describe(),
+                "metrics": {"epochs": history, "final": final or {}},
+                "state": {
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "complete": complete,
+                    "optimizer": optimizer.state_dict(),
+                    "world_size": world,
+                    "ema_updates": ema.updates,
+                },
+            },
+        )
 
     # ---- loop
     bar = _progress_bar(cfg.epochs * steps_per_epoch, enabled=progress and rank0)
@@ -154,8 +180,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                     lr = float(lrs[epoch * steps_per_epoch + step])
                     for group in optimizer.param_groups:
                         group["lr"] = lr * group["lr_scale"]
-                    x = normalize(epoch_x[step * local_batch:(step + 1) * local_batch], mean, std, compute)
-                    y = epoch_y[step * local_batch:(step + 1) * local_batch]
+                    x = normalize(epoch_x[step * local_batch : (step + 1) * local_batch], mean, std, compute)
+                    y = epoch_y[step * local_batch : (step + 1) * local_batch]
                     with _autocast(dev):
                         logits = live(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -181,9 +207,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                 if not torch.isfinite(loss_sum):
                     _stop_on_nan(epoch, steps_per_epoch - 1, ckpt_path, history)
                 record: dict[str, Any] = {
-                    "epoch": epoch + 1, "train_loss": loss_sum.item() / max(steps_run, 1),
-                    "train_acc": correct.item() / max(seen, 1), "lr": lr,
-                    "train_seconds": epoch_seconds, "train_images_per_s": seen / max(epoch_seconds, 1e-9)}
+                    "epoch": epoch + 1,
+                    "train_loss": loss_sum.item() / max(steps_run, 1),
+                    "train_acc": correct.item() / max(seen, 1),
+                    "lr": lr,
+                    "train_seconds": epoch_seconds,
+                    "train_images_per_s": seen / max(epoch_seconds, 1e-9),
+                }
                 if rank0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                     record["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
                 record["elapsed_s"] = time.time() - started
@@ -195,14 +225,20 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         bar.close()
         checkpoint(epoch, done, complete=False)
         where = ckpt_path if rank0 else "rank 0's run folder"
-        raise DawnpipeError(f"interrupted in epoch {epoch + 1} after step {done}; a checkpoint of that point is at "
-                            f"{where}", f"continue with `cli.py train --resume {run_dir}`") from None
+        raise DawnpipeError(
+            f"interrupted in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
+            f"continue with `cli.py train --resume {run_dir}`",
+        ) from None
     bar.close()
 
     # ---- final evaluation: EMA with and without flip TTA, raw weights for comparison
-    final: dict[str, Any] = {"train_seconds": train_seconds, "wall_seconds": time.time() - started,
-                             "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
-                             "first_step_unix": first_step_unix, "started_unix": started}
+    final: dict[str, Any] = {
+        "train_seconds": train_seconds,
+        "wall_seconds": time.time() - started,
+        "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
+        "first_step_unix": first_step_unix,
+        "started_unix": started,
+    }
     if rank0:
         final["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
         final["ema_test_acc_flip"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "flip")
@@ -214,8 +250,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
 
 
 @torch.no_grad()
-def accuracy(model: ResNet9, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-             dev: DeviceChoice, tta: str, batch: int = 1000) -> float:
+def accuracy(
+    model: ResNet9,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dev: DeviceChoice,
+    tta: str,
+    batch: int = 1000,
+) -> float:
     """Top-1 accuracy of an eval-mode model on uint8 NHWC images, with the named TTA views."""
     was_training = model.training
     model.eval()
@@ -224,7 +268,7 @@ def accuracy(model: ResNet9, images: torch.Tensor, labels: torch.Tensor, mean: t
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     with _autocast(dev):
         for i in range(0, len(labels), batch):
-            correct += (tta_logits(run, images[i:i + batch], views(tta)).argmax(1) == labels[i:i + batch]).sum()
+            correct += (tta_logits(run, images[i : i + batch], views(tta)).argmax(1) == labels[i : i + batch]).sum()
     model.train(was_training)
     return correct.item() / max(len(labels), 1)
 
@@ -256,31 +300,61 @@ def _run_dir(cfg: TrainConfig) -> Path:
 
 def _stop_on_nan(epoch: int, step: int, ckpt: Path, history: list[dict[str, Any]]) -> None:
     kept = f"the last good checkpoint (epoch {len(history)}) is kept at {ckpt}" if history else "no epoch finished"
-    raise DawnpipeError(f"the loss became NaN or infinite in epoch {epoch + 1} near step {step + 1}; training "
-                        f"stopped and {kept}", "lower the learning rate (--lr) or check the data")
+    raise DawnpipeError(
+        f"the loss became NaN or infinite in epoch {epoch + 1} near step {step + 1}; training stopped and {kept}",
+        "lower the learning rate (--lr) or check the data",
+    )
 
 
 def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=1.0,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+    return tqdm(
+        total=total,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}",
+    )
 
 
 def _postfix(record: dict[str, Any], epochs: int) -> str:
     ema = f" ema_test_acc={record['ema_test_acc']:.4f}" if "ema_test_acc" in record else ""
-    return (f"epoch {record['epoch']}/{epochs} loss={record['train_loss']:.3f} "
-            f"train_acc={record['train_acc']:.4f}{ema} {record['elapsed_s']:.0f}s")
+    return (
+        f"epoch {record['epoch']}/{epochs} loss={record['train_loss']:.3f} "
+        f"train_acc={record['train_acc']:.4f}{ema} {record['elapsed_s']:.0f}s"
+    )
 
 
-def _write_manifest(run_dir: Path, ckpt: Path, cfg: TrainConfig, dev: DeviceChoice, data: Cifar,
-                    norm: dict[str, list[float]], final: dict[str, Any], world: int) -> None:
+def _write_manifest(
+    run_dir: Path,
+    ckpt: Path,
+    cfg: TrainConfig,
+    dev: DeviceChoice,
+    data: Cifar,
+    norm: dict[str, list[float]],
+    final: dict[str, Any],
+    world: int,
+) -> None:
     metrics = {k: v for k, v in final.items() if not k.endswith("_unix")}
-    entry = artifact_entry(run_dir, ckpt, made_from={"data": data.source, "data_sha256": data.source_sha256},
-                           input_contract=input_contract(norm), metrics=metrics, kind="checkpoint",
-                           classes=list(data.classes))
-    record = {"config": cfg.to_dict(), "device": dev.describe(), "data": data.describe(),
-              "world_size": world, "global_batch": cfg.batch_size, "metrics": metrics}
+    entry = artifact_entry(
+        run_dir,
+        ckpt,
+        made_from={"data": data.source, "data_sha256": data.source_sha256},
+        input_contract=input_contract(norm),
+        metrics=metrics,
+        kind="checkpoint",
+        classes=list(data.classes),
+    )
+    record = {
+        "config": cfg.to_dict(),
+        "device": dev.describe(),
+        "data": data.describe(),
+        "world_size": world,
+        "global_batch": cfg.batch_size,
+        "metrics": metrics,
+    }
     update_manifest(run_dir, run=("train", record), artifacts={"checkpoint": entry})
 
 

@@ -54,8 +54,10 @@ def test_onnxruntime_backend_matches_torch(trained_run, onnx_plain, images):
 
 
 @pytest.mark.trt
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
-                    reason="needs TensorRT and a CUDA GPU (neither can be installed on the CPU CI machine)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
+    reason="needs TensorRT and a CUDA GPU (neither can be installed on the CPU CI machine)",
+)
 def test_tensorrt_backend_matches_torch(trained_run, images):
     result = export(ExportConfig(source=str(trained_run), trt=True, precision="fp16", check_images=128))
     with load(result.engine) as engine, load(trained_run, device="cpu", precision="fp32") as reference:
@@ -104,8 +106,13 @@ def test_select_rules():
 
 def test_latency_harness_percentiles():
     calls = []
-    timing = measure(lambda x: calls.append(len(x)) or np.sort(np.random.rand(20000)), np.zeros((3, 32, 32, 3), np.uint8),
-                     batch=8, warmup=2, iters=15)
+    timing = measure(
+        lambda x: calls.append(len(x)) or np.sort(np.random.rand(20000)),
+        np.zeros((3, 32, 32, 3), np.uint8),
+        batch=8,
+        warmup=2,
+        iters=15,
+    )
     assert calls[0] == 8 and len(calls) == 17 and timing.calls == 15
     assert 0 < timing.p50_ms <= timing.p90_ms <= timing.p99_ms and timing.images_per_s > 0
 
@@ -122,11 +129,19 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     path = export(ExportConfig(source=str(run), check_images=128)).onnx
-    rows, out = evaluate(EvalConfig(artifact=str(path), tta=("all",), latency_iters=3, throughput_batch=16,
-                                    throughput_iters=1))
+    rows, out = evaluate(
+        EvalConfig(artifact=str(path), tta=("all",), latency_iters=3, throughput_batch=16, throughput_iters=1)
+    )
     modes = [r["tta"] for r in rows]
-    assert modes == ["none", "flip", "selective-flip", "translate", "selective-translate", "flip-translate",
-                     "selective-flip-translate"]
+    assert modes == [
+        "none",
+        "flip",
+        "selective-flip",
+        "translate",
+        "selective-translate",
+        "flip-translate",
+        "selective-flip-translate",
+    ]
     data = json.loads(out.read_text())
     assert out == run / "eval.json" and len(data["rows"]) == 7
     row = data["rows"][1]
@@ -140,15 +155,17 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
 
 
 def test_eval_cli_prints_table(trained_run, onnx_plain, tmp_path):
-    result = CliRunner().invoke(main, ["eval", str(onnx_plain), "--tta", "none,flip", "--latency-iters", "2",
-                                       "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["eval", str(onnx_plain), "--tta", "none,flip", "--latency-iters", "2", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "selective-flip" in result.output and (tmp_path / "eval.json").exists()
 
 
 def test_eval_classes_differ(onnx_plain, tmp_path):
-    other = write_image_folder(tmp_path / "other", {"train": make_images(2, 1, 3), "test": make_images(2, 2, 3)},
-                               classes=["x", "y", "z"])
+    other = write_image_folder(
+        tmp_path / "other", {"train": make_images(2, 1, 3), "test": make_images(2, 2, 3)}, classes=["x", "y", "z"]
+    )
     with pytest.raises(DawnpipeError, match="differ from the model"):
         evaluate(EvalConfig(artifact=str(onnx_plain), data=str(other), latency_iters=0))
 

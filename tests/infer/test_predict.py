@@ -54,7 +54,7 @@ def test_predictor_tta_and_arrays(model_path):
     images, labels = make_images(4, seed=9)
     with Predictor(model_path, tta="flip") as predictor:
         predictions = predictor.predict_arrays(images)
-    assert np.mean([p.top[0][0] == f"c{label}" for p, label in zip(predictions, labels)]) > 0.5
+    assert np.mean([p.top[0][0] == f"c{label}" for p, label in zip(predictions, labels, strict=True)]) > 0.5
 
 
 def test_empty_folder_and_bad_args(model_path, tmp_path):
@@ -67,8 +67,10 @@ def test_empty_folder_and_bad_args(model_path, tmp_path):
 
 
 def test_predict_cli_json(model_path, image_dir):
-    result = CliRunner().invoke(main, ["predict", str(model_path), str(image_dir / "a.png"), str(image_dir / "gray.png"),
-                                       "--json", "--top-k", "3"])
+    result = CliRunner().invoke(
+        main,
+        ["predict", str(model_path), str(image_dir / "a.png"), str(image_dir / "gray.png"), "--json", "--top-k", "3"],
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     assert len(document["results"]) == 2 and len(document["results"][0]["predictions"]) == 3

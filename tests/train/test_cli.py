@@ -11,15 +11,44 @@ from cli import main
 def test_help_lists_every_option():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--data", "--epochs", "--batch-size", "--width", "--train-limit", "--test-limit", "--seed",
-                   "--device", "--out", "--resume"):
+    for option in (
+        "--data",
+        "--epochs",
+        "--batch-size",
+        "--width",
+        "--train-limit",
+        "--test-limit",
+        "--seed",
+        "--device",
+        "--out",
+        "--resume",
+    ):
         assert option in result.output
 
 
 def test_train_command_writes_checkpoint(image_folder, tmp_path):
-    result = CliRunner().invoke(main, ["train", "--data", str(image_folder), "--epochs", "1", "--batch-size", "64",
-                                       "--width", "0.125", "--test-limit", "16", "--out", str(tmp_path),
-                                       "--name", "cli", "--device", "cpu"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(image_folder),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--width",
+            "0.125",
+            "--test-limit",
+            "16",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "cli",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "checkpoint.pt").exists() and "checkpoint:" in result.output
 

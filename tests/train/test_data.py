@@ -20,7 +20,7 @@ def _check(loaded, splits, classes=CLASSES):
     for split, x, y in (("train", loaded.train_x, loaded.train_y), ("test", loaded.test_x, loaded.test_y)):
         want_x, want_y = splits[split]
         assert len(y) == len(want_y)
-        key = lambda xs, ys: sorted((int(l), xi.tobytes()) for xi, l in zip(xs, ys))  # noqa: E731
+        key = lambda xs, ys: sorted((int(label), xi.tobytes()) for xi, label in zip(xs, ys, strict=True))  # noqa: E731
         assert key(x, y) == key(want_x, want_y)
 
 

@@ -29,7 +29,7 @@ def test_ghost_batch_norm_matches_per_group_reference_and_gradcheck():
     bn.bias.data.normal_()
     groups = x.view(4, 16, 8, 5, 5)
     var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
-    want = ((groups - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 1, 8, 1, 1) + bn.bias.view(1, 1, 8, 1, 1))
+    want = (groups - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 1, 8, 1, 1) + bn.bias.view(1, 1, 8, 1, 1)
     assert torch.allclose(bn(x), want.view(64, 8, 5, 5), atol=1e-12)
     assert torch.allclose(bn.running_mean, 0.1 * mean.mean(0).view(8), atol=1e-12)
     x.requires_grad_(True)
