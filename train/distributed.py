@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -76,15 +75,6 @@ class Context:
         )
         tdist.all_reduce(packed)
         return packed[0] / self.world_size, packed[1].long(), int(packed[2].item())
-
-    def check_resume(self, payload: dict[str, Any]) -> None:
-        """A resumed run must keep its world size (the global batch and data order depend on it)."""
-        saved = payload["state"].get("world_size", 1)
-        if saved != self.world_size:
-            raise DawnpipeError(
-                f"the checkpoint was written by a run of {saved} processes, this one has {self.world_size}",
-                f"resume with torchrun --nproc_per_node {saved}",
-            )
 
 
 def init_context(cfg: TrainConfig) -> Context:

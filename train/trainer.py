@@ -118,8 +118,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         optimizer.load_state_dict(resume_state["state"]["optimizer"])
         start_epoch, skip_steps = resume_state["state"]["epoch"], resume_state["state"]["step_in_epoch"]
         history = list(resume_state["metrics"]["epochs"])
-        if dist is not None:
-            dist.check_resume(resume_state)
+        saved_world = resume_state["state"].get("world_size", 1)
+        if saved_world != world:  # the global batch split and the data order depend on it
+            raise DawnpipeError(
+                f"the checkpoint was written by a run of {saved_world} process(es), this one has {world}",
+                f"resume with torchrun --nproc_per_node {saved_world} (or without torchrun for 1)",
+            )
 
     run_dir = _run_dir(cfg) if rank0 else Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME

@@ -26,8 +26,12 @@ def _input(name, shape):
 def test_one_conv_by_hand():
     w = np.zeros((8, 3, 3, 3), np.float32)
     b = np.zeros(8, np.float32)
-    model = _model([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
-                   [_input("x", ["n", 3, 10, 10])], [_input("y", ["n", 8, 10, 10])], {"w": w, "b": b})
+    model = _model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+        [_input("x", ["n", 3, 10, 10])],
+        [_input("y", ["n", 8, 10, 10])],
+        {"w": w, "b": b},
+    )
     count = count_onnx(model)
     macs = 8 * 10 * 10 * (3 * 3 * 3)  # output elements x (Cin x kh x kw)
     assert count.macs == macs and count.by_category["conv"] == 2 * macs
@@ -36,16 +40,22 @@ def test_one_conv_by_hand():
 
 
 def test_one_gemm_by_hand():
-    model = _model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], [_input("x", ["n", 64])],
-                   [_input("y", ["n", 10])], {"w": np.zeros((10, 64), np.float32)})
+    model = _model(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+        [_input("x", ["n", 64])],
+        [_input("y", ["n", 10])],
+        {"w": np.zeros((10, 64), np.float32)},
+    )
     assert count_onnx(model).by_category["linear"] == 2 * 64 * 10
 
 
 def test_tta_graph_counts_every_view():
     # the TTA pattern: views concatenated along the batch, one conv over all of them, then averaged
     w = np.zeros((4, 3, 3, 3), np.float32)
-    nodes = [helper.make_node("Concat", ["x", "x", "x"], ["v"], axis=0),
-             helper.make_node("Conv", ["v", "w"], ["y"], pads=[1, 1, 1, 1])]
+    nodes = [
+        helper.make_node("Concat", ["x", "x", "x"], ["v"], axis=0),
+        helper.make_node("Conv", ["v", "w"], ["y"], pads=[1, 1, 1, 1]),
+    ]
     model = _model(nodes, [_input("x", ["n", 3, 8, 8])], [_input("y", ["m", 4, 8, 8])], {"w": w})
     assert count_onnx(model).by_category["conv"] == 3 * 2 * (4 * 8 * 8 * 27)
 
@@ -57,12 +67,23 @@ def test_unknown_op_is_listed_not_zeroed_silently():
 
 
 def test_resnet9_exported_graph(tmp_path):
-    payload = {"model_config": ModelConfig().to_dict(), "ema": ResNet9(ModelConfig()).state_dict(),
-               "normalization": {"mean": [125.0] * 3, "std": [63.0] * 3}}
+    payload = {
+        "model_config": ModelConfig().to_dict(),
+        "ema": ResNet9(ModelConfig()).state_dict(),
+        "normalization": {"mean": [125.0] * 3, "std": [63.0] * 3},
+    }
     module = build_deploy_model(payload)
     path = tmp_path / "r9.onnx"
-    torch.onnx.export(module, (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),), str(path), input_names=["images"],
-                      output_names=["logits"], dynamic_axes={"images": {0: "b"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "b"}},
+        opset_version=17,
+        dynamo=False,
+    )
     count = count_onnx(path)
     assert count.model_flops == pytest.approx(0.7585e9, rel=0.01)
     assert count.unknown_ops == []

@@ -10,13 +10,43 @@ from cli import main
 
 
 def test_pipeline_end_to_end(image_folder, tmp_path):
-    result = CliRunner().invoke(main, ["pipeline", "--data", str(image_folder), "--epochs", "2", "--batch-size", "32",
-                                       "--width", "0.125", "--out", str(tmp_path), "--name", "p", "--device", "cpu",
-                                       "--latency-iters", "2", "--budget-ms", "50"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "pipeline",
+            "--data",
+            str(image_folder),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--width",
+            "0.125",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "p",
+            "--device",
+            "cpu",
+            "--latency-iters",
+            "2",
+            "--budget-ms",
+            "50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     run = tmp_path / "p"
-    for name in ("checkpoint.pt", "resnet9-ema-none-fp32.onnx", "eval.json", "report.md", "report.json",
-                 "report.csv", "accuracy_vs_gflops.png", "accuracy_vs_latency.png", "manifest.json"):
+    for name in (
+        "checkpoint.pt",
+        "resnet9-ema-none-fp32.onnx",
+        "eval.json",
+        "report.md",
+        "report.json",
+        "report.csv",
+        "accuracy_vs_gflops.png",
+        "accuracy_vs_latency.png",
+        "manifest.json",
+    ):
         assert (run / name).exists(), name
     rows = json.loads((run / "eval.json").read_text())["rows"]
     assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}

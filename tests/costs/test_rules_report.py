@@ -47,8 +47,9 @@ def test_default_total_flops_budget_is_resnet18():
     assert make_rules(["total-flops"])[0].budget == pytest.approx(resnet18_flops() / 1e9)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"budget_gflops": 0}, "not a positive budget"),
-                                             ({"budget_ms": -1.0}, "not a positive budget")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"budget_gflops": 0}, "not a positive budget"), ({"budget_ms": -1.0}, "not a positive budget")]
+)
 def test_bad_budgets(kwargs, message):
     with pytest.raises(DawnpipeError, match=message):
         make_rules(["total-flops"], **kwargs)
@@ -62,32 +63,54 @@ def test_unknown_rule_and_latency_without_budget():
 
 
 def test_pareto_front():
-    points = [_point(1.0, 5, accuracy=0.90, label="a"), _point(2.0, 9, accuracy=0.92, label="b"),
-              _point(3.0, 7, accuracy=0.91, label="c"), _point(0.5, 2, accuracy=0.80, label="d")]
+    points = [
+        _point(1.0, 5, accuracy=0.90, label="a"),
+        _point(2.0, 9, accuracy=0.92, label="b"),
+        _point(3.0, 7, accuracy=0.91, label="c"),
+        _point(0.5, 2, accuracy=0.80, label="d"),
+    ]
     assert [p.label for p in pareto_front(points, "gflops")] == ["d", "a", "b"]
     assert [p.label for p in pareto_front(points, "latency")] == ["d", "a", "c", "b"]
 
 
 def _row(tta, accuracy, views, gflops, p50):
-    return {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32", "tta": tta,
-            "accuracy": accuracy, "views_per_image": views, "gflops_per_image": gflops,
-            "latency": {"batch1": {"p50_ms": p50}}, "flops_unknown_ops": []}
+    return {
+        "backend": "onnxruntime",
+        "provider": "CPUExecutionProvider",
+        "precision": "fp32",
+        "tta": tta,
+        "accuracy": accuracy,
+        "views_per_image": views,
+        "gflops_per_image": gflops,
+        "latency": {"batch1": {"p50_ms": p50}},
+        "flops_unknown_ops": [],
+    }
 
 
 @pytest.fixture
 def fixture_run(tmp_path):
-    rows = [_row("none", 0.9061, 1, 0.76, 3.5), _row("flip", 0.9142, 2, 1.52, 6.8),
-            _row("selective-flip", 0.9139, 1.2, 0.912, 3.9)]
+    rows = [
+        _row("none", 0.9061, 1, 0.76, 3.5),
+        _row("flip", 0.9142, 2, 1.52, 6.8),
+        _row("selective-flip", 0.9139, 1.2, 0.912, 3.9),
+    ]
     (tmp_path / "eval.json").write_text(json.dumps({"format": "dawnpipe-eval/1", "rows": rows}))
     return tmp_path
 
 
 def test_report_files_hold_the_numbers(fixture_run):
     written = build_report(fixture_run, budget_ms=5.0)
-    assert {p.name for p in written.values()} == {"report.json", "report.csv", "report.md", "accuracy_vs_gflops.png",
-                                                   "accuracy_vs_latency.png"}
+    assert {p.name for p in written.values()} == {
+        "report.json",
+        "report.csv",
+        "report.md",
+        "accuracy_vs_gflops.png",
+        "accuracy_vs_latency.png",
+    }
     for png in ("accuracy_vs_gflops.png", "accuracy_vs_latency.png"):
-        assert (fixture_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (fixture_run / png).stat().st_size > 5000
+        assert (fixture_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (
+            fixture_run / png
+        ).stat().st_size > 5000
     data = json.loads((fixture_run / "report.json").read_text())
     flip = {v["rule"]: v for v in data["verdicts"] if v["label"].startswith("flip @")}
     assert flip["total-flops"]["passed"] is False and flip["no-tta"]["passed"] is False
@@ -97,8 +120,11 @@ def test_report_files_hold_the_numbers(fixture_run):
     rows = list(csv.DictReader((fixture_run / "report.csv").open()))
     assert [r["accuracy"] for r in rows] == ["0.906100", "0.914200", "0.913900"]
     assert "91.42" in (fixture_run / "report.md").read_text()
-    assert data["pareto"]["gflops"] == ["none @ onnxruntime/CPU fp32", "selective-flip @ onnxruntime/CPU fp32",
-                                        "flip @ onnxruntime/CPU fp32"]
+    assert data["pareto"]["gflops"] == [
+        "none @ onnxruntime/CPU fp32",
+        "selective-flip @ onnxruntime/CPU fp32",
+        "flip @ onnxruntime/CPU fp32",
+    ]
 
 
 def test_costs_cli_without_eval_names_the_command(tmp_path):
