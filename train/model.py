@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -160,11 +159,15 @@ class ResNet9(nn.Module):
             return
         cov = torch.zeros(27, 27, dtype=torch.float64)
         count = 0
-        for chunk in images.split(500):
-            p = F.unfold(chunk.double().cpu(), 3)  # (n, 27, L) ordered (c, kh, kw) like conv weights
-            p = p.transpose(1, 2).reshape(-1, 27)
-            cov += p.T @ p
-            count += p.shape[0]
+        for chunk in images.split(1000):
+            chunk = chunk.float().cpu()
+            h, w = chunk.shape[2] - 2, chunk.shape[3] - 2
+            # the 9 shifted copies stacked give every 3x3 patch in (c, kh, kw) order, like conv weights
+            # (F.unfold does the same but is 20x slower on CPU)
+            shifted = torch.stack([chunk[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], dim=2)
+            p = shifted.reshape(len(chunk), 27, h * w)
+            cov += torch.bmm(p, p.transpose(1, 2)).sum(0).double()  # float32 per image, float64 across chunks
+            count += p.shape[0] * p.shape[2]
         cov /= max(count - 1, 1)
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         filters = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + eps)[:, None]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -81,12 +82,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     train_y = torch.from_numpy(data.train_y).to(dev.device)
     test_x = torch.from_numpy(data.test_x).to(dev.device)
     test_y = torch.from_numpy(data.test_y).to(dev.device)
-    mean = train_x.float().mean(dim=(0, 1, 2))  # pixel units, per RGB channel
-    std = train_x.float().std(dim=(0, 1, 2))
-    if resume_state is not None:
-        mean = torch.tensor(resume_state["normalization"]["mean"], device=dev.device)
-        std = torch.tensor(resume_state["normalization"]["std"], device=dev.device)
-    norm = {"mean": mean.tolist(), "std": std.tolist()}
+    norm = resume_state["normalization"] if resume_state is not None else pixel_statistics(data.train_x)
+    mean = torch.tensor(norm["mean"], device=dev.device)
+    std = torch.tensor(norm["std"], device=dev.device)
     compute = dev.autocast_dtype or torch.float32
 
     # ---- model, optimizer, EMA
@@ -107,7 +105,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         foreach=True,
     )
     ema = EMA(model, cfg.ema_decay**cfg.ema_every, warmup=cfg.ema_warmup)
-    live = model if dist is None else dist.wrap(model)
     steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     history: list[dict[str, Any]] = []
@@ -124,6 +121,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                 f"the checkpoint was written by a run of {saved_world} process(es), this one has {world}",
                 f"resume with torchrun --nproc_per_node {saved_world} (or without torchrun for 1)",
             )
+    live = model if dist is None else dist.wrap(model)  # after resume: DDP broadcasts the loaded weights
 
     run_dir = _run_dir(cfg) if rank0 else Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -360,6 +358,18 @@ def _write_manifest(
         "metrics": metrics,
     }
     update_manifest(run_dir, run=("train", record), artifacts={"checkpoint": entry})
+
+
+def pixel_statistics(images: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and std in pixel units, exactly, from 256-bin histograms (no float copy of the data)."""
+    mean, std = [], []
+    values = np.arange(256, dtype=np.float64)
+    for c in range(images.shape[-1]):
+        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+        m = float(hist @ values / hist.sum())
+        mean.append(m)
+        std.append(float(np.sqrt(hist @ (values - m) ** 2 / (hist.sum() - 1))))
+    return {"mean": mean, "std": std}
 
 
 @contextlib.contextmanager
