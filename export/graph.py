@@ -53,16 +53,16 @@ class DeployModel(nn.Module):
             self.register_buffer(f"cols{i}", torch.as_tensor(view.cols(32), dtype=torch.long))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Cast and normalise first, then gather the views: TensorRT takes uint8 only at inputs and Casts, and
+        # re-indexing commutes with the per-pixel normalisation, so the values equal the host-side uint8 views.
+        x = normalize(images, self.mean, self.std, self.compute_dtype)
         batch = []
         for i, view in enumerate(self.views):
             if view.is_identity():
-                batch.append(images)
+                batch.append(x)
             else:
-                batch.append(
-                    images.index_select(1, getattr(self, f"rows{i}")).index_select(2, getattr(self, f"cols{i}"))
-                )
-        stacked = batch[0] if len(batch) == 1 else torch.cat(batch)
-        logits = self.classifier(normalize(stacked, self.mean, self.std, self.compute_dtype)).float()
+                batch.append(x.index_select(2, getattr(self, f"rows{i}")).index_select(3, getattr(self, f"cols{i}")))
+        logits = self.classifier(batch[0] if len(batch) == 1 else torch.cat(batch)).float()
         if len(batch) == 1:
             return logits
         per_view = logits.view(len(batch), -1, logits.shape[-1])
