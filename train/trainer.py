@@ -105,6 +105,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         foreach=True,
     )
     ema = EMA(model, cfg.ema_decay**cfg.ema_every, warmup=cfg.ema_warmup)
+    trainable = weights + biases
+    loss_scale = cfg.fp16_loss_scale if compute == torch.float16 else 1.0
     steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     history: list[dict[str, Any]] = []
@@ -188,7 +190,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                         logits = live(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if loss_scale != 1.0:  # fp16: keep small gradients representable, then unscale on device
+                        (loss * loss_scale).backward()
+                        torch._foreach_mul_([p.grad for p in trainable if p.grad is not None], 1.0 / loss_scale)
+                    else:
+                        loss.backward()
                     optimizer.step()
                     if (step + 1) % cfg.ema_every == 0:
                         ema.update()
