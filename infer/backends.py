@@ -52,9 +52,16 @@ class Backend:
             )
         return np.ascontiguousarray(images)
 
+    max_batch = 1024  # images per runtime call; larger inputs are split so memory stays bounded
+
     def infer(self, images: np.ndarray) -> np.ndarray:
-        """float32 logits [N, classes] for uint8 images [N, 32, 32, 3]."""
-        return self._run(self.check_input(images))
+        """float32 logits [N, classes] for uint8 images [N, 32, 32, 3] (any N; split into max_batch calls)."""
+        images = self.check_input(images)
+        if len(images) <= self.max_batch:
+            return self._run(images)
+        return np.concatenate(
+            [self._run(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        )
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError

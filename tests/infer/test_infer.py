@@ -206,3 +206,10 @@ def test_provider_not_installed_names_installed_ones(onnx_plain):
     with pytest.raises(DawnpipeError, match="CPUExecutionProvider") as info:
         load(onnx_plain, provider="cuda")
     assert "not installed" in str(info.value)
+
+
+def test_large_inputs_are_split_into_bounded_calls(onnx_plain, images):
+    with load(onnx_plain) as model:
+        whole = model.infer(images)
+        model.max_batch = 3
+        assert np.abs(model.infer(images) - whole).max() < 1e-5
