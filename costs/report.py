@@ -211,7 +211,7 @@ def _plot(
         ax.annotate(
             p.label.split(" @ ")[0], (x_of(p), 100 * p.accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points"
         )
-    frontier = [p for p in shown if p.label in front]
+    frontier = sorted((p for p in shown if p.label in front), key=x_of)
     if frontier:
         ax.step(
             [x_of(p) for p in frontier],
