@@ -196,7 +196,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                     else:
                         loss.backward()
                     optimizer.step()
-                    if (step + 1) % cfg.ema_every == 0:
+                    if (epoch * steps_per_epoch + step + 1) % cfg.ema_every == 0:  # global step: short epochs too
                         ema.update()
                     done = step + 1
                     loss_sum += loss.detach()

@@ -87,3 +87,11 @@ def test_ctrl_c_keeps_checkpoint_and_resume_matches_uninterrupted_run(image_fold
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-5) for k in a["ema"])
     with pytest.raises(DawnpipeError, match="already finished"):
         train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
+
+
+def test_ema_updates_count_global_steps(image_folder, tmp_path):
+    # 256 images / batch 64 = 4 steps per epoch: shorter than ema_every (5), so a per-epoch counter never updated
+    result = train(_cfg(image_folder, tmp_path, name="ema", epochs=5, batch_size=64), progress=False)
+    state = load_checkpoint(result.checkpoint)["state"]
+    assert state["ema_updates"] == 20 // 5
+    assert result.metrics["ema_test_acc"] >= 0.75
