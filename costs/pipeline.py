@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from common.errors import DawnpipeError
 from train.config import TrainConfig
@@ -122,8 +121,3 @@ class _Stages:
     def __call__(self, name: str, message: str) -> None:
         index = self.order.index(name) + 1
         self.say(f"[{index}/{len(self.order)} {name} {time.perf_counter() - self.started:6.0f}s] {message}")
-
-
-def describe(result: PipelineResult) -> dict[str, Any]:
-    """Plain summary for printing."""
-    return {"run": str(result.run_dir), "seconds": result.seconds, **{k: str(v) for k, v in result.artifacts.items()}}

@@ -134,7 +134,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             metrics={"check": result.checks[precision]},
             opset=cfg.opset,
         )
-    update_manifest(run_dir, run=("export", {"config": _config_dict(cfg)}), artifacts=artifacts)
+    update_manifest(run_dir, run=("export", {"config": asdict(cfg)}), artifacts=artifacts)
     result.seconds = time.perf_counter() - started
 
     if cfg.trt:  # may raise "TensorRT/GPU missing" now that the ONNX is safely written
@@ -204,7 +204,3 @@ def _check_images(payload: dict[str, Any], count: int) -> np.ndarray:
     )
     noise = rng.normal(0, 12, size=smooth.shape)
     return np.clip(smooth + noise, 0, 255).astype(np.uint8)
-
-
-def _config_dict(cfg: ExportConfig) -> dict[str, Any]:
-    return asdict(cfg)
