@@ -74,10 +74,12 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
         base_flops = flops.model_flops / max(backend.graph_views, 1)
         say = progress or (lambda _message: None)
         say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
-        mode_logits = _all_mode_logits(backend, images, modes, cfg)
         selective = backend.graph_tta == "none" and (
             cfg.selective_fraction is not None or cfg.selective_threshold is not None
         )
+        # every mode holds the identity view, so the plain logits selective TTA starts from come free from the cache
+        wanted = list(dict.fromkeys(["none", *modes])) if selective else modes
+        mode_logits = _all_mode_logits(backend, images, wanted, cfg)
         rows = []
         for mode in modes:
             n_views = backend.graph_views if backend.graph_tta != "none" else len(views(mode, cfg.shift))
@@ -89,9 +91,8 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
             row["flops_unknown_ops"] = flops.unknown_ops
             rows.append(row)
             if mode != "none" and selective:
-                plain = mode_logits["none"] if "none" in mode_logits else backend_logits(backend, images, "none")
                 sel = combine_selective(
-                    plain,
+                    mode_logits["none"],
                     mode_logits[mode],
                     n_views,
                     fraction=cfg.selective_fraction,
