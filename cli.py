@@ -6,13 +6,14 @@ Expected failures arrive as DawnpipeError and are printed as one line (exit 1), 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
 
 
 class _Group(click.Group):
@@ -27,12 +28,34 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="dawnpipe", prog_name="dawnpipe")
 def main() -> None:
     """dawnpipe: train a fast CIFAR-10 ResNet-9, export it, evaluate it with and without TTA, count its cost."""
 
 
+class _Finite(click.FloatRange):
+    """A float range that also refuses nan and inf (click's FloatRange lets nan through every comparison)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _default(name: str, config=None):
+    """The dataclass default of a field: every default lives in its config dataclass, shown here by --help."""
+    from dawnpipe.train.config import TrainConfig
+
+    return (config or TrainConfig).__dataclass_fields__[name].default
+
+
 def _train_options(command):
-    """The training options, shared by `train` and `pipeline`."""
+    """The training options, shared by `train` and `pipeline`; defaults come from TrainConfig/ModelConfig."""
+    from dawnpipe.train.config import ModelConfig
+
     options = [
         click.option(
             "--data",
@@ -43,29 +66,37 @@ def _train_options(command):
             "downloaded to the cache folder ($DAWNPIPE_CACHE or ~/.cache/dawnpipe).",
         ),
         click.option(
-            "--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Passes over the training set."
+            "--epochs",
+            type=click.IntRange(1, 10_000),
+            default=_default("epochs"),
+            show_default=True,
+            help="Passes over the training set.",
         ),
         click.option(
-            "--batch-size", type=click.IntRange(min=1), default=512, show_default=True, help="Images per step (global)."
+            "--batch-size",
+            type=click.IntRange(1, 1 << 20),
+            default=_default("batch_size"),
+            show_default=True,
+            help="Images per step (global).",
         ),
         click.option(
             "--lr",
-            type=click.FloatRange(min=0, min_open=True),
-            default=1.0,
+            type=_Finite(min=0, min_open=True, max=1e6),
+            default=_default("lr_peak"),
             show_default=True,
             help="Peak learning rate of the one-cycle schedule (mean-loss units; Myrtle's value).",
         ),
         click.option(
             "--width",
-            type=click.FloatRange(min=0, min_open=True),
-            default=1.0,
+            type=_Finite(min=0, min_open=True, max=16),
+            default=_default("width", ModelConfig),
             show_default=True,
             help="Channel multiplier on 64/128/256/512 (0.125 trains a tiny model fast).",
         ),
         click.option(
             "--cutout",
             type=click.IntRange(min=0, max=32),
-            default=0,
+            default=_default("cutout"),
             show_default=True,
             help="Side in pixels of a random zeroed square per training image; 0 turns cutout off.",
         ),
@@ -82,23 +113,37 @@ def _train_options(command):
             help="Evaluate on only N test images (class-balanced).",
         ),
         click.option(
+            "--holdout",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Training images held out (class-balanced) to calibrate selective TTA's confidence threshold; "
+            "default 1000, or a tenth of a smaller training set; 0 = none.",
+        ),
+        click.option(
+            "--selective-target",
+            type=_Finite(0, 1),
+            default=_default("selective_target"),
+            show_default=True,
+            help="Fraction of the hold-out whose plain-view confidence falls below the calibrated threshold.",
+        ),
+        click.option(
             "--seed",
-            type=int,
-            default=0,
+            type=click.IntRange(0, 2**31 - 1),
+            default=_default("seed"),
             show_default=True,
             help="Seed for init, order and augmentation; repeats a run.",
         ),
         click.option(
             "--device",
             type=click.Choice(["auto", "cpu", "cuda"]),
-            default="auto",
+            default=_default("device"),
             show_default=True,
             help="auto: CUDA if present (fp16), else CPU (bf16 where the CPU has it, else fp32).",
         ),
         click.option(
             "--out",
             type=click.Path(path_type=Path),
-            default=Path("runs"),
+            default=Path(_default("out")),
             show_default=True,
             help="Parent folder of run folders.",
         ),
@@ -106,7 +151,7 @@ def _train_options(command):
         click.option(
             "--eval-every",
             type=click.IntRange(min=1),
-            default=1,
+            default=_default("eval_every"),
             show_default=True,
             help="Epochs between EMA test evaluations shown in the progress bar.",
         ),
@@ -127,7 +172,7 @@ def _train_options(command):
 @_train_options
 def train(**opts) -> None:
     """Train ResNet-9 with Myrtle.ai's 10-epoch recipe and write runs/<name>/checkpoint.pt + manifest.json."""
-    from train.api import train_command
+    from dawnpipe.train.api import train_command
 
     result = train_command(**opts)
     if os.environ.get("RANK", "0") != "0":
@@ -195,9 +240,9 @@ def export(
     out: Path | None,
 ) -> None:
     """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine."""
-    from export.api import ExportConfig
-    from export.api import export as run_export
-    from export.tensorrt_build import EngineSpec
+    from dawnpipe.export.api import ExportConfig
+    from dawnpipe.export.api import export as run_export
+    from dawnpipe.export.tensorrt_build import EngineSpec
 
     cfg = ExportConfig(
         source=str(source),
@@ -284,8 +329,8 @@ def eval_command(
     out: Path | None,
 ) -> None:
     """Evaluate ARTIFACT (run folder, checkpoint, .onnx or .engine) with and without TTA."""
-    from infer.evaluate import EvalConfig, evaluate
-    from infer.report_table import format_rows
+    from dawnpipe.infer.evaluate import EvalConfig, evaluate
+    from dawnpipe.infer.report_table import format_rows
 
     fraction = None if (no_selective or selective_threshold is not None) else selective_fraction
     threshold = None if no_selective else selective_threshold
@@ -319,7 +364,7 @@ def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, to
     import json
     import warnings
 
-    from infer.predict import CONVERSION, Predictor
+    from dawnpipe.infer.predict import CONVERSION, Predictor
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -352,7 +397,7 @@ def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, to
 @click.option("--budget-ms", type=float, default=None, help="latency budget: batch-1 p50 ms per image.")
 def costs(run_dir: Path, rules: tuple[str, ...], budget_gflops: float | None, budget_ms: float | None) -> None:
     """Judge RUN_DIR's eval results under TTA rules; write report.md/.json/.csv and plots there."""
-    from costs.report import DEFAULT_RULES, build_report
+    from dawnpipe.costs.report import DEFAULT_RULES, build_report
 
     written = build_report(run_dir, rules or DEFAULT_RULES, budget_gflops=budget_gflops, budget_ms=budget_ms)
     for kind, path in written.items():
@@ -375,8 +420,8 @@ def costs(run_dir: Path, rules: tuple[str, ...], budget_gflops: float | None, bu
 @click.option("--budget-ms", type=float, default=None, help="Latency budget in ms per image (adds the latency rule).")
 def pipeline(tta_modes: str, latency_iters: int, budget_gflops: float | None, budget_ms: float | None, **opts) -> None:
     """Train, export, evaluate every TTA mode on every available backend, and write the cost report."""
-    from costs.pipeline import PipelineConfig, run_pipeline
-    from train.api import config_from_options
+    from dawnpipe.costs.pipeline import PipelineConfig, run_pipeline
+    from dawnpipe.train.api import config_from_options
 
     cfg = PipelineConfig(
         train=config_from_options(**opts),

@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import data_source, write_result  # noqa: E402
-from export.api import ExportConfig, export  # noqa: E402
-from infer.backends import load  # noqa: E402
-from train.data import load_cifar  # noqa: E402
+from dawnpipe.export.api import ExportConfig, export  # noqa: E402
+from dawnpipe.infer.backends import load  # noqa: E402
+from dawnpipe.train.data import load_cifar  # noqa: E402
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
-from export.api import ExportConfig, export  # noqa: E402
-from infer.backends import load  # noqa: E402
-from infer.latency import measure  # noqa: E402
+from dawnpipe.export.api import ExportConfig, export  # noqa: E402
+from dawnpipe.infer.backends import load  # noqa: E402
+from dawnpipe.infer.latency import measure  # noqa: E402
 
 
 def main() -> None:

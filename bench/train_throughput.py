@@ -22,10 +22,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import data_source, write_result  # noqa: E402
-from common.device import choose_device  # noqa: E402
-from train.api import config_from_options  # noqa: E402
-from train.model import ModelConfig, ResNet9  # noqa: E402
-from train.trainer import train  # noqa: E402
+from dawnpipe.common.device import choose_device  # noqa: E402
+from dawnpipe.train.api import config_from_options  # noqa: E402
+from dawnpipe.train.model import ModelConfig, ResNet9  # noqa: E402
+from dawnpipe.train.trainer import train  # noqa: E402
 
 
 def bare_loop(width: float, batch: int, steps: int) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
 
 _CHUNK = 1 << 20  # bytes read per hash update
 

@@ -18,8 +18,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from common.errors import DawnpipeError
-from common.files import atomic_write_json, sha256_file
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 _FORMAT = "dawnpipe-manifest"

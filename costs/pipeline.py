@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from common.errors import DawnpipeError
-from train.config import TrainConfig
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,12 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
     import onnxruntime as ort
     import torch
 
-    from costs.report import build_report
-    from costs.rules import make_rules
-    from export.api import ExportConfig, export
-    from export.tensorrt_build import tensorrt_status
-    from infer.evaluate import EvalConfig, evaluate
-    from train.trainer import train
+    from dawnpipe.costs.report import build_report
+    from dawnpipe.costs.rules import make_rules
+    from dawnpipe.export.api import ExportConfig, export
+    from dawnpipe.export.tensorrt_build import tensorrt_status
+    from dawnpipe.infer.evaluate import EvalConfig, evaluate
+    from dawnpipe.train.trainer import train
 
     make_rules(cfg.rules, budget_gflops=cfg.budget_gflops, budget_ms=cfg.budget_ms, reference_gflops=1.0)  # validate
     started = time.perf_counter()

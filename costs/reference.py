@@ -48,7 +48,7 @@ def resnet18_flops() -> int:
     """Conv + linear FLOPs of one ResNet-18 pass on one 32x32 image (computed, not typed in)."""
     import torch
 
-    from costs.flops import count_torch
+    from dawnpipe.export.flops import count_torch
 
     counts = count_torch(resnet18_cifar(), torch.zeros(1, 3, 32, 32))
     return counts["conv"] + counts["linear"]

@@ -14,10 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from common.errors import DawnpipeError
-from common.files import atomic_write, atomic_write_json, atomic_write_text
-from common.manifest import artifact_entry, update_manifest
-from costs.rules import Point, Rule, make_rules, pareto_front, verdict
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write, atomic_write_json, atomic_write_text
+from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.costs.rules import Point, Rule, make_rules, pareto_front, verdict
 
 DEFAULT_RULES = ("no-tta", "dawnbench", "total-flops")
 
@@ -61,7 +61,7 @@ def build_report(
     plots: bool = True,
 ) -> dict[str, Path]:
     """Write the report files into the run folder; returns their paths by kind."""
-    from costs.reference import resnet18_flops
+    from dawnpipe.costs.reference import resnet18_flops
 
     run_dir = Path(run_dir)
     names = tuple(rule_names) + (("latency",) if budget_ms is not None and "latency" not in rule_names else ())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
 
 RULE_NAMES = ("no-tta", "dawnbench", "total-flops", "latency")
 
@@ -70,7 +70,7 @@ def make_rules(
         elif name == "total-flops":
             budget = budget_gflops if budget_gflops is not None else reference_gflops
             if budget is None:
-                from costs.reference import resnet18_flops
+                from dawnpipe.costs.reference import resnet18_flops
 
                 budget = resnet18_flops() / 1e9
             source = "user budget" if budget_gflops is not None else "one ResNet-18 pass on 32x32"

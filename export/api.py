@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import DawnpipeError
-from common.files import ensure_writable_dir, sha256_file
-from common.manifest import artifact_entry, update_manifest
-from export.graph import PRECISIONS, build_deploy_model
-from export.onnx_export import check_opset, compare_logits, export_onnx, run_onnxruntime
-from export.tensorrt_build import EngineSpec, build_engine
-from infer.tta import check_mode, views
-from train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
-from train.data import cached_test_images
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import ensure_writable_dir, sha256_file
+from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.common.tta import check_mode, views
+from dawnpipe.export.graph import PRECISIONS, build_deploy_model
+from dawnpipe.export.onnx_export import check_opset, compare_logits, export_onnx, run_onnxruntime
+from dawnpipe.export.tensorrt_build import EngineSpec, build_engine
+from dawnpipe.train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
+from dawnpipe.train.data import cached_test_images
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             },
         )
     if cfg.triton:
-        from export.triton import write_repository
+        from dawnpipe.export.triton import write_repository
 
         repo = ensure_writable_dir(cfg.triton)
         result.triton = write_repository(

@@ -1,6 +1,6 @@
 """The deployable module: uint8 NHWC pixels in, float32 logits out, normalisation and TTA views inside.
 
-The TTA views come from ``infer.tta`` (the same index maps the host-side TTA uses), stacked along the batch
+The TTA views come from ``dawnpipe.common.tta`` (the same index maps the host-side TTA uses), stacked along the batch
 so one model pass serves every view; the deployed graph's cost is exactly views x model.
 """
 
@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.errors import DawnpipeError
-from infer.tta import View, views
-from train.checkpoint import model_from_checkpoint
-from train.model import normalize
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import View, views
+from dawnpipe.train.checkpoint import model_from_checkpoint
+from dawnpipe.train.model import normalize
 
 PRECISIONS = ("fp32", "fp16")
 

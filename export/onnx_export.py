@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import DawnpipeError
-from common.files import atomic_write
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write
 
 META_PREFIX = "dawnpipe."
 MIN_OPSET = 13  # Celu and dynamic Gather as used here need 12+; 13 keeps Split/ReduceMax forms TensorRT likes

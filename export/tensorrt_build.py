@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import DawnpipeError
-from common.files import atomic_write
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common.files import atomic_write, atomic_write_text
+from dawnpipe.common.files import atomic_write, atomic_write_text
 
 
 def config_pbtxt(name: str, platform: str, max_batch: int, num_classes: int) -> str:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import DawnpipeError
-from common.files import sha256_file
-from common.manifest import find_artifact
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import sha256_file
+from dawnpipe.common.manifest import find_artifact
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -99,9 +99,9 @@ class TorchBackend(Backend):
     def __init__(self, path: Path, device: str = "auto", weights: str = "ema", precision: str = "auto") -> None:
         import torch
 
-        from common.device import choose_device
-        from export.graph import build_deploy_model
-        from train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
+        from dawnpipe.common.device import choose_device
+        from dawnpipe.export.graph import build_deploy_model
+        from dawnpipe.train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
         payload = load_checkpoint(ckpt)
@@ -137,7 +137,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path: Path, provider: str = "auto", threads: int = 0) -> None:
         import onnxruntime as ort
 
-        from export.onnx_export import read_metadata
+        from dawnpipe.export.onnx_export import read_metadata
 
         meta = read_metadata(path)
         if meta.get("format") != "dawnpipe-onnx/1":
@@ -197,7 +197,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: Path) -> None:
-        from export.tensorrt_build import tensorrt_status
+        from dawnpipe.export.tensorrt_build import tensorrt_status
 
         record = _manifest_record(path)
         if record is None:

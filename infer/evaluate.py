@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import DawnpipeError
-from common.files import atomic_write_json, sha256_file
-from common.manifest import artifact_entry, read_manifest, update_manifest
-from infer.backends import Backend, load
-from infer.latency import measure
-from infer.selective import combine_selective, selective_logits
-from infer.tta import DEFAULT_SHIFT, TTA_MODES, apply_view, backend_logits, check_mode, views
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write_json, sha256_file
+from dawnpipe.common.manifest import artifact_entry, read_manifest, update_manifest
+from dawnpipe.common.tta import DEFAULT_SHIFT, TTA_MODES, apply_view, backend_logits, check_mode, views
+from dawnpipe.infer.backends import Backend, load
+from dawnpipe.infer.latency import measure
+from dawnpipe.infer.selective import combine_selective, selective_logits
 
 EVAL_NAME = "eval.json"
 
@@ -68,7 +68,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
         images, labels = _test_data(cfg, backend, run_dir)
         if backend.graph_tta != "none":
             modes = [backend.graph_tta]  # TTA is inside the graph: that is the only mode this artifact has
-        from costs.flops import artifact_flops
+        from dawnpipe.export.flops import artifact_flops
 
         flops = artifact_flops(backend.path)
         base_flops = flops.model_flops / max(backend.graph_views, 1)
@@ -151,7 +151,7 @@ def _modes(requested: tuple[str, ...]) -> list[str]:
 
 
 def _test_data(cfg: EvalConfig, backend: Backend, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    from train.data import load_cifar
+    from dawnpipe.train.data import load_cifar
 
     source = cfg.data or read_manifest(run_dir).get("runs", {}).get("train", {}).get("data", {}).get("source")
     if not source:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import DawnpipeError
-from infer.backends import Backend, load
-from infer.selective import softmax_confidence
-from infer.tta import DEFAULT_SHIFT, backend_logits
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import DEFAULT_SHIFT, backend_logits
+from dawnpipe.infer.backends import Backend, load
+from dawnpipe.infer.selective import softmax_confidence
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CONVERSION = "RGBA composited on white / grayscale to RGB, centre square crop, BOX resize to 32x32"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import DawnpipeError
-from infer.tta import DEFAULT_SHIFT, apply_view, backend_logits, views
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import DEFAULT_SHIFT, apply_view, backend_logits, views
 
 
 @dataclass(frozen=True)

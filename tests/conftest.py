@@ -97,8 +97,8 @@ def image_folder(tmp_path_factory, tiny_splits) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, image_folder) -> Path:
     """A tiny trained run folder shared by export, infer and costs tests."""
-    from train.api import config_from_options
-    from train.trainer import train
+    from dawnpipe.train.api import config_from_options
+    from dawnpipe.train.trainer import train
 
     out = tmp_path_factory.mktemp("runs")
     cfg = config_from_options(

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from common.errors import DawnpipeError
-from common.files import atomic_write
-from train.model import ModelConfig, ResNet9
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write
+from dawnpipe.train.config import ModelConfig
+from dawnpipe.train.model import ResNet9
 
 FORMAT = "dawnpipe-checkpoint"
 VERSION = 1

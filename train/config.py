@@ -10,7 +10,26 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from train.model import ModelConfig
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture switches; the defaults are the post-8 ("bag of tricks") network."""
+
+    width: float = 1.0  # channel multiplier on 64/128/256/512; tests use 1/8
+    num_classes: int = 10
+    whitening: bool = True  # fixed 3x3 PCA-whitening first layer (27 filters) + 1x1 conv; post 8
+    ghost_batch: int = 32  # images per ghost batch-norm group (512/16 splits); 0 = plain BN; post 8
+    freeze_bn_scale: bool = True  # BN scales fixed at 1, only biases learn; post 8
+    celu_alpha: float = 0.3  # CELU(0.3) instead of ReLU, smooths the loss surface; post 8 (0 = ReLU)
+    output_scale: float = 0.125  # logits multiplied by this constant; post 4 "Mul(0.125)"
+
+    def channels(self) -> tuple[int, int, int, int]:
+        """Channel counts of prep, layer1, layer2, layer3."""
+        return tuple(max(1, round(c * self.width)) for c in (64, 128, 256, 512))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints and manifests."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,10 @@ class TrainConfig:
     # model
     model: ModelConfig = field(default_factory=ModelConfig)
     whitening_images: int = 10_000  # training images whose 3x3 patches set the whitening layer (post 8)
+    # selective TTA calibration: a class-balanced hold-out of the training images, never trained on and never
+    # test images, on which the per-image confidence threshold is set so `selective_target` of them fall below
+    holdout: int | None = None  # images; None = 1000 (100 per class) or a tenth of a smaller training set; 0 = none
+    selective_target: float = 0.2  # fraction of held-out images that selective TTA gives extra views
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

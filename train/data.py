@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DawnpipeError
-from common.files import atomic_write, sha256_file
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write, sha256_file
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from common.device import DeviceChoice, choose_device
-from common.errors import DawnpipeError
-from train.config import TrainConfig
+from dawnpipe.common.device import DeviceChoice, choose_device
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.train.config import TrainConfig
 
 _TIMEOUT = datetime.timedelta(minutes=5)  # a peer silent this long is treated as dead
 
@@ -107,7 +107,7 @@ def init_context(cfg: TrainConfig) -> Context:
 
 def run_distributed(cfg: TrainConfig, *, progress: bool = True):
     """Train under torchrun; a lost peer becomes a one-line error naming the surviving checkpoint."""
-    from train.trainer import train
+    from dawnpipe.train.trainer import train
 
     ctx = init_context(cfg)
     try:

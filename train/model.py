@@ -6,31 +6,10 @@ prep (64) -> layer1 (128, pool, residual of two convs) -> layer2 (256, pool) -> 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture switches; the defaults are the post-8 ("bag of tricks") network."""
-
-    width: float = 1.0  # channel multiplier on 64/128/256/512; tests use 1/8
-    num_classes: int = 10
-    whitening: bool = True  # fixed 3x3 PCA-whitening first layer (27 filters) + 1x1 conv; post 8
-    ghost_batch: int = 32  # images per ghost batch-norm group (512/16 splits); 0 = plain BN; post 8
-    freeze_bn_scale: bool = True  # BN scales fixed at 1, only biases learn; post 8
-    celu_alpha: float = 0.3  # CELU(0.3) instead of ReLU, smooths the loss surface; post 8 (0 = ReLU)
-    output_scale: float = 0.125  # logits multiplied by this constant; post 4 "Mul(0.125)"
-
-    def channels(self) -> tuple[int, int, int, int]:
-        """Channel counts of prep, layer1, layer2, layer3."""
-        return tuple(max(1, round(c * self.width)) for c in (64, 128, 256, 512))  # type: ignore[return-value]
-
-    def to_dict(self) -> dict:
-        """Plain dict for checkpoints and manifests."""
-        return asdict(self)
+from dawnpipe.train.config import ModelConfig
 
 
 class _GhostNormFn(torch.autograd.Function):
@@ -172,11 +151,6 @@ class ResNet9(nn.Module):
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         filters = eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + eps)[:, None]
         self.whiten.weight.copy_(filters.reshape(27, 3, 3, 3).to(self.whiten.weight))
-
-
-def build_model(cfg: ModelConfig) -> ResNet9:
-    """A fresh ResNet-9 with PyTorch default init (the post's choice)."""
-    return ResNet9(cfg)
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

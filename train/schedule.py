@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.config import TrainConfig
+from dawnpipe.train.config import TrainConfig
 
 
 def lr_knots(cfg: TrainConfig) -> tuple[list[float], list[float]]:

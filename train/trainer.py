@@ -23,18 +23,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.device import DeviceChoice, choose_device
-from common.errors import DawnpipeError
-from common.files import ensure_writable_dir
-from common.manifest import artifact_entry, update_manifest
-from infer.tta import tta_logits, views
-from train.augment import augment
-from train.checkpoint import CHECKPOINT_NAME, input_contract, load_checkpoint, save_checkpoint
-from train.config import TrainConfig
-from train.data import Cifar, load_cifar
-from train.ema import EMA
-from train.model import ResNet9, normalize
-from train.schedule import lr_multiplier, lr_table
+from dawnpipe.common.device import DeviceChoice, choose_device
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import ensure_writable_dir
+from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.common.tta import tta_logits, views
+from dawnpipe.train.augment import augment
+from dawnpipe.train.calibration import calibrate_threshold, describe_holdout, split_holdout
+from dawnpipe.train.checkpoint import CHECKPOINT_NAME, input_contract, load_checkpoint, save_checkpoint
+from dawnpipe.train.config import TrainConfig
+from dawnpipe.train.data import Cifar, load_cifar
+from dawnpipe.train.ema import EMA
+from dawnpipe.train.model import ResNet9, normalize
+from dawnpipe.train.schedule import lr_multiplier, lr_table
 
 _CHECK_EVERY = 32  # steps between finite-loss checks (the only host syncs inside an epoch)
 
@@ -78,11 +79,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
             f"global batch {cfg.batch_size} does not split over {world} ranks",
             "pick a --batch-size divisible by the number of processes",
         )
-    train_x = torch.from_numpy(data.train_x).to(dev.device)
-    train_y = torch.from_numpy(data.train_y).to(dev.device)
+    keep, held = split_holdout(data.train_y, cfg.holdout, cfg.batch_size)
+    holdout = describe_holdout(held, len(data.train_y))
+    holdout_x = torch.from_numpy(data.train_x[held]).to(dev.device)
+    train_x = torch.from_numpy(data.train_x[keep]).to(dev.device)
+    train_y = torch.from_numpy(data.train_y[keep]).to(dev.device)
     test_x = torch.from_numpy(data.test_x).to(dev.device)
     test_y = torch.from_numpy(data.test_y).to(dev.device)
-    norm = resume_state["normalization"] if resume_state is not None else pixel_statistics(data.train_x)
+    norm = resume_state["normalization"] if resume_state is not None else pixel_statistics(data.train_x[keep])
     mean = torch.tensor(norm["mean"], device=dev.device)
     std = torch.tensor(norm["std"], device=dev.device)
     compute = dev.autocast_dtype or torch.float32
@@ -128,12 +132,19 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     run_dir = _run_dir(cfg) if rank0 else Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME
 
-    def checkpoint(epoch: int, step_in_epoch: int, complete: bool, final: dict[str, Any] | None = None) -> None:
+    def checkpoint(
+        epoch: int,
+        step_in_epoch: int,
+        complete: bool,
+        final: dict[str, Any] | None = None,
+        selective: dict[str, Any] | None = None,
+    ) -> None:
         if not rank0:
             return
         save_checkpoint(
             ckpt_path,
             {
+                "selective": selective,
                 "model_config": model_cfg.to_dict(),
                 "model": _cpu_state(model),
                 "ema": _cpu_state(ema.module),
@@ -252,9 +263,29 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         final["ema_test_acc_flip"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "flip")
         final["raw_test_acc"] = accuracy(model.eval(), test_x, test_y, mean, std, dev, "none")
         final["test_images"] = len(test_y)
-        checkpoint(cfg.epochs, 0, complete=True, final=final)
-        _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world)
+        selective = None
+        if len(holdout_x):
+            confidence = plain_confidence(ema.module, holdout_x, mean, std, dev)
+            selective = {**calibrate_threshold(confidence, cfg.selective_target), "holdout": holdout}
+            final["selective_threshold"] = selective["threshold"]
+        checkpoint(cfg.epochs, 0, complete=True, final=final, selective=selective)
+        _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world, holdout, selective)
     return TrainResult(run_dir, ckpt_path, final)
+
+
+@torch.no_grad()
+def plain_confidence(
+    model: ResNet9, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: DeviceChoice, batch: int = 1000
+) -> np.ndarray:
+    """Top-1 softmax probability of the plain view per image (what selective TTA thresholds)."""
+    model.eval()
+    compute = dev.autocast_dtype or torch.float32
+    out = []
+    with _autocast(dev):
+        for i in range(0, len(images), batch):
+            logits = model(normalize(images[i : i + batch], mean, std, compute)).float()
+            out.append(torch.softmax(logits, dim=1).amax(dim=1).cpu())
+    return torch.cat(out).numpy()
 
 
 @torch.no_grad()
@@ -344,6 +375,8 @@ def _write_manifest(
     norm: dict[str, list[float]],
     final: dict[str, Any],
     world: int,
+    holdout: dict[str, Any],
+    selective: dict[str, Any] | None,
 ) -> None:
     metrics = {k: v for k, v in final.items() if not k.endswith("_unix")}
     entry = artifact_entry(
@@ -354,11 +387,13 @@ def _write_manifest(
         metrics=metrics,
         kind="checkpoint",
         classes=list(data.classes),
+        selective=selective,
     )
     record = {
         "config": cfg.to_dict(),
         "device": dev.describe(),
         "data": data.describe(),
+        "holdout": holdout,
         "world_size": world,
         "global_batch": cfg.batch_size,
         "metrics": metrics,

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli import main
+from dawnpipe.cli import main
 
 
 def test_pipeline_end_to_end(image_folder, tmp_path):

@@ -8,10 +8,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from common.errors import DawnpipeError
-from costs.report import build_report
-from costs.rules import Point, make_rules, pareto_front, verdict
+from dawnpipe.cli import main
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.costs.report import build_report
+from dawnpipe.costs.rules import Point, make_rules, pareto_front, verdict
 
 
 def _point(gflops=1.0, latency=5.0, views=1.0, accuracy=0.9, label="p"):
@@ -42,7 +42,7 @@ def test_dawnbench_allows_tta_and_scores_latency():
 
 
 def test_default_total_flops_budget_is_resnet18():
-    from costs.reference import resnet18_flops
+    from dawnpipe.costs.reference import resnet18_flops
 
     assert make_rules(["total-flops"])[0].budget == pytest.approx(resnet18_flops() / 1e9)
 

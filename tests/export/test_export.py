@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from common.errors import DawnpipeError
-from export.api import ExportConfig, export
-from export.onnx_export import read_metadata
-from export.triton import config_pbtxt
-from infer.backends import OnnxRuntimeBackend, TorchBackend
-from infer.tta import TTA_MODES, backend_logits
+from dawnpipe.cli import main
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import TTA_MODES, backend_logits
+from dawnpipe.export.api import ExportConfig, export
+from dawnpipe.export.onnx_export import read_metadata
+from dawnpipe.export.triton import config_pbtxt
+from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend
 from tests.conftest import make_images
 
 
@@ -80,7 +80,7 @@ def test_uint8_contract_enforced(exports, images):
 
 
 def test_metadata_and_self_contained(exports, trained_run):
-    from common.files import sha256_file
+    from dawnpipe.common.files import sha256_file
 
     result = exports["flip-translate", "fp32"]
     meta = read_metadata(result.onnx)
@@ -135,7 +135,7 @@ def test_trt_without_tensorrt_still_writes_onnx(trained_run, tmp_path):
     reason="needs TensorRT and a CUDA GPU (neither can be installed on the CPU CI machine)",
 )
 def test_trt_engine_matches_onnxruntime(trained_run, tmp_path, images):
-    from infer.backends import TensorRTBackend
+    from dawnpipe.infer.backends import TensorRTBackend
 
     result = export(
         ExportConfig(source=str(trained_run), trt=True, precision="fp16", out=str(trained_run), check_images=128)

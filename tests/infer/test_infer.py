@@ -11,14 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from common.errors import DawnpipeError
-from export.api import ExportConfig, export
-from infer.backends import OnnxRuntimeBackend, TorchBackend, load
-from infer.evaluate import EvalConfig, evaluate, wilson_interval
-from infer.latency import measure
-from infer.selective import select, selective_logits
-from infer.tta import TTA_MODES, apply_view, backend_logits, views
+from dawnpipe.cli import main
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import TTA_MODES, apply_view, backend_logits, views
+from dawnpipe.export.api import ExportConfig, export
+from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend, load
+from dawnpipe.infer.evaluate import EvalConfig, evaluate, wilson_interval
+from dawnpipe.infer.latency import measure
+from dawnpipe.infer.selective import select, selective_logits
 from tests.conftest import make_images, write_image_folder
 
 

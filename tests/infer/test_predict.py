@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from common.errors import DawnpipeError
-from export.api import ExportConfig, export
-from infer.predict import Predictor, to_model_input
+from dawnpipe.cli import main
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.export.api import ExportConfig, export
+from dawnpipe.infer.predict import Predictor, to_model_input
 from tests.conftest import make_images
 
 

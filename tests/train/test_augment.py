@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from dawnpipe.train.augment import augment, reflect_index
 from tests.conftest import make_images
-from train.augment import augment, reflect_index
 
 
 def _batch(n=16):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
+from dawnpipe.cli import main
 
 
 def test_help_lists_every_option():
@@ -55,7 +56,8 @@ def test_train_command_writes_checkpoint(image_folder, tmp_path):
 
 def _one_line_error(args):
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.output
     return lines[0]
@@ -65,9 +67,8 @@ def test_missing_data_path(tmp_path):
     assert "does not exist" in _one_line_error(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)])
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present, so --device cuda is valid here")
 def test_cuda_without_gpu(image_folder, tmp_path):
-    if torch.cuda.is_available():
-        return
     message = _one_line_error(["train", "--data", str(image_folder), "--device", "cuda", "--out", str(tmp_path)])
     assert "no CUDA GPU" in message and "--device cpu" in message
 
@@ -80,7 +81,7 @@ def test_real_ctrl_c_keeps_a_checkpoint_that_resume_continues(image_folder, tmp_
     import time
     from pathlib import Path
 
-    from train.checkpoint import load_checkpoint
+    from dawnpipe.train.checkpoint import load_checkpoint
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}

@@ -7,10 +7,10 @@ import urllib.error
 import numpy as np
 import pytest
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.train import data as data_mod
+from dawnpipe.train.data import balanced_subset, load_cifar
 from tests.conftest import CLASSES, make_images, png_bytes, tar_folder, write_batches, write_image_folder
-from train import data as data_mod
-from train.data import balanced_subset, load_cifar
 
 
 def _check(loaded, splits, classes=CLASSES):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.config import TrainConfig
-from train.ema import EMA
-from train.schedule import lr_at, lr_multiplier, lr_table
+from dawnpipe.train.config import TrainConfig
+from dawnpipe.train.ema import EMA
+from dawnpipe.train.schedule import lr_at, lr_multiplier, lr_table
 
 
 def test_ema_averages_weights_and_bn_buffers_and_copies_counters():

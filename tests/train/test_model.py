@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from train.model import GhostBatchNorm, ModelConfig, ResNet9, normalize
+from dawnpipe.train.model import GhostBatchNorm, ModelConfig, ResNet9, normalize
 
 
 def test_output_shape_and_width():

@@ -8,15 +8,16 @@ import json
 import pytest
 import torch
 
-from common.errors import DawnpipeError
-from train import trainer as trainer_mod
-from train.api import config_from_options
-from train.checkpoint import load_checkpoint
-from train.trainer import train
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.train import trainer as trainer_mod
+from dawnpipe.train.api import config_from_options
+from dawnpipe.train.checkpoint import load_checkpoint
+from dawnpipe.train.trainer import train
 
 
 def _cfg(image_folder, out, **overrides):
-    options = dict(data=image_folder, epochs=2, batch_size=64, lr=2.0, width=0.125, out=out, device="cpu")
+    # no calibration hold-out: the tests below count steps of 256 images / 64 = 4 per epoch
+    options = dict(data=image_folder, epochs=2, batch_size=64, lr=2.0, width=0.125, out=out, device="cpu", holdout=0)
     options.update(overrides)
     return config_from_options(**options)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
 
 TTA_MODES = ("none", "flip", "translate", "flip-translate")
 DEFAULT_SHIFT = 1  # pixels; airbench and Myrtle translate by one pixel at test time

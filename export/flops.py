@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError
 
 _ELEMENTWISE = {
     "Add",
@@ -257,8 +257,8 @@ def artifact_flops(path: str | Path) -> FlopCount:
     if path.suffix == ".onnx":
         return count_onnx(path)
     if path.suffix in (".engine", ".plan", ".trt"):
-        from common.files import sha256_file
-        from common.manifest import find_artifact
+        from dawnpipe.common.files import sha256_file
+        from dawnpipe.common.manifest import find_artifact
 
         found = find_artifact(path.parent, sha256_file(path))
         source = found[1].get("made_from", {}).get("onnx") if found else None
@@ -275,8 +275,8 @@ def _checkpoint_flops(path: Path) -> FlopCount:
     import onnx
     import torch
 
-    from export.graph import build_deploy_model
-    from train.checkpoint import load_checkpoint
+    from dawnpipe.export.graph import build_deploy_model
+    from dawnpipe.train.checkpoint import load_checkpoint
 
     module = build_deploy_model(load_checkpoint(path))
     buffer = io.BytesIO()

@@ -8,10 +8,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from costs.flops import count_onnx, count_torch
-from costs.reference import resnet18_cifar, resnet18_flops
-from export.graph import build_deploy_model
-from train.model import ModelConfig, ResNet9
+from dawnpipe.costs.reference import resnet18_cifar, resnet18_flops
+from dawnpipe.export.flops import count_onnx, count_torch
+from dawnpipe.export.graph import build_deploy_model
+from dawnpipe.train.model import ModelConfig, ResNet9
 
 
 def _model(nodes, inputs, outputs, inits):
