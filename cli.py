@@ -25,6 +25,11 @@ class _Group(click.Group):
         except DawnpipeError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(1)
+        except click.UsageError as err:  # bad option values: one line too (click's default prints three)
+            where = err.ctx.command_path if err.ctx else "dawnpipe"
+            message = " ".join(err.format_message().split())
+            click.echo(f"error: {message}; see `{where} --help`", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -188,19 +193,81 @@ def train(**opts) -> None:
         )
 
 
-_TTA_CHOICES = ["none", "flip", "translate", "flip-translate"]
+class _ModeList(click.ParamType):
+    """Comma-separated TTA modes (or ``all``), each checked, with the choices listed for --help and completion."""
+
+    name = "modes"
+
+    def __init__(self, choices: tuple[str, ...]) -> None:
+        self.choices = choices
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        modes = tuple(m.strip() for m in str(value).split(",") if m.strip())
+        if not modes:
+            self.fail("no mode given", param, ctx)
+        unknown = [m for m in modes if m not in (*self.choices, "all")]
+        if unknown:
+            self.fail(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(self.choices)} or all", param, ctx)
+        return modes
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(c) for c in (*self.choices, "all") if c.startswith(incomplete)]
+
+
+class _NumberList(click.ParamType):
+    """Comma-separated numbers (widths, seeds), each checked against a range."""
+
+    name = "list"
+
+    def __init__(self, kind: type, low: float, high: float) -> None:
+        self.kind, self.low, self.high = kind, low, high
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            items = tuple(self.kind(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of {self.kind.__name__}s", param, ctx)
+        bad = (
+            [v for v in items if not (math.isfinite(v) and self.low < v <= self.high)]
+            if self.kind is float
+            else [v for v in items if not self.low <= v <= self.high]
+        )
+        if not items or bad:
+            self.fail(f"{value!r}: each value must lie in ({self.low}, {self.high}]", param, ctx)
+        if len(set(items)) != len(items):
+            self.fail(f"{value!r} repeats a value", param, ctx)
+        return items
+
+
+def _modes():
+    from dawnpipe.common.tta import ALL_MODES, TTA_MODES
+
+    return TTA_MODES, ALL_MODES
 
 
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option(
     "--tta",
+    type=click.Choice(_modes()[0]),
     default="none",
     show_default=True,
-    help="TTA views baked into the graph: none, flip, translate or flip-translate.",
+    help="TTA views baked into the graph (selective TTA is applied at run time instead).",
 )
 @click.option("--shift", type=click.IntRange(1, 8), default=1, show_default=True, help="Pixels of the translate views.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, or fp16 (weights and compute).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp32, or fp16 weights and compute (for GPUs; the input stays uint8 and the output float32).",
+)
 @click.option(
     "--weights",
     type=click.Choice(["ema", "raw"]),
@@ -210,35 +277,24 @@ _TTA_CHOICES = ["none", "flip", "translate", "flip-translate"]
 )
 @click.option("--trt", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and an NVIDIA GPU).")
 @click.option(
-    "--trt-opt-batch",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Batch size the engine is tuned for.",
+    "--trt-opt-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Batch the engine is tuned for."
 )
 @click.option(
     "--trt-max-batch",
     type=click.IntRange(min=1),
     default=1024,
     show_default=True,
-    help="Largest batch the engine accepts (smallest is 1).",
+    help="Largest batch the engine takes.",
 )
 @click.option("--triton", type=click.Path(path_type=Path), default=None, help="Write a Triton model repository here.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset to write.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: the run folder).")
-def export(
-    source: Path,
-    tta: str,
-    shift: int,
-    precision: str,
-    weights: str,
-    trt: bool,
-    trt_opt_batch: int,
-    trt_max_batch: int,
-    triton: Path | None,
-    opset: int,
-    out: Path | None,
-) -> None:
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the artifacts and the manifest that lists them (default: the run folder).",
+)
+def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | None, out: Path | None, **opts) -> None:
     """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine."""
     from dawnpipe.export.api import ExportConfig
     from dawnpipe.export.api import export as run_export
@@ -246,15 +302,10 @@ def export(
 
     cfg = ExportConfig(
         source=str(source),
-        tta=tta,
-        shift=shift,
-        precision=precision,
-        weights=weights,
-        trt=trt,
         engine=EngineSpec(opt_batch=min(trt_opt_batch, trt_max_batch), max_batch=trt_max_batch),
         triton=str(triton) if triton else None,
-        opset=opset,
         out=str(out) if out else None,
+        **opts,
     )
     result = run_export(cfg)
     for precision_name, check in result.checks.items():
@@ -267,7 +318,7 @@ def export(
         click.echo(f"engine:   {result.engine}")
     for config in result.triton:
         click.echo(f"triton:   {config}")
-    click.echo(f"manifest: {result.run_dir / 'manifest.json'} ({result.seconds:.1f} s)")
+    click.echo(f"manifest: {result.out_dir / 'manifest.json'} ({result.seconds:.1f} s)")
 
 
 @main.command(name="eval")
@@ -276,78 +327,76 @@ def export(
     "--data",
     type=click.Path(path_type=Path),
     default=None,
-    help="CIFAR-10 source (default: the data the run was trained on, from its manifest).",
+    help="CIFAR-10 source (default: the data the artifact says it was trained on).",
 )
 @click.option(
     "--tta",
-    default="none,flip",
+    type=_ModeList(_modes()[1]),
+    default="none,flip,selective-flip",
     show_default=True,
-    help="Comma-separated modes: none, flip, translate, flip-translate, or all.",
+    help="Comma-separated modes, or all. selective-MODE: extra views only for images whose plain-view confidence "
+    "is below the artifact's calibrated threshold.",
 )
-@click.option("--backend", default="auto", show_default=True, help="auto, torch, onnxruntime or tensorrt.")
-@click.option("--provider", default="auto", show_default=True, help="onnxruntime provider: auto, cpu, cuda, tensorrt.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Runtime (auto: from the artifact's kind).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="onnxruntime execution provider.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="CPU threads (0 = all cores)."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Images per call.")
-@click.option(
-    "--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on N test images (class-balanced)."
-)
-@click.option(
-    "--selective-fraction",
-    type=float,
-    default=0.2,
-    show_default=True,
-    help="Selective TTA: extra views for this least-confident fraction (rows named selective-MODE).",
-)
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on N test images (balanced).")
 @click.option(
     "--selective-threshold",
-    type=float,
+    type=_Finite(0, 1),
     default=None,
-    help="Selective TTA by confidence instead: extra views below this top-1 probability.",
+    help="Override the artifact's calibrated per-image confidence threshold for the selective modes.",
 )
-@click.option("--no-selective", is_flag=True, help="Skip the selective TTA rows.")
+@click.option("--no-latency", is_flag=True, help="Skip latency and throughput.")
 @click.option(
-    "--latency-iters",
-    type=click.IntRange(min=0),
-    default=50,
-    show_default=True,
-    help="Timed batch-1 calls per mode (0 skips latency and throughput).",
+    "--latency-rounds", type=click.IntRange(1, 100), default=5, show_default=True, help="Interleaved timing rounds."
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Folder for eval.json (default: run folder)."
+    "--latency-calls", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Calls per row per round."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Folder for eval.json (default: the artifact's)."
 )
 def eval_command(
     artifact: Path,
     data: Path | None,
-    tta: str,
-    backend: str,
-    provider: str,
-    batch_size: int,
-    test_limit: int | None,
-    selective_fraction: float,
-    selective_threshold: float | None,
-    no_selective: bool,
-    latency_iters: int,
+    tta: tuple[str, ...],
+    no_latency: bool,
+    latency_rounds: int,
+    latency_calls: int,
     out: Path | None,
+    **opts,
 ) -> None:
     """Evaluate ARTIFACT (run folder, checkpoint, .onnx or .engine) with and without TTA."""
     from dawnpipe.infer.evaluate import EvalConfig, evaluate
+    from dawnpipe.infer.latency import Protocol
     from dawnpipe.infer.report_table import format_rows
 
-    fraction = None if (no_selective or selective_threshold is not None) else selective_fraction
-    threshold = None if no_selective else selective_threshold
     cfg = EvalConfig(
         artifact=str(artifact),
         data=str(data) if data else None,
-        tta=tuple(m.strip() for m in tta.split(",") if m.strip()),
-        backend=backend,
-        provider=provider,
-        batch_size=batch_size,
-        test_limit=test_limit,
-        selective_fraction=fraction,
-        selective_threshold=threshold,
-        latency_iters=latency_iters,
+        tta=tta,
+        latency=not no_latency,
+        protocol=Protocol(rounds=latency_rounds, calls=latency_calls),
         out=str(out) if out else None,
+        **opts,
     )
-    rows, path = evaluate(cfg)
+    rows, path = evaluate(cfg, progress=lambda message: click.echo(message, err=True))
     click.echo(format_rows(rows))
     click.echo(f"results: {path}")
 
@@ -355,9 +404,15 @@ def eval_command(
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--tta", default="none", show_default=True, help="none, flip, translate or flip-translate.")
-@click.option("--backend", default="auto", show_default=True, help="auto, torch, onnxruntime or tensorrt.")
-@click.option("--top-k", type=int, default=1, show_default=True, help="Classes to print per image.")
+@click.option("--tta", type=click.Choice(_modes()[1]), default="none", show_default=True, help="TTA mode.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="Runtime (auto: from the artifact's kind).",
+)
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes to print per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of lines.")
 def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, top_k: int, as_json: bool) -> None:
     """Classify IMAGES (files or folders; any size or mode, converted to 32x32 RGB) with ARTIFACT."""
@@ -379,61 +434,120 @@ def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, to
         click.echo(f"{result.source}: {top}")
 
 
-@main.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--rule",
-    "rules",
-    multiple=True,
-    help="Rule to judge by (repeatable): no-tta, dawnbench, total-flops, "
-    "latency. Default: no-tta, dawnbench, total-flops (+ latency when --budget-ms is given).",
-)
-@click.option(
-    "--budget-gflops",
-    type=float,
-    default=None,
-    help="total-flops budget in GFLOPs per image (default: one ResNet-18 pass on 32x32, computed).",
-)
-@click.option("--budget-ms", type=float, default=None, help="latency budget: batch-1 p50 ms per image.")
-def costs(run_dir: Path, rules: tuple[str, ...], budget_gflops: float | None, budget_ms: float | None) -> None:
-    """Judge RUN_DIR's eval results under TTA rules; write report.md/.json/.csv and plots there."""
-    from dawnpipe.costs.report import DEFAULT_RULES, build_report
+def _rule_options(command):
+    """Options that set the rules, shared by `costs` and `pipeline`; defaults come from ReportConfig."""
+    from dawnpipe.costs.rules import RULE_NAMES
 
-    written = build_report(run_dir, rules or DEFAULT_RULES, budget_gflops=budget_gflops, budget_ms=budget_ms)
+    options = [
+        click.option(
+            "--rule",
+            "rules",
+            type=click.Choice(RULE_NAMES),
+            multiple=True,
+            help="Rule to judge by (repeatable). Default: no-tta, dawnbench, total-flops (+ latency with --budget-ms).",
+        ),
+        click.option(
+            "--budget-gflops",
+            type=_Finite(min=0, min_open=True, max=1e6),
+            default=None,
+            help="total-flops budget, GFLOPs per image (default: one ResNet-18 pass on 32x32, computed).",
+        ),
+        click.option(
+            "--budget-ms",
+            type=_Finite(min=0, min_open=True, max=1e6),
+            default=None,
+            help="latency rule budget: batch-1 mean ms per image.",
+        ),
+        click.option(
+            "--accuracy-threshold",
+            type=_Finite(0, 100),
+            default=94.0,
+            show_default=True,
+            help="dawnbench rule: accuracy (%) a configuration must reach before its latency counts.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_rule_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report folder (default: the run folder for one run; required for several).",
+)
+def costs(run_dirs: tuple[Path, ...], out: Path | None, **opts) -> None:
+    """Judge the eval results of RUN_DIRS (one run, or a family: widths x seeds) under TTA rules.
+
+    Writes report.md (opening with the verdict table), report.json, report.csv and plots.
+    """
+    from dawnpipe.costs.report import ReportConfig, build_report
+
+    cfg = ReportConfig(runs=tuple(str(r) for r in run_dirs), out=str(out) if out else None, **_rule_config(opts))
+    written = build_report(cfg)
     for kind, path in written.items():
         click.echo(f"{kind + ':':<14}{path}")
+
+
+def _rule_config(opts: dict) -> dict:
+    rules = opts.pop("rules") or ()
+    return {"rules": tuple(rules), **opts} if rules else opts
 
 
 @main.command()
 @_train_options
 @click.option(
-    "--tta", "tta_modes", default="all", show_default=True, help="Comma-separated TTA modes to evaluate, or all."
+    "--widths",
+    type=_NumberList(float, 0.0, 16.0),
+    default=None,
+    help="Train a width family with one recipe, e.g. 0.5,0.75,1.0 (default: --width alone).",
 )
 @click.option(
-    "--latency-iters",
-    type=click.IntRange(min=0),
-    default=30,
-    show_default=True,
-    help="Timed batch-1 calls per mode and backend.",
+    "--seeds",
+    type=_NumberList(int, 0, 2**31 - 1),
+    default=None,
+    help="Seeds per width, e.g. 0,1 (default: --seed alone).",
 )
-@click.option("--budget-gflops", type=float, default=None, help="total-flops budget (default: one ResNet-18 pass).")
-@click.option("--budget-ms", type=float, default=None, help="Latency budget in ms per image (adds the latency rule).")
-def pipeline(tta_modes: str, latency_iters: int, budget_gflops: float | None, budget_ms: float | None, **opts) -> None:
-    """Train, export, evaluate every TTA mode on every available backend, and write the cost report."""
+@click.option(
+    "--tta", "tta_modes", type=_ModeList(_modes()[1]), default="all", show_default=True, help="Modes to evaluate."
+)
+@click.option(
+    "--latency-rounds", type=click.IntRange(1, 100), default=5, show_default=True, help="Interleaved timing rounds."
+)
+@_rule_options
+def pipeline(widths, seeds, tta_modes, latency_rounds, rules, budget_gflops, budget_ms, accuracy_threshold, **opts):
+    """Train (a family), export, evaluate every TTA mode on every available backend, and write the cost report."""
     from dawnpipe.costs.pipeline import PipelineConfig, run_pipeline
+    from dawnpipe.costs.report import ReportConfig
     from dawnpipe.train.api import config_from_options
 
+    train_cfg = config_from_options(**opts)
     cfg = PipelineConfig(
-        train=config_from_options(**opts),
-        tta=tuple(m.strip() for m in tta_modes.split(",")),
-        latency_iters=latency_iters,
-        budget_gflops=budget_gflops,
-        budget_ms=budget_ms,
+        train=train_cfg,
+        widths=widths or (train_cfg.model.width,),
+        seeds=seeds or (train_cfg.seed,),
+        tta=tta_modes,
+        latency_rounds=latency_rounds,
+        report=ReportConfig(
+            runs=(),
+            **_rule_config(
+                {
+                    "rules": rules,
+                    "budget_gflops": budget_gflops,
+                    "budget_ms": budget_ms,
+                    "accuracy_threshold": accuracy_threshold,
+                }
+            ),
+        ),
     )
     result = run_pipeline(cfg, say=lambda line: click.echo(line, err=True))
     for kind, path in result.artifacts.items():
         click.echo(f"{kind + ':':<14}{path}")
-    click.echo(f"pipeline finished in {result.seconds:.0f} s; report: {result.run_dir / 'report.md'}")
+    click.echo(f"pipeline finished in {result.seconds:.0f} s; report: {result.report_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

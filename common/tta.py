@@ -18,6 +18,8 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 
 TTA_MODES = ("none", "flip", "translate", "flip-translate")
+SELECTIVE_MODES = tuple(f"selective-{m}" for m in TTA_MODES if m != "none")  # per-image confidence threshold
+ALL_MODES = TTA_MODES + SELECTIVE_MODES
 DEFAULT_SHIFT = 1  # pixels; airbench and Myrtle translate by one pixel at test time
 
 
@@ -83,38 +85,101 @@ def apply_view(images, view: View):
     return images.index_select(1, rows_t).index_select(2, cols_t)
 
 
-def tta_logits(run: Callable, images, tta_views: tuple[View, ...]):
-    """Weighted average of ``run(view(images))`` over the views (numpy or torch, whatever ``run`` returns)."""
+def parse_mode(name: str) -> tuple[str, bool]:
+    """``"selective-flip"`` -> ``("flip", True)``; ``"flip"`` -> ``("flip", False)``; unknown names are refused."""
+    if name in SELECTIVE_MODES:
+        return name.removeprefix("selective-"), True
+    return check_mode(name), False
+
+
+def view_logits(run: Callable, images, tta_views: tuple[View, ...], batch: int | None = None) -> list:
+    """Logits of ``run`` on each view of ``images``, in view order: the one place views are run.
+
+    Views of a chunk are stacked into one call (as the exported graph stacks them), chunked so that no call
+    holds more than ``batch`` images. Works for numpy arrays and torch tensors alike.
+    """
+    n_views, total = len(tta_views), len(images)
+    step = total if batch is None else max(1, batch // n_views)
+    per_view: list[list] = [[] for _ in tta_views]
+    for i in range(0, total, max(step, 1)):
+        chunk = images[i : i + step]
+        if n_views == 1:
+            parts = [run(apply_view(chunk, tta_views[0]))]
+        else:
+            stacked = _cat([apply_view(chunk, v) for v in tta_views])
+            out = run(stacked)
+            parts = [out[k * len(chunk) : (k + 1) * len(chunk)] for k in range(n_views)]
+        for k, part in enumerate(parts):
+            per_view[k].append(part)
+    return [_cat(parts) if len(parts) != 1 else parts[0] for parts in per_view]
+
+
+def combine(per_view: list, tta_views: tuple[View, ...]):
+    """The weighted average of per-view logits: the one place views are combined."""
     total = None
-    for view in tta_views:
-        logits = run(apply_view(images, view)) * view.weight
-        total = logits if total is None else total + logits
+    for view, logits in zip(tta_views, per_view, strict=True):
+        term = logits * view.weight
+        total = term if total is None else total + term
     return total
 
 
-def backend_logits(
-    backend, images: np.ndarray, mode: str, *, shift: int = DEFAULT_SHIFT, batch: int = 500
-) -> np.ndarray:
-    """Logits of ``backend`` on uint8 images with ``mode`` TTA, applied on the host or recognised in the graph.
+def tta_logits(run: Callable, images, tta_views: tuple[View, ...], batch: int | None = None):
+    """Weighted average of ``run(view(images))`` over the views."""
+    return combine(view_logits(run, images, tta_views, batch), tta_views)
 
-    A graph that already holds TTA is run as is when ``mode`` names its TTA, and refused otherwise, so views
-    are never applied twice. Host-side views are stacked into one call per chunk, as the graph does.
+
+def softmax_confidence(logits: np.ndarray) -> np.ndarray:
+    """Top-1 softmax probability per row (what selective TTA thresholds), computed in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (probs.max(axis=1) / probs.sum(axis=1)).astype(np.float32)
+
+
+def check_threshold(threshold: float) -> float:
+    """Return a confidence threshold in [0, 1] or raise the one-line error."""
+    if not (isinstance(threshold, int | float) and 0.0 <= float(threshold) <= 1.0):
+        raise DawnpipeError(f"confidence threshold {threshold!r} is outside [0, 1]", "use a probability such as 0.9")
+    return float(threshold)
+
+
+def selective_from_views(per_view: list, tta_views: tuple[View, ...], threshold: float):
+    """Selective TTA from every view's logits (evaluation's cache): (logits, selected mask).
+
+    An image is selected when its plain-view confidence is below ``threshold``; it then gets the mode's full
+    weighted average, otherwise its plain logits. Same per-image decision and arithmetic as selective_logits.
     """
-    check_mode(mode)
-    if backend.graph_tta != "none":
-        if mode != backend.graph_tta:
-            raise DawnpipeError(
-                f"this model has {backend.graph_tta} TTA inside its graph, so it cannot be evaluated with --tta {mode}",
-                f"use --tta {backend.graph_tta}, or export without --tta to choose TTA at evaluation time",
-            )
-        tta_views: tuple[View, ...] = views("none")
-    else:
-        tta_views = views(mode, shift)
-    step = max(1, batch // len(tta_views))
-    out = []
-    for i in range(0, len(images), step):
-        chunk = images[i : i + step]
-        stacked = np.concatenate([apply_view(chunk, v) for v in tta_views]) if len(tta_views) > 1 else chunk
-        logits = backend.infer(stacked).reshape(len(tta_views), len(chunk), -1)
-        out.append(np.tensordot(np.array([v.weight for v in tta_views], dtype=np.float32), logits, axes=1))
-    return np.concatenate(out) if out else np.zeros((0, len(backend.classes)), dtype=np.float32)
+    plain = per_view[_identity_index(tta_views)]
+    chosen = softmax_confidence(plain) < check_threshold(threshold)
+    full = combine(per_view, tta_views)
+    return np.where(chosen[:, None], full, plain), chosen
+
+
+def selective_logits(run: Callable, images: np.ndarray, tta_views: tuple[View, ...], threshold: float, batch=None):
+    """Selective TTA as a deployment runs it, per image: the plain view for all, the other views only for the
+    images whose plain confidence is below ``threshold``. Returns (logits, selected mask)."""
+    identity = _identity_index(tta_views)
+    (plain,) = view_logits(run, images, (tta_views[identity],), batch)
+    plain = np.asarray(plain)
+    chosen = softmax_confidence(plain) < check_threshold(threshold)
+    logits = plain.copy()
+    extra = tuple(v for k, v in enumerate(tta_views) if k != identity)
+    if chosen.any() and extra:
+        others = iter(view_logits(run, images[chosen], extra, batch))
+        per_view = [plain[chosen] if k == identity else next(others) for k in range(len(tta_views))]
+        logits[chosen] = combine(per_view, tta_views)
+    return logits, chosen
+
+
+def _identity_index(tta_views: tuple[View, ...]) -> int:
+    for k, view in enumerate(tta_views):
+        if view.is_identity():
+            return k
+    raise DawnpipeError("selective TTA needs a mode whose views include the plain image", "use flip or translate")
+
+
+def _cat(parts: list):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)

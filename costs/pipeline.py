@@ -1,8 +1,10 @@
-"""pipeline(): train, export, evaluate every TTA mode on every available backend, and write the cost report.
+"""pipeline(): train a family (widths x seeds, one recipe), export, evaluate every TTA mode on every available
+backend, and write one cost report over the family.
 
-One command, one progress display: the trainer's bar, then a line per stage. Backends: PyTorch (the
-checkpoint) and onnxruntime (fp32 ONNX) everywhere; on a GPU also onnxruntime's CUDA provider with the fp16
-ONNX and, where TensorRT is installed, the native TensorRT engine. What is skipped is said, with why.
+Every option is validated before training starts. Each run is exported once per artifact: the fp32 ONNX
+everywhere; on a GPU also the fp16 ONNX and, where TensorRT is installed, an engine built from that fp16 ONNX.
+Backends: PyTorch (the checkpoint) and onnxruntime (fp32 ONNX, CPU) everywhere; onnxruntime CUDA (fp16 ONNX)
+and TensorRT on a GPU. What is skipped is said, with why.
 """
 
 from __future__ import annotations
@@ -13,105 +15,130 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.costs.report import ReportConfig
 from dawnpipe.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The training recipe plus what to evaluate and judge."""
+    """The training recipe, the family to train with it, and what to evaluate and judge."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
+    widths: tuple[float, ...] = (1.0,)  # channel multipliers trained with the one recipe
+    seeds: tuple[int, ...] = (0,)  # seeds per width
     tta: tuple[str, ...] = ("all",)  # modes evaluated on every backend
-    latency_iters: int = 30  # timed batch-1 calls per mode and backend
-    rules: tuple[str, ...] = ("no-tta", "dawnbench", "total-flops")
-    budget_gflops: float | None = None  # total-flops budget; None = one ResNet-18 pass
-    budget_ms: float | None = None  # adds the latency rule when set
+    latency_rounds: int = 5  # interleaved timing rounds per backend
+    report: ReportConfig = field(default_factory=lambda: ReportConfig(runs=()))
 
 
 @dataclass
 class PipelineResult:
     """Where everything went."""
 
-    run_dir: Path
+    report_dir: Path
+    runs: list[Path]
     artifacts: dict[str, Path]
     skipped: list[str]
     seconds: float
 
 
+def check_pipeline(cfg: PipelineConfig) -> None:
+    """Every option checked before any work starts (a bad one costs a second, not a training run)."""
+    from dawnpipe.common.tta import ALL_MODES
+    from dawnpipe.costs.report import check_config
+
+    check_config(cfg.report)
+    unknown = [m for m in cfg.tta if m not in (*ALL_MODES, "all")]
+    if unknown or not cfg.tta:
+        raise DawnpipeError(f"unknown TTA mode(s) {unknown or '(none given)'}", f"use {', '.join(ALL_MODES)} or all")
+    if not cfg.widths or any(not (0 < w <= 16) for w in cfg.widths):
+        raise DawnpipeError(f"widths {list(cfg.widths)} must each lie in (0, 16]", "pass e.g. --widths 0.5,0.75,1.0")
+    if not cfg.seeds or any(s < 0 for s in cfg.seeds):
+        raise DawnpipeError(f"seeds {list(cfg.seeds)} must be non-negative", "pass e.g. --seeds 0,1")
+
+
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineResult:
-    """Run all stages; a skipped optional part (TensorRT, GPU providers) is reported, not fatal."""
+    """Run all stages for every (width, seed); optional parts (fp16, TensorRT, GPU providers) are reported."""
     import onnxruntime as ort
     import torch
 
     from dawnpipe.costs.report import build_report
-    from dawnpipe.costs.rules import make_rules
-    from dawnpipe.export.api import ExportConfig, export
+    from dawnpipe.export.api import build_engine_artifact, export_onnx_model, load_source, record
     from dawnpipe.export.tensorrt_build import tensorrt_status
     from dawnpipe.infer.evaluate import EvalConfig, evaluate
+    from dawnpipe.infer.latency import Protocol
     from dawnpipe.train.trainer import train
 
-    make_rules(cfg.rules, budget_gflops=cfg.budget_gflops, budget_ms=cfg.budget_ms, reference_gflops=1.0)  # validate
+    check_pipeline(cfg)
     started = time.perf_counter()
     stage = _Stages(say, started)
-    stage("train", "Myrtle ResNet-9 recipe")
-    trained = train(replace(cfg.train, eval_every=cfg.train.epochs), progress=True)
-    run = trained.run_dir
-    artifacts: dict[str, Path] = {"checkpoint": trained.checkpoint}
-    skipped: list[str] = []
-    m = trained.metrics
-    stage(
-        "train",
-        f"EMA test accuracy {m['ema_test_acc']:.4f} (flip TTA {m['ema_test_acc_flip']:.4f}), "
-        f"{m['train_seconds']:.0f} s",
-    )
-
+    base = cfg.train.name or time.strftime("%Y%m%d-%H%M%S")
+    family = len(cfg.widths) * len(cfg.seeds) > 1
     on_gpu = torch.cuda.is_available()
-    stage("export", "fp32 ONNX" + (" and fp16 ONNX" if on_gpu else ""))
-    artifacts["onnx_fp32"] = export(ExportConfig(source=str(run))).onnx
-    if on_gpu:
-        artifacts["onnx_fp16"] = export(ExportConfig(source=str(run), precision="fp16")).onnx
-    else:
-        skipped.append("fp16 ONNX: no GPU (onnxruntime's CPU fp16 kernels are emulated, so it would only mislead)")
+    skipped: list[str] = []
+    artifacts: dict[str, Path] = {}
+    trt_reason = None
     try:
         tensorrt_status()
-        result = export(ExportConfig(source=str(run), precision="fp16", trt=True))
-        artifacts["engine"] = result.engine  # type: ignore[assignment]
     except DawnpipeError as err:
-        skipped.append(f"TensorRT engine: {err}")
-        stage("export", f"skipped TensorRT: {err}")
-
-    providers = ort.get_available_providers()
-    runs: list[tuple[str, Path, str]] = [("torch", run, "auto"), ("onnxruntime", artifacts["onnx_fp32"], "cpu")]
-    if "CUDAExecutionProvider" in providers and "onnx_fp16" in artifacts:
-        runs.append(("onnxruntime", artifacts["onnx_fp16"], "cuda"))
-    else:
-        skipped.append(f"onnxruntime CUDA provider: not installed (available: {', '.join(providers)})")
-    if "engine" in artifacts:
-        runs.append(("tensorrt", artifacts["engine"], "auto"))
-    for backend, artifact, provider in runs:
-        stage("eval", f"{backend} ({artifact.name}, provider {provider})")
-        evaluate(
-            EvalConfig(
-                artifact=str(artifact),
-                data=cfg.train.data,
-                tta=cfg.tta,
-                backend=backend,
-                provider=provider,
-                test_limit=cfg.train.test_limit,
-                latency_iters=cfg.latency_iters,
-            ),
-            progress=lambda message: stage("eval", message),
-        )
-    artifacts["eval"] = run / "eval.json"
-    stage("costs", "FLOPs, rule verdicts, report and plots")
-    artifacts.update(build_report(run, cfg.rules, budget_gflops=cfg.budget_gflops, budget_ms=cfg.budget_ms))
+        trt_reason = str(err)
+    runs: list[Path] = []
+    for width in cfg.widths:
+        for seed in cfg.seeds:
+            name = f"{base}-w{width:g}-s{seed}" if family else base
+            tag = f"{name}: " if family else ""
+            run_cfg = replace(cfg.train, model=replace(cfg.train.model, width=width), seed=seed, name=name,
+                              eval_every=cfg.train.epochs)
+            stage("train", f"{tag}width {width:g}, seed {seed}, {run_cfg.epochs} epochs")
+            trained = train(run_cfg, progress=True)
+            m = trained.metrics
+            stage("train", f"{tag}EMA test accuracy {m['ema_test_acc']:.4f} (flip {m['ema_test_acc_flip']:.4f}), "
+                  f"{m['train_seconds']:.0f} s")
+            run = trained.run_dir
+            runs.append(run)
+            source = load_source(run)
+            stage("export", f"{tag}fp32 ONNX" + (" and fp16 ONNX" if on_gpu else ""))
+            written = [export_onnx_model(source, run, precision="fp32")]
+            if on_gpu:
+                written.append(export_onnx_model(source, run, precision="fp16"))
+            if on_gpu and trt_reason is None:
+                written.append(build_engine_artifact(written[-1], run))
+            record(run, source, written, {"precisions": [a.entry["precision"] for a in written if "precision" in
+                                                         a.entry]})
+            evals: list[tuple[str, Path, str]] = [("torch", run, "auto"), ("onnxruntime", written[0].path, "cpu")]
+            if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+                evals.append(("onnxruntime", written[1].path, "cuda"))
+            if written[-1].entry.get("kind") == "tensorrt-engine":
+                evals.append(("tensorrt", written[-1].path, "auto"))
+            for backend, artifact, provider in evals:
+                stage("eval", f"{tag}{backend} ({artifact.name}, provider {provider})")
+                evaluate(
+                    EvalConfig(
+                        artifact=str(artifact),
+                        data=cfg.train.data,
+                        tta=cfg.tta,
+                        backend=backend,
+                        provider=provider,
+                        test_limit=cfg.train.test_limit,
+                        protocol=Protocol(rounds=cfg.latency_rounds),
+                    ),
+                    progress=lambda message, tag=tag: stage("eval", tag + message),
+                )
+    if not on_gpu:
+        skipped.append("fp16 ONNX and onnxruntime CUDA: no GPU (CPU fp16 kernels are emulated, so they would mislead)")
+    if trt_reason is not None:
+        skipped.append(f"TensorRT engine: {trt_reason}")
+    report_dir = runs[0] if not family else Path(cfg.train.out) / f"{base}-report"
+    stage("costs", f"FLOPs, rule decisions, report and plots over {len(runs)} run(s)")
+    report = replace(cfg.report, runs=tuple(str(r) for r in runs), out=str(report_dir))
+    artifacts.update(build_report(report))
     for note in skipped:
         say(f"note: skipped {note}")
-    return PipelineResult(run, artifacts, skipped, time.perf_counter() - started)
+    return PipelineResult(report_dir, runs, artifacts, skipped, time.perf_counter() - started)
 
 
 class _Stages:
-    """Numbered stage lines with elapsed time: the pipeline's progress display after the training bar."""
+    """Numbered stage lines with elapsed time: the pipeline's progress display between the training bars."""
 
     order = ("train", "export", "eval", "costs")
 
@@ -121,3 +148,6 @@ class _Stages:
     def __call__(self, name: str, message: str) -> None:
         index = self.order.index(name) + 1
         self.say(f"[{index}/{len(self.order)} {name} {time.perf_counter() - self.started:6.0f}s] {message}")
+
+
+__all__ = ["PipelineConfig", "PipelineResult", "run_pipeline", "check_pipeline"]

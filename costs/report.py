@@ -1,251 +1,321 @@
-"""The TTA-cost report of a run folder: report.md, report.json, report.csv and two PNG plots.
+"""The TTA-cost report of one run or a family: report.md, report.json, report.csv and two PNG plots.
 
-Reads the rows ``cli.py eval`` wrote to eval.json (accuracy, views, FLOPs from the deployed graph, latency),
-judges every row under every rule, marks the Pareto frontier, and draws accuracy against GFLOPs per image
-and against batch-1 latency, with budget lines and the ResNet-18 reference.
+report.md opens with the decision table (per rule: winner, runner-up, margin with its paired 95% interval, and
+whether TTA earns its cost), then answers the question a reader brings, "at equal cost, do extra views beat a
+bigger network?", by pairing every TTA configuration with the next-bigger single-view network of the family
+(same test images, seeds matched), then lists every point with its interval, seed spread and latency flags.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-from dataclasses import asdict
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import atomic_write, atomic_write_json, atomic_write_text
+from dawnpipe.common.files import atomic_write_json, atomic_write_text, ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
-from dawnpipe.costs.rules import Point, Rule, make_rules, pareto_front, verdict
-
-DEFAULT_RULES = ("no-tta", "dawnbench", "total-flops")
-
-
-def load_points(run_dir: Path) -> tuple[list[dict[str, Any]], list[Point]]:
-    """Eval rows of a run and their points; a clear error if the run has none."""
-    path = run_dir / "eval.json"
-    if not path.exists():
-        raise DawnpipeError(
-            f"{run_dir} has no eval results (eval.json)",
-            f"run `cli.py eval {run_dir}/<model>.onnx` (or `cli.py pipeline`) first",
-        )
-    try:
-        rows = json.loads(path.read_text())["rows"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DawnpipeError(f"{path} is not a dawnpipe eval file", "rerun `cli.py eval`") from None
-    points = [
-        Point(
-            label=_label(r),
-            accuracy=r["accuracy"],
-            gflops_per_image=r["gflops_per_image"],
-            views_per_image=r["views_per_image"],
-            latency_ms=r.get("latency", {}).get("batch1", {}).get("p50_ms"),
-        )
-        for r in rows
-    ]
-    return rows, points
+from dawnpipe.costs.family import Run, load_family
+from dawnpipe.costs.rules import (
+    DEFAULT_RULES,
+    Decision,
+    Point,
+    Rule,
+    compare,
+    decide,
+    make_rules,
+    pareto_front,
+    verdict,
+)
 
 
-def _label(row: dict[str, Any]) -> str:
-    backend = row["backend"] + (f"/{row['provider'].replace('ExecutionProvider', '')}" if row.get("provider") else "")
-    return f"{row['tta']} @ {backend} {row['precision']}"
+@dataclass(frozen=True)
+class ReportConfig:
+    """Which runs to judge, by which rules, and where the report goes."""
+
+    runs: tuple[str, ...]  # run folders: one run, or a family (widths x seeds, one recipe)
+    out: str | None = None  # report folder; None = the run folder for one run (required for several)
+    rules: tuple[str, ...] = DEFAULT_RULES  # "latency" is added when budget_ms is set
+    budget_gflops: float | None = None  # total-flops budget in GFLOPs/image; None = one ResNet-18 pass
+    budget_ms: float | None = None  # latency budget, batch-1 mean ms/image
+    accuracy_threshold: float = 94.0  # %, dawnbench's bar (DAWNBench used 94%; the JPEG copy tops out lower)
+    plots: bool = True
 
 
-def build_report(
-    run_dir: str | Path,
-    rule_names: tuple[str, ...] = DEFAULT_RULES,
-    *,
-    budget_gflops: float | None = None,
-    budget_ms: float | None = None,
-    plots: bool = True,
-) -> dict[str, Path]:
-    """Write the report files into the run folder; returns their paths by kind."""
+def check_config(cfg: ReportConfig) -> list[Rule]:
+    """Validate the options before any work; returns the rules."""
     from dawnpipe.costs.reference import resnet18_flops
 
-    run_dir = Path(run_dir)
-    names = tuple(rule_names) + (("latency",) if budget_ms is not None and "latency" not in rule_names else ())
-    reference_gflops = resnet18_flops() / 1e9
-    rules = make_rules(names, budget_gflops=budget_gflops, budget_ms=budget_ms, reference_gflops=reference_gflops)
-    rows, points = load_points(run_dir)
-    verdicts = [verdict(rule, p) for p in points for rule in rules]
+    names = tuple(cfg.rules) + (("latency",) if cfg.budget_ms is not None and "latency" not in cfg.rules else ())
+    return make_rules(
+        names,
+        budget_gflops=cfg.budget_gflops,
+        budget_ms=cfg.budget_ms,
+        reference_gflops=resnet18_flops() / 1e9,
+        accuracy_threshold=cfg.accuracy_threshold,
+    )
+
+
+def build_report(cfg: ReportConfig) -> dict[str, Path]:
+    """Write the report files; returns their paths by kind."""
+    from dawnpipe.costs.reference import resnet18_flops
+
+    rules = check_config(cfg)
+    if len(cfg.runs) > 1 and not cfg.out:
+        raise DawnpipeError("a report over several runs needs a folder of its own", "pass --out DIR")
+    runs, points = load_family(list(cfg.runs))
+    out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else runs[0].path)
+    reference = resnet18_flops() / 1e9
+    # a rule decides among models (width x TTA) run the same way: one decision per backend and precision
+    backends = sorted({(p.backend, p.precision) for p in points})
+    decisions = [decide(rule, [p for p in points if (p.backend, p.precision) == b]) for rule in rules for b in backends]
+    scaling = views_vs_width(points)
     fronts = {cost: [p.label for p in pareto_front(points, cost)] for cost in ("gflops", "latency")}
-    unknown = sorted({op for r in rows for op in r.get("flops_unknown_ops", [])})
+    unknown = sorted({op for run in runs for row in run.rows for op in row.get("flops_unknown_ops", [])})
     data = {
-        "format": "dawnpipe-report/1",
-        "reference": {"resnet18_gflops_per_image": reference_gflops},
+        "format": "dawnpipe-report/2",
+        "runs": [{"path": str(r.path), "width": r.width, "seed": r.seed} for r in runs],
+        "recipe": {k: v for k, v in runs[0].config.items() if k not in ("seed", "name", "out", "resume")},
+        "reference": {"resnet18_gflops_per_image": reference},
         "rules": [asdict(r) for r in rules],
-        "points": [asdict(p) for p in points],
-        "verdicts": [asdict(v) for v in verdicts],
+        "decisions": [d.to_dict() for d in decisions],
+        "views_vs_width": scaling,
+        "points": [_point_dict(p) for p in points],
+        "verdicts": [asdict(verdict(r, p)) for p in points for r in rules],
         "pareto": fronts,
         "unknown_ops": unknown,
     }
     out = {
-        "json": atomic_write_json(run_dir / "report.json", data),
-        "csv": atomic_write_text(run_dir / "report.csv", _csv(points, rules, verdicts, fronts)),
+        "json": atomic_write_json(out_dir / "report.json", data),
+        "csv": atomic_write_text(out_dir / "report.csv", _csv(points, rules)),
         "md": atomic_write_text(
-            run_dir / "report.md", _markdown(points, rules, verdicts, fronts, reference_gflops, unknown)
+            out_dir / "report.md", _markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown)
         ),
     }
-    if plots:
-        out["plot_gflops"] = _plot(
-            run_dir / "accuracy_vs_gflops.png", points, rules, fronts["gflops"], "gflops", reference_gflops
-        )
+    if cfg.plots:
+        from dawnpipe.costs.plots import plot_gflops, plot_latency
+
+        out["plot_gflops"] = plot_gflops(out_dir / "accuracy_vs_gflops.png", points, rules, fronts["gflops"], reference)
         if any(p.latency_ms is not None for p in points):
-            out["plot_latency"] = _plot(
-                run_dir / "accuracy_vs_latency.png", points, rules, fronts["latency"], "latency", reference_gflops
-            )
-    if (run_dir / "manifest.json").exists():
-        update_manifest(
-            run_dir,
-            run=("costs", {"rules": [asdict(r) for r in rules]}),
-            artifacts={
-                f"report.{kind}" if not kind.startswith("plot") else path.name: artifact_entry(
-                    run_dir, path, kind="report", made_from={"eval": "eval.json"}
-                )
-                for kind, path in out.items()
-            },
-        )
+            out["plot_latency"] = plot_latency(out_dir / "accuracy_vs_latency.png", points, rules)
+    made_from = {str(r.path): sha256_file(r.path / "eval.json") for r in runs}
+    update_manifest(
+        out_dir,
+        run=("costs", {"config": asdict(cfg), "rules": [asdict(r) for r in rules]}),
+        artifacts={
+            path.name: artifact_entry(out_dir, path, kind="report", made_from={"eval": made_from})
+            for path in out.values()
+        },
+    )
     return out
 
 
-def _verdict_cells(point: Point, rules: list[Rule], verdicts) -> list[str]:
-    by_rule = {v.rule: v for v in verdicts if v.label == point.label}
-    return [("pass" if by_rule[r.name].passed else "FAIL") for r in rules]
-
-
-def _csv(points, rules, verdicts, fronts) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            "label",
-            "accuracy",
-            "views_per_image",
-            "gflops_per_image",
-            "latency_p50_ms",
-            "pareto_gflops",
-            "pareto_latency",
-            *[f"rule:{r.name}" for r in rules],
-        ]
-    )
+def views_vs_width(points: list[Point]) -> list[dict[str, Any]]:
+    """Each TTA point against the cheapest single-view network of the same backend that costs at least as much
+    (or, if none does, the most expensive one), paired on the same images and seeds."""
+    rows = []
     for p in points:
-        writer.writerow(
-            [
-                p.label,
-                f"{p.accuracy:.6f}",
-                f"{p.views_per_image:.4f}",
-                f"{p.gflops_per_image:.6f}",
-                "" if p.latency_ms is None else f"{p.latency_ms:.4f}",
-                p.label in fronts["gflops"],
-                p.label in fronts["latency"],
-                *_verdict_cells(p, rules, verdicts),
-            ]
+        if not p.uses_tta:
+            continue
+        plain = sorted(
+            (q for q in points if not q.uses_tta and q.backend == p.backend and q.precision == p.precision),
+            key=lambda q: q.gflops_per_image,
         )
-    return buffer.getvalue()
+        if not plain:
+            continue
+        bigger = [q for q in plain if q.gflops_per_image >= p.gflops_per_image * (1 - 1e-9)]
+        rival = bigger[0] if bigger else plain[-1]
+        m = compare(p, rival, "accuracy")
+        rows.append(
+            {
+                "tta": p.label,
+                "tta_gflops": p.gflops_per_image,
+                "network": rival.label,
+                "network_gflops": rival.gflops_per_image,
+                "network_costs_at_least_as_much": bool(bigger),
+                "margin": m,
+            }
+        )
+    return rows
 
 
-def _markdown(points, rules, verdicts, fronts, reference_gflops, unknown) -> str:
+def _point_dict(p: Point) -> dict[str, Any]:
+    return {k: v for k, v in asdict(p).items() if k != "correct"}
+
+
+def _short(p: Point | None) -> str:
+    """A point's label without its backend (the decision table has a backend column)."""
+    return "-" if p is None else p.label.split(" @ ")[0]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _interval(m: dict[str, Any] | None) -> str:
+    if not m or m.get("difference") is None:
+        return "-"
+    if m.get("low") is None:
+        return f"{100 * m['difference']:+.2f} pts (unpaired)"
+    if m["statistic"].startswith("batch-1"):
+        return f"{m['difference']:.3f} ms/img ({m['low']:.3f} to {m['high']:.3f})"
+    star = " *" if m.get("significant") else ""
+    return f"{100 * m['difference']:+.2f} pts ({100 * m['low']:+.2f} to {100 * m['high']:+.2f}){star}"
+
+
+def _markdown(
+    runs: list[Run],
+    points: list[Point],
+    rules: list[Rule],
+    decisions: list[Decision],
+    scaling: list[dict[str, Any]],
+    fronts: dict[str, list[str]],
+    reference: float,
+    unknown: list[str],
+) -> str:
+    cfg = runs[0].config
+    widths = sorted({r.width for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    images = runs[0].rows[0]["images"]
+    backends = sorted({f"{p.backend} {p.precision}" for p in points})
     lines = [
         "# TTA cost report",
         "",
-        f"Reference: one ResNet-18 pass on a 32x32 image = {reference_gflops:.4f} GFLOP (conv + linear, "
-        "computed from the definition in costs/reference.py).",
+        f"Family: widths {', '.join(f'{w:g}' for w in widths)} x seeds {', '.join(map(str, seeds))}; one recipe "
+        f"({cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}); data {cfg.get('data')}; {images} test images; "
+        f"backends {', '.join(backends)}.",
         "",
-        "## Rules",
+        "## Decisions",
         "",
+        "| rule | backend | ranks by | winner | runner-up | margin (95% CI) | does TTA earn its cost? |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for d in decisions:
+        stat = "batch-1 mean latency" if d.rule.ranks_by == "latency" else "accuracy (mean over seeds)"
+        backend = d.backend
+        lines.append(
+            f"| {d.rule.name} | {backend} | {stat} | {_short(d.winner)} | {_short(d.runner_up)} | "
+            f"{_interval(d.margin)} | {d.tta_answer} |"
+        )
+    lines += [
+        "",
+        "Margins are paired on the same test images with seeds matched (exact conditional interval from the "
+        "discordant images; McNemar p-value in report.json); `*` marks an interval that excludes zero. A margin "
+        "without `*` is noise at this sample size.",
+        "",
+        "## Extra views or a bigger network, at equal cost?",
+        "",
+        "Each TTA configuration against the cheapest single-view network of the family that costs at least as "
+        "many FLOPs per image (same backend; paired):",
+        "",
+        "| TTA configuration | GFLOP/img | vs network | GFLOP/img | TTA minus network (95% CI) |",
+        "|---|---:|---|---:|---|",
+    ]
+    for s in scaling:
+        note = "" if s["network_costs_at_least_as_much"] else " (cheaper: no bigger network in the family)"
+        lines.append(
+            f"| {s['tta']} | {s['tta_gflops']:.3f} | {s['network']}{note} | {s['network_gflops']:.3f} | "
+            f"{_interval(s['margin'])} |"
+        )
+    if not scaling:
+        lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
+    lines += ["", "## Rules", ""]
     lines += [f"- **{r.name}**: {r.description}" for r in rules]
     lines += [
         "",
+        f"Reference: one ResNet-18 pass on a 32x32 image = {reference:.4f} GFLOP (conv + linear, computed from "
+        "costs/reference.py).",
+        "",
         "## Points",
         "",
-        "| TTA, backend, precision | accuracy % | views/img | GFLOP/img | p50 ms/img | "
-        "Pareto (FLOPs, latency) | " + " | ".join(r.name for r in rules) + " |",
-        "|---|---:|---:|---:|---:|:-:|" + "|".join(":-:" for _ in rules) + "|",
+        "Accuracy: mean over seeds, 95% Wilson interval of the pooled count, and the seed-to-seed std. Latency: "
+        "batch 1, one distinct image per call, rows interleaved in rounds; `!` = per-round medians spread too "
+        "widely to trust. F/L: on the Pareto frontier of FLOPs / latency.",
+        "",
+        "| configuration | seeds | acc % | 95% CI | seed std | views/img | GFLOP/img | mean ms | p50 ms | p99 ms | "
+        "selected | F/L | " + " | ".join(r.name for r in rules) + " |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:-:|" + "|".join(":-:" for _ in rules) + "|",
     ]
     for p in points:
-        latency = "-" if p.latency_ms is None else f"{p.latency_ms:.3f}"
-        pareto = ("F" if p.label in fronts["gflops"] else "-") + ("L" if p.label in fronts["latency"] else "-")
-        lines.append(
-            f"| {p.label} | {100 * p.accuracy:.2f} | {p.views_per_image:.2f} | {p.gflops_per_image:.4f} | "
-            f"{latency} | {pareto} | " + " | ".join(_verdict_cells(p, rules, verdicts)) + " |"
+        flag = "!" if p.latency_flagged else ""
+        lat = (
+            ("-", "-", "-")
+            if p.latency_ms is None
+            else (f"{p.latency_ms:.2f}{flag}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
         )
-    lines += ["", "## Verdicts", ""]
-    lines += [f"- {v.rule} / {v.label}: {'pass' if v.passed else 'FAIL'}: {v.reason}" for v in verdicts]
+        pareto = ("F" if p.label in fronts["gflops"] else "-") + ("L" if p.label in fronts["latency"] else "-")
+        sel = "-" if p.selected_fraction is None else f"{100 * p.selected_fraction:.1f}%"
+        cells = ["pass" if verdict(r, p).passed else "-" for r in rules]
+        lines.append(
+            f"| {p.label} | {len(p.seeds)} | {_pct(p.accuracy)} | {_pct(p.ci95[0])}-{_pct(p.ci95[1])} | "
+            f"{100 * p.accuracy_std:.2f} | {p.views_per_image:.2f} | {p.gflops_per_image:.3f} | {lat[0]} | {lat[1]} | "
+            f"{lat[2]} | {sel} | {pareto} | " + " | ".join(cells) + " |"
+        )
+    flagged = [p.label for p in points if p.latency_flagged]
     lines += [
         "",
-        "## Ops the FLOP counter does not know",
+        "## Reading this report",
         "",
-        ", ".join(unknown) if unknown else "none (every op in the graphs was counted)",
+        "- FLOPs and latency can disagree: the same FLOPs run at different speeds on different backends and "
+        "precisions, and a selective-TTA row's mean latency includes its extra views on the images that take them.",
+        "- Latency rows flagged as spread: " + (", ".join(flagged) if flagged else "none") + ".",
+        "- Ops the FLOP counter does not know: " + (", ".join(unknown) if unknown else "none (every op was counted)."),
         "",
-        "Plots: accuracy_vs_gflops.png, accuracy_vs_latency.png.",
+        "Plots: accuracy_vs_gflops.png, accuracy_vs_latency.png (95% error bars).",
         "",
     ]
     return "\n".join(lines)
 
 
-def _plot(
-    path: Path, points: list[Point], rules: list[Rule], front: list[str], cost: str, reference_gflops: float
-) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x_of = (lambda p: p.gflops_per_image) if cost == "gflops" else (lambda p: p.latency_ms)
-    shown = [p for p in points if x_of(p) is not None]
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    backends = sorted({p.label.split(" @ ")[1] for p in shown})
-    colors = dict(zip(backends, plt.cm.tab10.colors, strict=False))  # more than 10 backends reuse none
-    for p in shown:
-        backend = p.label.split(" @ ")[1]
-        ax.scatter(
-            x_of(p),
-            100 * p.accuracy,
-            color=colors[backend],
-            s=36,
-            zorder=3,
-            marker="o" if not p.label.startswith("selective") else "D",
+def _csv(points: list[Point], rules: list[Rule]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            "label",
+            "width",
+            "tta",
+            "backend",
+            "precision",
+            "seeds",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "seed_std",
+            "views_per_image",
+            "gflops_per_image",
+            "latency_mean_ms",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "latency_flagged",
+            *[f"rule:{r.name}" for r in rules],
+        ]
+    )
+    for p in points:
+        lat = [
+            "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+            for v in (p.latency_ms, p.latency_p50_ms, p.latency_p99_ms)
+        ]
+        writer.writerow(
+            [
+                p.label,
+                p.width,
+                p.tta,
+                p.backend,
+                p.precision,
+                len(p.seeds),
+                f"{p.accuracy:.6f}",
+                f"{p.ci95[0]:.6f}",
+                f"{p.ci95[1]:.6f}",
+                f"{p.accuracy_std:.6f}",
+                f"{p.views_per_image:.4f}",
+                f"{p.gflops_per_image:.6f}",
+                *lat,
+                p.latency_flagged,
+                *[verdict(r, p).passed for r in rules],
+            ]
         )
-        ax.annotate(
-            p.label.split(" @ ")[0], (x_of(p), 100 * p.accuracy), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
-    frontier = sorted((p for p in shown if p.label in front), key=x_of)
-    if frontier:
-        ax.step(
-            [x_of(p) for p in frontier],
-            [100 * p.accuracy for p in frontier],
-            where="post",
-            color="black",
-            lw=1,
-            ls="-",
-            zorder=2,
-            label="Pareto frontier",
-        )
-    for backend, color in colors.items():
-        ax.scatter([], [], color=color, label=backend)
-    for rule in rules:
-        if cost == "gflops" and rule.limits == "gflops":
-            ax.axvline(rule.budget, color="tab:red", ls="--", lw=1, label=f"{rule.name} budget {rule.budget:.3g} GFLOP")
-        if cost == "latency" and rule.limits == "latency_ms":
-            ax.axvline(rule.budget, color="tab:red", ls="--", lw=1, label=f"{rule.name} budget {rule.budget:g} ms")
-    if cost == "gflops":
-        ax.axvline(
-            reference_gflops, color="tab:gray", ls=":", lw=1.5, label=f"ResNet-18 pass {reference_gflops:.3g} GFLOP"
-        )
-        ax.set_xlabel("total inference GFLOPs per image (model FLOPs x views)")
-    else:
-        ax.set_xlabel("batch-1 latency per image, p50 (ms)")
-    ax.set_ylabel("top-1 test accuracy (%)")
-    ax.set_title("Accuracy vs " + ("inference FLOPs" if cost == "gflops" else "latency") + " per TTA mode and backend")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png")
-
-    atomic_write(path, save)
-    plt.close(fig)
-    return path
+    return buffer.getvalue()

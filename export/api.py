@@ -1,4 +1,14 @@
-"""export(): checkpoint -> checked ONNX (+ fp16, TensorRT engine, Triton repo), all recorded in the manifest."""
+"""Export as composable steps: checkpoint -> checked ONNX (fp32/fp16) -> TensorRT engine -> Triton repository.
+
+    source = load_source("runs/x")                              # the checkpoint, verified and described
+    onnx = export_onnx_model(source, out_dir, precision="fp32")  # -> Artifact(path, manifest entry)
+    engine = build_engine_artifact(onnx, out_dir)                # TensorRT where present
+    record(out_dir, source, [onnx, engine], config)              # one manifest update in the output folder
+
+The output folder is explicit: artifacts and the manifest that lists them go to the same folder (the run folder
+by default), and every artifact also describes itself (ONNX metadata; a JSON sidecar beside an engine), so it
+still loads when copied elsewhere. ``export(cfg)`` is the composition the CLI calls.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +26,8 @@ from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.tta import check_mode, views
 from dawnpipe.export.graph import PRECISIONS, build_deploy_model
 from dawnpipe.export.onnx_export import check_opset, compare_logits, export_onnx, run_onnxruntime
-from dawnpipe.export.tensorrt_build import EngineSpec, build_engine
-from dawnpipe.train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
+from dawnpipe.export.tensorrt_build import EngineSpec
+from dawnpipe.train.checkpoint import checkpoint_meta, load_checkpoint, resolve_checkpoint
 from dawnpipe.train.data import cached_test_images
 
 
@@ -34,17 +44,40 @@ class ExportConfig:
     trt: bool = False  # also build a TensorRT engine
     engine: EngineSpec = field(default_factory=EngineSpec)
     triton: str | None = None  # folder for a Triton model repository
-    out: str | None = None  # output folder; None = the checkpoint's run folder
+    out: str | None = None  # output folder for artifacts and their manifest; None = the checkpoint's run folder
     check_images: int = 1000  # images (divided by the view count for TTA graphs, at least 128)
     fp32_tolerance: float = 1e-3  # max |logit difference| onnxruntime vs PyTorch for fp32
     fp16_min_agreement: float = 0.99  # top-1 agreement of the fp16 graph with fp32 on the check images
+
+
+@dataclass(frozen=True)
+class Source:
+    """A loaded checkpoint with its hash: what every export step starts from."""
+
+    path: Path
+    payload: dict[str, Any]
+    sha256: str
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder the checkpoint lives in."""
+        return self.path.parent
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One written file and its manifest entry (name -> entry)."""
+
+    path: Path
+    entry: dict[str, Any]
+    check: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class ExportResult:
     """Paths of what was written and the checks' numbers."""
 
-    run_dir: Path
+    out_dir: Path
     onnx: Path
     engine: Path | None = None
     triton: list[Path] = field(default_factory=list)
@@ -52,140 +85,183 @@ class ExportResult:
     seconds: float = 0.0
 
 
+def load_source(source: str | Path) -> Source:
+    """Resolve, load and hash a checkpoint."""
+    ckpt = resolve_checkpoint(source)
+    return Source(ckpt, load_checkpoint(ckpt), sha256_file(ckpt))
+
+
+def export_onnx_model(
+    source: Source,
+    out_dir: Path,
+    *,
+    precision: str = "fp32",
+    tta: str = "none",
+    shift: int = 1,
+    weights: str = "ema",
+    opset: int = 17,
+    check_images: int = 1000,
+    fp32_tolerance: float = 1e-3,
+    fp16_min_agreement: float = 0.99,
+) -> Artifact:
+    """Write one checked ONNX file (metadata included) into ``out_dir``; refuse it if the checks fail."""
+    from dawnpipe.export.flops import count_onnx
+
+    check_mode(tta)
+    if precision not in PRECISIONS:
+        raise DawnpipeError(f"unknown precision {precision!r}", f"use --precision {' or '.join(PRECISIONS)}")
+    check_opset(opset)
+    payload = source.payload
+    tta_views = views(tta, shift)
+    images = _check_images(payload, max(128, check_images // len(tta_views)))
+    reference = build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision="fp32")
+    with torch.no_grad():
+        want = torch.cat([reference(torch.from_numpy(images[i : i + 250])) for i in range(0, len(images), 250)]).numpy()
+    module = (
+        reference
+        if precision == "fp32"
+        else build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision=precision)
+    )
+    meta = checkpoint_meta(payload)
+    metadata = {
+        "format": "dawnpipe-onnx/1",
+        "dawnpipe_version": _version(),
+        "run_id": meta["run_id"],
+        "classes": meta["classes"],
+        "input_contract": meta["input_contract"],
+        "data": meta["data"],
+        "model_config": meta["model_config"],
+        "selective": meta["selective"],
+        "complete": meta["complete"],
+        "source_checkpoint_sha256": source.sha256,
+        "weights": weights,
+        "tta_mode": tta,
+        "tta_views": len(tta_views),
+        "tta_shift": shift,
+        "tta_weights": [v.weight for v in tta_views],
+        "precision": precision,
+    }
+
+    def verify(tmp: Path) -> dict[str, Any]:
+        result = {**compare_logits(run_onnxruntime(tmp, images), want), "reference": "pytorch fp32"}
+        if precision == "fp32" and result["max_abs_diff"] > fp32_tolerance:
+            raise DawnpipeError(
+                f"onnxruntime disagrees with PyTorch by {result['max_abs_diff']:.2e} in the logits "
+                f"(tolerance {fp32_tolerance:.0e}); the export was not kept",
+                "report this with the checkpoint; try another --opset",
+            )
+        if precision != "fp32" and result["top1_agreement"] < fp16_min_agreement:
+            raise DawnpipeError(
+                f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
+                f"predictions (need {fp16_min_agreement:.0%}); the export was not kept",
+                "use --precision fp32",
+            )
+        return result
+
+    path = out_dir / f"resnet9-{weights}-{tta}-{precision}.onnx"
+    check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
+    flops = count_onnx(path)
+    entry = artifact_entry(
+        out_dir,
+        path,
+        kind="onnx",
+        precision=precision,
+        tta_mode=tta,
+        tta_views=len(tta_views),
+        made_from={"checkpoint": str(source.path.resolve()), "sha256": source.sha256, "weights": weights},
+        input_contract=meta["input_contract"],
+        metrics={"check": check, "model_gflops_per_image": flops.model_flops / 1e9},
+        opset=opset,
+        run_id=meta["run_id"],
+    )
+    return Artifact(path, entry, check)
+
+
+def build_engine_artifact(onnx: Artifact, out_dir: Path, spec: EngineSpec = EngineSpec()) -> Artifact:
+    """A TensorRT engine from an exported ONNX (its precision comes from that ONNX), with its JSON sidecar.
+
+    Raises the one-line "TensorRT/GPU missing" error when they are absent; the ONNX is already written then.
+    """
+    from dawnpipe.export.onnx_export import read_metadata
+    from dawnpipe.export.tensorrt_build import build_engine, engine_record, write_sidecar
+
+    meta = read_metadata(onnx.path)
+    engine, build = build_engine(onnx.path, out_dir, onnx.path.stem, meta["precision"], spec)
+    record = engine_record(meta, build, onnx.path.name, sha256_file(onnx.path))
+    write_sidecar(engine, record)
+    entry = artifact_entry(out_dir, engine, kind="tensorrt-engine", **record)
+    return Artifact(engine, entry)
+
+
+def write_triton(
+    onnx: Artifact, engine: Artifact | None, repo: Path, max_batch: int, *, force: bool = False
+) -> list[Artifact]:
+    """Triton model repository entries for the ONNX (and engine); names carry weights, TTA and precision."""
+    from dawnpipe.export.onnx_export import read_metadata
+    from dawnpipe.export.triton import write_repository
+
+    meta = read_metadata(onnx.path)
+    configs = write_repository(
+        ensure_writable_dir(repo), onnx.path, engine.path if engine else None, meta, max_batch, force=force
+    )
+    return [
+        Artifact(p, artifact_entry(repo, p, kind="triton-config", made_from={"onnx": onnx.path.name})) for p in configs
+    ]
+
+
+def record(out_dir: Path, source: Source, artifacts: list[Artifact], config: dict[str, Any]) -> Path:
+    """One manifest update in ``out_dir`` naming the source checkpoint and every artifact written."""
+    entries = {}
+    for artifact in artifacts:
+        key = artifact.path.name if artifact.entry.get("kind") != "triton-config" else f"triton:{artifact.path}"
+        entries[key] = artifact.entry
+    run = {"config": config, "source_checkpoint": str(source.path.resolve()), "source_sha256": source.sha256}
+    return update_manifest(out_dir, run=("export", run), artifacts=entries)
+
+
 def export(cfg: ExportConfig) -> ExportResult:
-    """Export a checkpoint; raises DawnpipeError (after writing the ONNX) when TensorRT or a GPU is missing."""
+    """The CLI's export: ONNX at the asked precision, then optionally an engine and a Triton repository."""
     started = time.perf_counter()
     check_mode(cfg.tta)
     if cfg.precision not in PRECISIONS:
-        raise DawnpipeError(f"unknown precision {cfg.precision!r}", "use --precision fp32 or fp16")
+        raise DawnpipeError(f"unknown precision {cfg.precision!r}", f"use --precision {' or '.join(PRECISIONS)}")
     check_opset(cfg.opset)
-    ckpt = resolve_checkpoint(cfg.source)
-    payload = load_checkpoint(ckpt)
-    out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else ckpt.parent)
-    run_dir = ckpt.parent
-    ckpt_sha = sha256_file(ckpt)
-    n_views = len(views(cfg.tta, cfg.shift))
-    images = _check_images(payload, max(128, cfg.check_images // n_views))
-    stem = f"resnet9-{cfg.weights}-{cfg.tta}"
-    reference = build_deploy_model(payload, weights=cfg.weights, tta=cfg.tta, shift=cfg.shift, precision="fp32")
-    with torch.no_grad():
-        want = torch.cat([reference(torch.from_numpy(images[i : i + 250])) for i in range(0, len(images), 250)]).numpy()
-
-    def metadata(precision: str) -> dict[str, Any]:
-        return {
-            "format": "dawnpipe-onnx/1",
-            "classes": payload["classes"],
-            "input_contract": input_contract(payload["normalization"]),
-            "source_checkpoint_sha256": ckpt_sha,
-            "weights": cfg.weights,
-            "tta_mode": cfg.tta,
-            "tta_views": n_views,
-            "tta_shift": cfg.shift,
-            "tta_weights": [v.weight for v in views(cfg.tta, cfg.shift)],
-            "precision": precision,
-        }
-
-    def verify_fp32(tmp: Path) -> dict[str, Any]:
-        result = compare_logits(run_onnxruntime(tmp, images), want)
-        if result["max_abs_diff"] > cfg.fp32_tolerance:
-            raise DawnpipeError(
-                f"onnxruntime disagrees with PyTorch by {result['max_abs_diff']:.2e} in the logits "
-                f"(tolerance {cfg.fp32_tolerance:.0e}); the export was not kept",
-                "report this with the checkpoint; try another --opset",
-            )
-        return {**result, "reference": "pytorch fp32"}
-
-    def verify_fp16(tmp: Path) -> dict[str, Any]:
-        result = compare_logits(run_onnxruntime(tmp, images), want)
-        if result["top1_agreement"] < cfg.fp16_min_agreement:
-            raise DawnpipeError(
-                f"the fp16 graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
-                f"predictions (need {cfg.fp16_min_agreement:.0%}); the export was not kept",
-                "use --precision fp32",
-            )
-        return {**result, "reference": "pytorch fp32"}
-
-    result = ExportResult(run_dir=run_dir, onnx=out_dir / f"{stem}-{cfg.precision}.onnx")
-    written: dict[str, Path] = {}
-    needs_fp32 = cfg.precision == "fp32" or (cfg.trt and _trt_wants_fp32_source())
-    if needs_fp32:
-        written["fp32"] = out_dir / f"{stem}-fp32.onnx"
-        result.checks["fp32"] = export_onnx(
-            reference, written["fp32"], opset=cfg.opset, metadata=metadata("fp32"), verify=verify_fp32
-        )
-    if cfg.precision == "fp16":
-        module = build_deploy_model(payload, weights=cfg.weights, tta=cfg.tta, shift=cfg.shift, precision="fp16")
-        written["fp16"] = out_dir / f"{stem}-fp16.onnx"
-        result.checks["fp16"] = export_onnx(
-            module, written["fp16"], opset=cfg.opset, metadata=metadata("fp16"), verify=verify_fp16
-        )
-    contract = input_contract(payload["normalization"])
-    artifacts = {}
-    for precision, path in written.items():
-        artifacts[path.name] = artifact_entry(
-            run_dir,
-            path,
-            kind="onnx",
-            precision=precision,
-            tta_mode=cfg.tta,
-            tta_views=n_views,
-            made_from={"checkpoint": ckpt.name, "sha256": ckpt_sha, "weights": cfg.weights},
-            input_contract=contract,
-            metrics={"check": result.checks[precision]},
-            opset=cfg.opset,
-        )
-    update_manifest(run_dir, run=("export", {"config": asdict(cfg)}), artifacts=artifacts)
-    result.seconds = time.perf_counter() - started
-
-    if cfg.trt:  # may raise "TensorRT/GPU missing" now that the ONNX is safely written
-        engine, record = build_engine(
-            written.get("fp32"), written.get("fp16"), out_dir, stem, cfg.precision, cfg.engine
-        )
-        source = out_dir / record["source_onnx"]
-        result.engine = engine
-        update_manifest(
-            run_dir,
-            artifacts={
-                engine.name: artifact_entry(
-                    run_dir,
-                    engine,
-                    kind="tensorrt-engine",
-                    precision=cfg.precision,
-                    tta_mode=cfg.tta,
-                    tta_views=n_views,
-                    made_from={"onnx": source.name, "sha256": sha256_file(source)},
-                    input_contract=contract,
-                    **record,
-                )
-            },
-        )
+    source = load_source(cfg.source)
+    out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else source.run_dir)
+    onnx = export_onnx_model(
+        source,
+        out_dir,
+        precision=cfg.precision,
+        tta=cfg.tta,
+        shift=cfg.shift,
+        weights=cfg.weights,
+        opset=cfg.opset,
+        check_images=cfg.check_images,
+        fp32_tolerance=cfg.fp32_tolerance,
+        fp16_min_agreement=cfg.fp16_min_agreement,
+    )
+    written = [onnx]
+    record(out_dir, source, written, asdict(cfg))  # the ONNX is recorded before anything optional can fail
+    result = ExportResult(out_dir=out_dir, onnx=onnx.path, checks={cfg.precision: onnx.check})
+    engine = None
+    if cfg.trt:
+        engine = build_engine_artifact(onnx, out_dir, cfg.engine)
+        written.append(engine)
+        result.engine = engine.path
     if cfg.triton:
-        from dawnpipe.export.triton import write_repository
-
-        repo = ensure_writable_dir(cfg.triton)
-        result.triton = write_repository(
-            repo, stem.replace("-", "_"), result.onnx, result.engine, len(payload["classes"]), cfg.engine.max_batch
-        )
-        update_manifest(
-            run_dir,
-            artifacts={
-                f"triton:{p.parent.name}": artifact_entry(
-                    run_dir, p, kind="triton-config", made_from={"onnx": result.onnx.name}
-                )
-                for p in result.triton
-            },
-        )
+        triton = write_triton(onnx, engine, Path(cfg.triton), cfg.engine.max_batch)
+        result.triton = [a.path for a in triton]
+        record(Path(cfg.triton), source, triton, asdict(cfg))
+    if len(written) > 1:
+        record(out_dir, source, written, asdict(cfg))
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _trt_wants_fp32_source() -> bool:
-    """TensorRT 10 builds fp16 engines from the fp32 ONNX (FP16 flag); 11 needs the fp16 ONNX."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return False
-    return hasattr(trt.BuilderFlag, "FP16")
+def _version() -> str:
+    from dawnpipe import __version__
+
+    return __version__
 
 
 def _check_images(payload: dict[str, Any], count: int) -> np.ndarray:

@@ -103,7 +103,6 @@ class FlopCount:
 
     by_category: dict[str, int] = field(default_factory=dict)
     macs: int = 0  # multiply-accumulates in conv and linear layers
-    nodes: list[dict[str, Any]] = field(default_factory=list)
     unknown_ops: list[str] = field(default_factory=list)
 
     @property
@@ -116,7 +115,7 @@ class FlopCount:
         """Every counted FLOP per image."""
         return sum(self.by_category.values())
 
-    def to_dict(self, with_nodes: bool = False) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Plain dict for reports."""
         out = {
             "model_flops": self.model_flops,
@@ -126,8 +125,6 @@ class FlopCount:
             "by_category": dict(self.by_category),
             "unknown_ops": sorted(set(self.unknown_ops)),
         }
-        if with_nodes:
-            out["nodes"] = self.nodes
         return out
 
 
@@ -160,7 +157,6 @@ def count_onnx(path_or_model: str | Path | Any) -> FlopCount:
         for cat, value in ((category, flops), *((("elementwise", b),) if (b := _bias_adds(node, shapes)) else ())):
             count.by_category[cat] = count.by_category.get(cat, 0) + value
         count.macs += macs
-        count.nodes.append({"name": node.name, "op": node.op_type, "category": category, "flops": flops, "macs": macs})
     return count
 
 
@@ -258,13 +254,17 @@ def artifact_flops(path: str | Path) -> FlopCount:
         return count_onnx(path)
     if path.suffix in (".engine", ".plan", ".trt"):
         from dawnpipe.common.files import sha256_file
-        from dawnpipe.common.manifest import find_artifact
+        from dawnpipe.export.tensorrt_build import read_sidecar
 
-        found = find_artifact(path.parent, sha256_file(path))
-        source = found[1].get("made_from", {}).get("onnx") if found else None
-        if not source:
-            raise DawnpipeError(f"{path.name} has no ONNX lineage in its manifest", "keep engines in their run folder")
-        return count_onnx(path.parent / source)
+        lineage = read_sidecar(path)["made_from"]
+        source = path.parent / lineage["onnx"]
+        if not source.exists() or sha256_file(source) != lineage["sha256"]:
+            raise DawnpipeError(
+                f"{path.name} was built from {lineage['onnx']} (sha256 {lineage['sha256'][:12]}...), which is not "
+                "beside it, so its FLOPs cannot be counted",
+                "keep the engine's source ONNX in the same folder",
+            )
+        return count_onnx(source)
     return _checkpoint_flops(path)
 
 
@@ -278,7 +278,7 @@ def _checkpoint_flops(path: Path) -> FlopCount:
     from dawnpipe.export.graph import build_deploy_model
     from dawnpipe.train.checkpoint import load_checkpoint
 
-    module = build_deploy_model(load_checkpoint(path))
+    module = build_deploy_model(load_checkpoint(path))  # the same graph export writes, counted in memory
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

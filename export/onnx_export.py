@@ -78,7 +78,20 @@ def export_onnx(
         for key, value in metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = META_PREFIX + key, value if isinstance(value, str) else json.dumps(value)
-        model.producer_name = "dawnpipe"
+        from dawnpipe import __version__
+
+        model.producer_name, model.producer_version = "dawnpipe", __version__
+        model.model_version = 1  # the dawnpipe-onnx format version (see the "format" metadata)
+        model.doc_string = (
+            f"dawnpipe ResNet-9: uint8 NHWC RGB images -> float32 logits over {metadata.get('classes')}; "
+            f"TTA {metadata.get('tta_mode', 'none')}, precision {metadata.get('precision', 'fp32')}"
+        )
+        classes = metadata.get("classes")
+        if classes:  # the exporter leaves the class dimension symbolic after the TTA reduction; it is static
+            dim = model.graph.output[0].type.tensor_type.shape.dim
+            if len(dim) == 2:
+                dim[1].Clear()
+                dim[1].dim_value = len(classes)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
         results.update(verify(tmp))

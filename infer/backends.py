@@ -10,30 +10,37 @@ artifact's metadata or its run's manifest, never from constants here.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import sha256_file
-from dawnpipe.common.manifest import find_artifact
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
 class Backend:
-    """Common part: the contract, input checks, and the context-manager protocol."""
+    """Common part: what the artifact says about itself, input checks, and the context-manager protocol.
+
+    ``meta`` is the artifact's own description (checkpoint payload, ONNX metadata or engine sidecar): input
+    contract, classes, TTA in the graph, precision, calibrated selective threshold, data and run lineage.
+    """
 
     name = "backend"
+    max_batch = 1024  # images per runtime call; larger inputs are split so memory stays bounded
 
-    def __init__(
-        self, path: Path, contract: dict[str, Any], classes: list[str], graph_tta: str, graph_views: int, precision: str
-    ) -> None:
-        self.path, self.contract, self.classes = path, contract, list(classes)
-        self.graph_tta, self.graph_views, self.precision = graph_tta, graph_views, precision
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int = 0) -> None:
+        self.path = path
+        self.meta = meta
+        self.contract: dict[str, Any] = meta["input_contract"]
+        self.classes: list[str] = list(meta["classes"])
+        self.graph_tta: str = meta.get("tta_mode", "none")
+        self.graph_views: int = int(meta.get("tta_views", 1))
+        self.precision: str = meta.get("precision", "fp32")
+        self.selective: dict[str, Any] | None = meta.get("selective")
+        self.threads = threads or default_threads()
         self.device = "cpu"
 
     def check_input(self, images: Any) -> np.ndarray:
@@ -51,8 +58,6 @@ class Backend:
                 "convert images with infer.predict.to_model_input first",
             )
         return np.ascontiguousarray(images)
-
-    max_batch = 1024  # images per runtime call; larger inputs are split so memory stays bounded
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """float32 logits [N, classes] for uint8 images [N, 32, 32, 3] (any N; split into max_batch calls)."""
@@ -81,6 +86,8 @@ class Backend:
             "artifact": str(self.path),
             "graph_tta": self.graph_tta,
             "graph_views": self.graph_views,
+            "threads": self.threads,
+            "run_id": self.meta.get("run_id"),
         }
 
     def __enter__(self) -> Backend:
@@ -96,12 +103,14 @@ class TorchBackend(Backend):
 
     name = "torch"
 
-    def __init__(self, path: Path, device: str = "auto", weights: str = "ema", precision: str = "auto") -> None:
+    def __init__(
+        self, path: Path, device: str = "auto", weights: str = "ema", precision: str = "auto", threads: int = 0
+    ) -> None:
         import torch
 
         from dawnpipe.common.device import choose_device
         from dawnpipe.export.graph import build_deploy_model
-        from dawnpipe.train.checkpoint import input_contract, load_checkpoint, resolve_checkpoint
+        from dawnpipe.train.checkpoint import checkpoint_meta, load_checkpoint, resolve_checkpoint
 
         ckpt = resolve_checkpoint(path)
         payload = load_checkpoint(ckpt)
@@ -110,7 +119,9 @@ class TorchBackend(Backend):
             raise DawnpipeError(f"unknown precision {precision!r}", "use auto, fp32, fp16 or bf16")
         if precision == "auto":
             precision = {torch.float16: "fp16", torch.bfloat16: "bf16", None: "fp32"}[choice.autocast_dtype]
-        super().__init__(ckpt, input_contract(payload["normalization"]), payload["classes"], "none", 1, precision)
+        super().__init__(ckpt, {**checkpoint_meta(payload), "precision": precision}, threads)
+        if choice.device.type == "cpu":
+            torch.set_num_threads(self.threads)
         self.device = choice.device.type
         self._torch = torch
         graph_precision = "fp16" if precision == "fp16" else "fp32"
@@ -143,29 +154,27 @@ class OnnxRuntimeBackend(Backend):
         if meta.get("format") != "dawnpipe-onnx/1":
             raise DawnpipeError(
                 f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
-                "export it with `cli.py export`, which records the input contract",
+                "export it with `dawnpipe export`, which records the input contract",
             )
-        super().__init__(
-            path,
-            meta["input_contract"],
-            meta["classes"],
-            meta.get("tta_mode", "none"),
-            int(meta.get("tta_views", 1)),
-            meta.get("precision", "fp32"),
-        )
-        available = ort.get_available_providers()
-        chosen, self.note = _choose_provider(provider, available)
+        super().__init__(path, meta, threads)
+        chosen = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = self.threads
         try:
             self._session = ort.InferenceSession(str(path), options, providers=chosen)
         except Exception as err:  # onnxruntime raises its own exception types for broken graphs
             raise DawnpipeError(
                 f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})", "re-export the model"
             ) from None
+        # get_available_providers() lists CUDA/TensorRT even when their libraries are missing; what the session
+        # really runs on is get_providers() after creation
         self.provider = self._session.get_providers()[0]
         self.device = "cuda" if self.provider != "CPUExecutionProvider" else "cpu"
+        if provider not in ("auto", "cpu") and self.provider == "CPUExecutionProvider":
+            raise DawnpipeError(
+                f"onnxruntime fell back to the CPU: {PROVIDERS[provider]} is listed but could not start",
+                "install the CUDA/cuDNN libraries onnxruntime-gpu needs, or use --provider cpu",
+            )
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self._session.run(["logits"], {"images": images})[0]
@@ -174,46 +183,49 @@ class OnnxRuntimeBackend(Backend):
         return {**super().describe(), "provider": self.provider}
 
 
-def _choose_provider(provider: str, available: list[str]) -> tuple[list[str], str]:
-    """Providers list for the session and a note saying what was chosen and why (fallbacks are stated)."""
-    if provider == "auto":
-        for name in ("tensorrt", "cuda", "cpu"):
-            if PROVIDERS[name] in available:
-                note = "" if name != "cpu" or len(available) == 1 else f"using CPU (available: {', '.join(available)})"
-                return list(dict.fromkeys([PROVIDERS[name], "CPUExecutionProvider"])), note
-    if provider not in PROVIDERS:
+def choose_providers(provider: str, available: list[str]) -> list[str]:
+    """The session's provider list: the named one, then the faster GPU fallbacks, then the CPU.
+
+    ``auto`` = TensorRT EP > CUDA EP > CPU among those installed; CUDA stays between TensorRT and the CPU so the
+    nodes TensorRT rejects still run on the GPU.
+    """
+    order = ["tensorrt", "cuda", "cpu"]
+    if provider != "auto" and provider not in PROVIDERS:
         raise DawnpipeError(f"unknown provider {provider!r}", f"use one of auto, {', '.join(PROVIDERS)}")
-    if PROVIDERS[provider] not in available:
+    if provider != "auto" and PROVIDERS[provider] not in available:
         raise DawnpipeError(
             f"onnxruntime provider {PROVIDERS[provider]} is not installed (installed: {', '.join(available)})",
             "pick an installed one with --provider, or install onnxruntime-gpu for cuda/tensorrt",
         )
-    return list(dict.fromkeys([PROVIDERS[provider], "CPUExecutionProvider"])), ""
+    start = 0 if provider == "auto" else order.index(provider)
+    chosen = [PROVIDERS[name] for name in order[start:] if PROVIDERS[name] in available or name == "cpu"]
+    return chosen
+
+
+def default_threads() -> int:
+    """Threads a backend uses unless told: the cores this process may run on (recorded with every timing)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class TensorRTBackend(Backend):
-    """A serialized TensorRT engine: CUDA buffers (torch-allocated), one stream, execute_async_v3."""
+    """A serialized TensorRT engine and its JSON sidecar: CUDA buffers (torch-allocated), one stream,
+    execute_async_v3. The sidecar (written beside the engine at build time) carries the contract, classes, TTA,
+    precision, optimisation profile and the GPU/TensorRT that built it, so a copied engine still loads."""
 
     name = "tensorrt"
 
     def __init__(self, path: Path) -> None:
-        from dawnpipe.export.tensorrt_build import tensorrt_status
+        from dawnpipe.export.tensorrt_build import read_sidecar, tensorrt_status
 
-        record = _manifest_record(path)
-        if record is None:
-            raise DawnpipeError(
-                f"{path} is not listed in its run folder's manifest, so its input contract is unknown",
-                "keep engines in the run folder `cli.py export --trt` wrote them to",
-            )
+        meta = read_sidecar(path)
         trt, gpu = tensorrt_status()
-        super().__init__(
-            path,
-            record["input_contract"],
-            record.get("classes") or _manifest_classes(path),
-            record.get("tta_mode", "none"),
-            int(record.get("tta_views", 1)),
-            record.get("precision", "fp16"),
-        )
+        super().__init__(path, meta)
+        self.max_batch = int(meta["profile"]["max"])  # the engine refuses larger batches; infer() splits to this
         import torch
 
         self._torch, self.device = torch, "cuda"
@@ -221,10 +233,10 @@ class TensorRTBackend(Backend):
         self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
             raise DawnpipeError(
-                f"{path.name} was built for {record.get('gpu')} with TensorRT {record.get('tensorrt')}; "
+                f"{path.name} was built for {meta.get('gpu')} with TensorRT {meta.get('tensorrt')}; "
                 f"this machine has {gpu['gpu']} with TensorRT {gpu['tensorrt']}, and engines do not "
                 "move between GPUs or versions",
-                "rebuild it here with `cli.py export --trt`",
+                "rebuild it here with `dawnpipe export --trt`",
             )
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
@@ -233,7 +245,12 @@ class TensorRTBackend(Backend):
         torch = self._torch
         x = torch.from_numpy(images).cuda(non_blocking=True)
         out = torch.empty((len(images), len(self.classes)), dtype=torch.float32, device="cuda")
-        self._context.set_input_shape("images", tuple(x.shape))
+        if not self._context.set_input_shape("images", tuple(x.shape)):
+            profile = self.meta["profile"]
+            raise DawnpipeError(
+                f"the engine refused a batch of {len(images)} (its profile takes {profile['min']}-{profile['max']})",
+                "rebuild with a larger --trt-max-batch, or send smaller batches",
+            )
         self._context.set_tensor_address("images", x.data_ptr())
         self._context.set_tensor_address("logits", out.data_ptr())
         self._stream.wait_stream(torch.cuda.current_stream())
@@ -246,22 +263,14 @@ class TensorRTBackend(Backend):
         self._stream.synchronize()
 
 
-def _manifest_record(path: Path) -> dict[str, Any] | None:
-    """The manifest entry of an artifact, found by sha256 in the manifest beside it."""
-    manifest = path.parent / "manifest.json"
-    if not manifest.exists():
-        return None
-    found = find_artifact(path.parent, sha256_file(path))
-    return found[1] if found else None
-
-
-def _manifest_classes(path: Path) -> list[str]:
-    data = json.loads((path.parent / "manifest.json").read_text())
-    return data["artifacts"]["checkpoint"]["classes"]
-
-
 def load(
-    path: str | Path, backend: str = "auto", *, provider: str = "auto", device: str = "auto", precision: str = "auto"
+    path: str | Path,
+    backend: str = "auto",
+    *,
+    provider: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int = 0,
 ) -> Backend:
     """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it)."""
     path = Path(path).expanduser()
@@ -277,9 +286,9 @@ def load(
             f"use --backend {wanted} or auto, or pass the matching artifact",
         )
     if kind == "checkpoint":
-        return TorchBackend(path, device=device, precision=precision)
+        return TorchBackend(path, device=device, precision=precision, threads=threads)
     if kind == "onnx":
-        return OnnxRuntimeBackend(path, provider=provider)
+        return OnnxRuntimeBackend(path, provider=provider, threads=threads)
     return TensorRTBackend(path)
 
 

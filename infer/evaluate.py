@@ -1,15 +1,22 @@
 """evaluate(): accuracy, its 95% interval, per-class accuracy, views, FLOPs and latency per TTA mode.
 
-Rows go to ``eval.json`` in the run folder (merged with rows other backends wrote there before) and to the
-run's manifest; the costs stage reads them from there.
+Accuracy: every distinct view is run once over the test set and each mode is combined from those logits
+(``--tta all`` costs 6 passes, not 16.6); selective modes are combined from the same cache with the artifact's
+per-image threshold, which is exactly the decision ``run_mode`` makes one image at a time. Each row keeps its
+per-image correctness (a bitmap) so the costs stage can pair rows on the same images.
+
+Latency: every row through ``run_mode`` under the interleaved protocol of ``infer.latency``.
+
+Rows go to ``eval.json`` beside the artifact (or ``--out``), merged with rows other backends wrote there, and to
+that folder's manifest when it has one.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +24,15 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json, sha256_file
-from dawnpipe.common.manifest import artifact_entry, read_manifest, update_manifest
-from dawnpipe.common.tta import DEFAULT_SHIFT, TTA_MODES, apply_view, backend_logits, check_mode, views
+from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
+from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, TTA_MODES, apply_view, combine, parse_mode, views
+from dawnpipe.common.tta import selective_from_views as _selective_from_views
 from dawnpipe.infer.backends import Backend, load
-from dawnpipe.infer.latency import measure
-from dawnpipe.infer.selective import combine_selective, selective_logits
+from dawnpipe.infer.latency import Protocol, measure_rows
+from dawnpipe.infer.modes import resolve_threshold, run_mode
 
 EVAL_NAME = "eval.json"
+EVAL_FORMAT = "dawnpipe-eval/2"
 
 
 @dataclass(frozen=True)
@@ -31,20 +40,21 @@ class EvalConfig:
     """What to evaluate, on what, and how much to measure."""
 
     artifact: str  # run folder, checkpoint, .onnx or .engine
-    data: str | None = None  # CIFAR-10 source; None = the one the run was trained on (from the manifest)
-    tta: tuple[str, ...] = ("none", "flip")  # modes; ("all",) = every mode
+    data: str | None = None  # CIFAR-10 source; None = the data the artifact says it was trained on
+    tta: tuple[str, ...] = ("none", "flip", "selective-flip")  # modes; ("all",) = every mode the artifact can run
     backend: str = "auto"
     provider: str = "auto"  # onnxruntime execution provider: auto | cpu | cuda | tensorrt
-    device: str = "auto"  # torch backend device
+    threads: int = 0  # CPU threads of the backend; 0 = every core this process may use (recorded)
     batch_size: int = 500  # images per call for accuracy passes
     test_limit: int | None = None  # class-balanced subset of the test set
     shift: int = DEFAULT_SHIFT  # pixels, translate views
-    selective_fraction: float | None = 0.2  # least-confident fraction that gets extra views; None = no selective rows
-    selective_threshold: float | None = None  # alternatively: extra views below this top-1 probability
-    latency_iters: int = 50  # timed batch-1 calls per mode (after 5 warm-up calls)
+    selective_threshold: float | None = None  # override the artifact's calibrated per-image threshold
+    latency: bool = True  # measure batch-1 latency and throughput
+    protocol: Protocol = field(default_factory=Protocol)
+    latency_images: int = 200  # distinct test images cycled through at batch 1
     throughput_batch: int = 256  # images per call for the throughput figure
-    throughput_iters: int = 3  # timed calls at throughput_batch
-    out: str | None = None  # folder for eval.json; None = the artifact's run folder
+    throughput_calls: int = 1  # calls per round at throughput_batch
+    out: str | None = None  # folder for eval.json; None = the artifact's folder
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -59,104 +69,137 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return low, high
 
 
+def pack_bits(flags: np.ndarray) -> str:
+    """Per-image booleans as base64 of numpy.packbits (10,000 images -> 1.7 kB of JSON)."""
+    return base64.b64encode(np.packbits(np.asarray(flags, dtype=bool)).tobytes()).decode()
+
+
+def unpack_bits(text: str, count: int) -> np.ndarray:
+    """Inverse of pack_bits; a one-line error for a damaged field."""
+    try:
+        raw = np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
+    except (ValueError, TypeError):
+        raise DawnpipeError("an eval row's per-image results are damaged", "rerun `dawnpipe eval`") from None
+    if raw.size * 8 < count:
+        raise DawnpipeError("an eval row's per-image results are shorter than its image count", "rerun eval")
+    return np.unpackbits(raw)[:count].astype(bool)
+
+
 def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path]:
     """Evaluate every requested mode; returns the rows and the eval.json path."""
-    modes = _modes(cfg.tta)
+    say = progress or (lambda _message: None)
+    requested = _modes(cfg.tta)
+    if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:
+        raise DawnpipeError(f"--selective-threshold {cfg.selective_threshold} is outside [0, 1]", "use a probability")
     artifact = Path(cfg.artifact).expanduser()
-    with load(artifact, cfg.backend, provider=cfg.provider, device=cfg.device) as backend:
-        run_dir = backend.path.parent
-        images, labels = _test_data(cfg, backend, run_dir)
-        if backend.graph_tta != "none":
-            modes = [backend.graph_tta]  # TTA is inside the graph: that is the only mode this artifact has
+    with load(artifact, cfg.backend, provider=cfg.provider, threads=cfg.threads) as backend:
+        modes = _runnable_modes(backend, requested, cfg)
+        images, labels, data = _test_data(cfg, backend)
         from dawnpipe.export.flops import artifact_flops
 
         flops = artifact_flops(backend.path)
         base_flops = flops.model_flops / max(backend.graph_views, 1)
-        say = progress or (lambda _message: None)
         say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
-        selective = backend.graph_tta == "none" and (
-            cfg.selective_fraction is not None or cfg.selective_threshold is not None
-        )
-        # every mode holds the identity view, so the plain logits selective TTA starts from come free from the cache
-        wanted = list(dict.fromkeys(["none", *modes])) if selective else modes
-        mode_logits = _all_mode_logits(backend, images, wanted, cfg)
+        logits, selected = _mode_logits(backend, images, modes, cfg)
         rows = []
         for mode in modes:
-            n_views = backend.graph_views if backend.graph_tta != "none" else len(views(mode, cfg.shift))
-            row = _row(backend, mode, mode_logits[mode], labels, n_views, base_flops)
-            say(f"{backend.name}: latency of {mode}")
-            row["latency"] = _latency(
-                backend, images, cfg, lambda x, m=mode: backend_logits(backend, x, m, shift=cfg.shift)
-            )
-            row["flops_unknown_ops"] = flops.unknown_ops
-            rows.append(row)
-            if mode != "none" and selective:
-                sel = combine_selective(
-                    mode_logits["none"],
-                    mode_logits[mode],
-                    n_views,
-                    fraction=cfg.selective_fraction,
-                    threshold=cfg.selective_threshold,
-                )
-                srow = _row(backend, f"selective-{mode}", sel.logits, labels, sel.views_per_image, base_flops)
-                srow["selective"] = {
-                    "fraction": cfg.selective_fraction,
-                    "threshold": cfg.selective_threshold,
-                    "selected": float(sel.selected.mean()),
+            n_views = _views_per_image(backend, mode, selected.get(mode), cfg)
+            row = _row(backend, mode, logits[mode], labels, n_views, base_flops)
+            row["data"] = data
+            row["flops_unknown_ops"] = sorted(set(flops.unknown_ops))
+            if mode in selected:
+                threshold, origin = resolve_threshold(backend, cfg.selective_threshold)
+                row["selective"] = {
+                    "threshold": threshold,
+                    "threshold_source": origin,
+                    "target_fraction": (backend.selective or {}).get("target_fraction")
+                    if cfg.selective_threshold is None
+                    else None,
+                    "selected_fraction": float(selected[mode].mean()),
+                    "decision": "per image: extra views when the plain view's top-1 probability < threshold",
                 }
-                srow["latency"] = _latency(
-                    backend,
-                    images,
-                    cfg,
-                    lambda x, m=mode: (
-                        selective_logits(
-                            backend,
-                            x,
-                            m,
-                            fraction=cfg.selective_fraction,
-                            threshold=cfg.selective_threshold,
-                            shift=cfg.shift,
-                        ).logits
-                    ),
-                    per_image_sequence=True,
-                )
-                srow["flops_unknown_ops"] = flops.unknown_ops
-                rows.append(srow)
-        path = _write(rows, backend, cfg, run_dir)
+            rows.append(row)
+        if cfg.latency:
+            say(f"{backend.name}: latency of {len(modes)} rows, interleaved in {cfg.protocol.rounds} rounds")
+            _attach_latency(backend, images, modes, rows, cfg)
+        path = _write(rows, backend, cfg)
     return rows, path
 
 
-def _all_mode_logits(backend: Backend, images: np.ndarray, modes: list[str], cfg: EvalConfig) -> dict[str, np.ndarray]:
-    """Logits of every mode, running each distinct view once and combining by each mode's weights."""
+def _modes(requested: tuple[str, ...]) -> list[str]:
+    if not requested:
+        raise DawnpipeError("no TTA mode given", f"pass --tta with one or more of {', '.join(ALL_MODES)}, or all")
+    if "all" in requested:
+        return list(ALL_MODES)
+    for mode in requested:
+        parse_mode(mode)
+    return list(dict.fromkeys(requested))
+
+
+def _runnable_modes(backend: Backend, modes: list[str], cfg: EvalConfig) -> list[str]:
+    """The graph's own mode for a TTA graph; selective modes only with a threshold (else refused or dropped)."""
     if backend.graph_tta != "none":
-        return {modes[0]: backend_logits(backend, images, modes[0], batch=cfg.batch_size)}
-    per_view: dict[tuple, np.ndarray] = {}
-    for mode in modes:
-        for view in views(mode, cfg.shift):
+        return [backend.graph_tta]
+    has_threshold = cfg.selective_threshold is not None or "threshold" in (backend.selective or {})
+    if has_threshold:
+        return modes
+    explicit = [m for m in modes if parse_mode(m)[1]]
+    if explicit and "all" not in cfg.tta:
+        resolve_threshold(backend, None)  # raises the one-line "no calibrated threshold" error
+    return [m for m in modes if not parse_mode(m)[1]]
+
+
+def _mode_logits(
+    backend: Backend, images: np.ndarray, modes: list[str], cfg: EvalConfig
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Logits per mode from one pass per distinct view; selective modes' per-image selections."""
+    if backend.graph_tta != "none":
+        return {modes[0]: run_mode(backend, images, modes[0], batch=cfg.batch_size).logits}, {}
+    cache: dict[tuple, np.ndarray] = {}
+
+    def per_view(base: str) -> list[np.ndarray]:
+        out = []
+        for view in views(base, cfg.shift):
             key = (view.flip, view.dy, view.dx)
-            if key not in per_view:
-                per_view[key] = np.concatenate(
+            if key not in cache:
+                cache[key] = np.concatenate(
                     [
                         backend.infer(apply_view(images[i : i + cfg.batch_size], view))
                         for i in range(0, len(images), cfg.batch_size)
                     ]
                 )
-    return {mode: sum(v.weight * per_view[(v.flip, v.dy, v.dx)] for v in views(mode, cfg.shift)) for mode in modes}
+            out.append(cache[key])
+        return out
+
+    logits, selected = {}, {}
+    for mode in modes:
+        base, selective = parse_mode(mode)
+        tta_views = views(base, cfg.shift)
+        if selective:
+            threshold, _ = resolve_threshold(backend, cfg.selective_threshold)
+            logits[mode], selected[mode] = _selective_from_views(per_view(base), tta_views, threshold)
+        else:
+            logits[mode] = combine(per_view(base), tta_views)
+    return logits, selected
 
 
-def _modes(requested: tuple[str, ...]) -> list[str]:
-    if "all" in requested:
-        return list(TTA_MODES)
-    return [check_mode(m) for m in requested]
+def _views_per_image(backend: Backend, mode: str, chosen: np.ndarray | None, cfg: EvalConfig) -> float:
+    if backend.graph_tta != "none":
+        return float(backend.graph_views)
+    base, _ = parse_mode(mode)
+    n = len(views(base, cfg.shift))
+    return float(n) if chosen is None else 1.0 + (n - 1) * float(chosen.mean())
 
 
-def _test_data(cfg: EvalConfig, backend: Backend, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _test_data(cfg: EvalConfig, backend: Backend) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     from dawnpipe.train.data import load_cifar
 
-    source = cfg.data or read_manifest(run_dir).get("runs", {}).get("train", {}).get("data", {}).get("source")
+    own = backend.meta.get("data") or {}
+    source = cfg.data or own.get("source")
     if not source:
         raise DawnpipeError(
-            "no --data given and the run's manifest names no training data", "pass --data PATH to the CIFAR-10 test set"
+            f"no --data given and {backend.path.name} names no data it was trained on",
+            "pass --data PATH to the CIFAR-10 test set",
         )
     data = load_cifar(source, test_limit=cfg.test_limit)
     if list(data.classes) != backend.classes:
@@ -164,92 +207,125 @@ def _test_data(cfg: EvalConfig, backend: Backend, run_dir: Path) -> tuple[np.nda
             f"the data's classes {list(data.classes)} differ from the model's {backend.classes}",
             "evaluate on the data set the model was trained for",
         )
-    return data.test_x, data.test_y
+    described = {"source": str(source), "sha256": data.source_sha256, "test_images": int(len(data.test_y))}
+    if own.get("sha256") and own["sha256"] != data.source_sha256:
+        described["note"] = f"not the data the model was trained on (sha256 {own['sha256'][:12]}...)"
+    return data.test_x, data.test_y, described
 
 
 def _row(
     backend: Backend, mode: str, logits: np.ndarray, labels: np.ndarray, views_per_image: float, base_flops: float
 ) -> dict[str, Any]:
     predicted = logits.argmax(1)
-    correct = int((predicted == labels).sum())
+    hits = predicted == labels
+    correct = int(hits.sum())
     low, high = wilson_interval(correct, len(labels))
     per_class = {
-        name: float((predicted[labels == i] == i).mean()) if (labels == i).any() else None
-        for i, name in enumerate(backend.classes)
+        name: float(hits[labels == i].mean()) if (labels == i).any() else None for i, name in enumerate(backend.classes)
     }
     return {
         **backend.describe(),
+        "artifact_sha256": sha256_file(backend.path) if backend.path.is_file() else None,
+        "model_config": backend.meta.get("model_config"),
         "tta": mode,
         "views_per_image": float(views_per_image),
         "accuracy": correct / max(len(labels), 1),
         "ci95": [low, high],
         "correct": correct,
-        "images": len(labels),
+        "images": int(len(labels)),
+        "correct_bits": pack_bits(hits),
         "per_class": per_class,
         "model_flops_per_image": base_flops * views_per_image,
         "gflops_per_image": base_flops * views_per_image / 1e9,
     }
 
 
-def _latency(backend: Backend, images: np.ndarray, cfg: EvalConfig, run, per_image_sequence: bool = False) -> dict:
-    """Batch-1 latency percentiles and large-batch throughput; selective TTA is timed over distinct images
-    (its cost depends on each image's confidence)."""
-    if cfg.latency_iters <= 0:
-        return {}
-    if per_image_sequence:
-        times = []
-        sample = images[: max(cfg.latency_iters, 1)]
-        for i in range(min(5, len(sample))):
-            run(sample[i : i + 1])
-        for i in range(len(sample)):
-            t0 = time.perf_counter()
-            run(sample[i : i + 1])
-            backend.synchronize()
-            times.append((time.perf_counter() - t0) * 1000)
-        p50, p90, p99 = np.percentile(times, [50, 90, 99])
-        single = {
-            "batch": 1,
-            "calls": len(times),
-            "p50_ms": float(p50),
-            "p90_ms": float(p90),
-            "p99_ms": float(p99),
-            "images_per_s": float(len(times) / (sum(times) / 1000)),
+def _attach_latency(
+    backend: Backend, images: np.ndarray, modes: list[str], rows: list[dict[str, Any]], cfg: EvalConfig
+) -> None:
+    """Batch-1 latency (distinct images, interleaved rounds) and throughput at throughput_batch, every row."""
+
+    def runner(mode: str):
+        return lambda x: run_mode(backend, x, mode, threshold=cfg.selective_threshold, shift=cfg.shift)
+
+    runs = {mode: runner(mode) for mode in modes}
+    single = measure_rows(runs, images[: cfg.latency_images], batch=1, protocol=cfg.protocol, sync=backend.synchronize)
+    bulk_protocol = Protocol(
+        rounds=cfg.protocol.rounds,
+        calls=cfg.throughput_calls,
+        min_seconds=0.0,
+        warmup=1,
+        max_spread=cfg.protocol.max_spread,
+    )
+    bulk = measure_rows(runs, images, batch=cfg.throughput_batch, protocol=bulk_protocol, sync=backend.synchronize)
+    for row in rows:
+        row["latency"] = {
+            "batch1": single[row["tta"]].to_dict(),
+            "throughput": bulk[row["tta"]].to_dict(),
+            "threads": backend.threads,
+            "protocol": asdict(cfg.protocol),
         }
-    else:
-        single = measure(
-            run, images[:1], batch=1, warmup=5, iters=cfg.latency_iters, sync=backend.synchronize
-        ).to_dict()
-    bulk = measure(
-        run, images, batch=cfg.throughput_batch, warmup=1, iters=cfg.throughput_iters, sync=backend.synchronize
-    ).to_dict()
-    return {"batch1": single, "throughput": bulk}
 
 
-def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig, run_dir: Path) -> Path:
-    out_dir = Path(cfg.out) if cfg.out else run_dir
+def read_eval(path: Path) -> dict[str, Any]:
+    """An eval.json, checked against the fields the costs stage relies on; one-line errors name the problem."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise DawnpipeError(f"{path} is not readable JSON ({type(err).__name__})", "rerun `dawnpipe eval`") from None
+    if not isinstance(data, dict) or data.get("format") != EVAL_FORMAT:
+        raise DawnpipeError(
+            f"{path} is not a {EVAL_FORMAT} file (format {data.get('format') if isinstance(data, dict) else None!r})",
+            "rerun `dawnpipe eval` with this version",
+        )
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise DawnpipeError(f"{path} holds no eval rows", "rerun `dawnpipe eval`")
+    numbers = ("accuracy", "views_per_image", "gflops_per_image")
+    for i, row in enumerate(rows):
+        bad = [k for k in numbers if not isinstance(row.get(k), int | float) or not math.isfinite(row[k])]
+        bad += [k for k in ("tta", "backend", "precision", "correct_bits") if not isinstance(row.get(k), str)]
+        bad += [k for k in ("images", "correct") if not isinstance(row.get(k), int) or row[k] < 0]
+        latency = (row.get("latency") or {}).get("batch1") or {}
+        bad += [k for k, v in latency.items() if k.endswith("_ms") and isinstance(v, int | float) and v < 0]
+        if not bad and not 0.0 <= row["accuracy"] <= 1.0:
+            bad.append("accuracy")
+        if bad:
+            raise DawnpipeError(f"{path}: row {i} has missing or invalid {sorted(set(bad))}", "rerun `dawnpipe eval`")
+    return data
+
+
+def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
+    out_dir = Path(cfg.out) if cfg.out else (backend.path if backend.path.is_dir() else backend.path.parent)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DawnpipeError(f"--out {out_dir} is a file, not a folder", "pass a folder for eval.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / EVAL_NAME
     existing: list[dict[str, Any]] = []
     if path.exists():
         try:
-            existing = json.loads(path.read_text()).get("rows", [])
-        except (json.JSONDecodeError, AttributeError):
-            existing = []
-    key = lambda r: (r.get("artifact"), r.get("backend"), r.get("provider"), r.get("tta"))  # noqa: E731
+            existing = read_eval(path)["rows"]
+        except DawnpipeError:
+            existing = []  # an older or damaged file: replaced by this evaluation's rows
+    key = lambda r: (r.get("artifact_sha256"), r.get("backend"), r.get("provider"), r.get("precision"), r.get("tta"))  # noqa: E731
     fresh = {key(r) for r in rows}
     merged = [r for r in existing if key(r) not in fresh] + rows
-    atomic_write_json(path, {"format": "dawnpipe-eval/1", "rows": merged})
-    if (run_dir / "manifest.json").exists():
+    atomic_write_json(path, {"format": EVAL_FORMAT, "rows": merged})
+    if (out_dir / MANIFEST_NAME).exists():
         update_manifest(
-            run_dir,
+            out_dir,
             run=("eval", {"config": asdict(cfg)}),
             artifacts={
                 EVAL_NAME: artifact_entry(
-                    run_dir,
+                    out_dir,
                     path,
                     kind="eval",
-                    made_from={"artifact": backend.path.name, "sha256": sha256_file(backend.path)},
-                    metrics={f"{r['backend']}:{r['tta']}": r["accuracy"] for r in merged},
+                    made_from={"artifact": str(backend.path), "sha256": rows[0].get("artifact_sha256")},
+                    metrics={f"{r['backend']}:{r['precision']}:{r['tta']}": r["accuracy"] for r in merged},
                 )
             },
         )
     return path
+
+
+__all__ = ["EvalConfig", "evaluate", "read_eval", "wilson_interval", "pack_bits", "unpack_bits", "TTA_MODES"]

@@ -1,63 +1,125 @@
-"""One latency/throughput harness for every backend (used by eval, costs and the benchmarks).
+"""One latency protocol for every backend and every TTA mode (used by eval, costs and the benchmarks).
 
-Warm-up first (lazy allocations, kernel selection), then timed calls with the backend's synchronize() so a
-GPU's queued work is counted; percentiles are per image.
+Protocol, per measured configuration ("row"):
+1. warm-up calls (lazy allocations, kernel selection) before any timing;
+2. the backend runs with a fixed thread count, recorded beside every figure;
+3. rows are interleaved in rounds (round 1: row A, row B, ...; round 2: ...), so drift from other work on the
+   machine hits every row alike instead of whichever row happened to run during it;
+4. in each round a row makes at least ``calls`` calls and runs for at least ``min_seconds``;
+5. every call takes the next distinct images (cycling through the given set), so a selective-TTA row pays
+   for its extra views on exactly the images that need them, and its mean and tail show it;
+6. per row: mean, p50, p90, p99, std, min and max per image, the per-round medians, and the spread: the range
+   of the per-round medians over the overall median. A row whose spread exceeds ``max_spread`` is flagged as
+   untrustworthy (the machine was not quiet, or the row is bimodal) in the table and the report.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+STATISTICS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How much to measure. Units in comments."""
+
+    rounds: int = 5  # interleaved rounds over all rows
+    calls: int = 20  # calls per row per round, at least
+    min_seconds: float = 0.2  # seconds per row per round, at least
+    warmup: int = 5  # untimed calls per row before round 1
+    max_spread: float = 0.25  # flag a row whose per-round medians range over more than this fraction of its p50
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-image latency percentiles (ms) and throughput (images/s) of one measured configuration."""
+    """Per-image latency statistics (ms) and throughput (images/s) of one row."""
 
     batch: int
     calls: int
+    rounds: int
+    mean_ms: float
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+    round_p50_ms: list[float]
+    spread: float
+    flagged: bool
     images_per_s: float
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
-        return self.__dict__.copy()
+        return asdict(self)
 
 
-def measure(
-    run: Callable[[np.ndarray], object],
+def summarize(per_call_s: list[list[float]], batch: int, max_spread: float) -> Timing:
+    """Statistics of one row from its per-round call times (seconds per call)."""
+    every = np.concatenate([np.asarray(r, dtype=np.float64) for r in per_call_s]) * 1000.0 / batch
+    round_p50 = [float(np.median(np.asarray(r) * 1000.0 / batch)) for r in per_call_s]
+    p50, p90, p99 = (float(v) for v in np.percentile(every, [50, 90, 99]))
+    spread = (max(round_p50) - min(round_p50)) / p50 if p50 > 0 else 0.0
+    return Timing(
+        batch=batch,
+        calls=int(every.size),
+        rounds=len(per_call_s),
+        mean_ms=float(every.mean()),
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        std_ms=float(every.std(ddof=1)) if every.size > 1 else 0.0,
+        min_ms=float(every.min()),
+        max_ms=float(every.max()),
+        round_p50_ms=round_p50,
+        spread=float(spread),
+        flagged=bool(spread > max_spread),
+        images_per_s=float(batch * every.size / (every.sum() * batch / 1000.0)),
+    )
+
+
+def measure_rows(
+    rows: dict[str, Callable[[np.ndarray], object]],
     images: np.ndarray,
     *,
     batch: int,
-    warmup: int = 3,
-    iters: int = 20,
-    min_seconds: float = 0.0,
+    protocol: Protocol = Protocol(),
     sync: Callable[[], None] = lambda: None,
-) -> Timing:
-    """Time ``run`` on ``batch`` images (repeating ``images`` if needed) for ``iters`` calls (or min_seconds)."""
-    if batch < 1 or iters < 1:
-        raise ValueError("batch and iters must be positive")
-    reps = -(-batch // len(images))
-    x = (
-        np.ascontiguousarray(np.concatenate([images] * reps)[:batch])
-        if reps > 1
-        else np.ascontiguousarray(images[:batch])
-    )
-    for _ in range(warmup):
-        run(x)
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
+    """Time every row under the protocol, interleaved; each call gets the next ``batch`` distinct images."""
+    if batch < 1 or protocol.rounds < 1 or protocol.calls < 1:
+        raise ValueError("batch, rounds and calls must be positive")
+    if len(images) < batch:
+        images = np.concatenate([images] * (-(-batch // len(images))))
+    starts = list(range(0, len(images) - batch + 1, batch))
+    cursor = {name: 0 for name in rows}
+
+    def next_input(name: str) -> np.ndarray:
+        start = starts[cursor[name] % len(starts)]
+        cursor[name] += 1
+        return np.ascontiguousarray(images[start : start + batch])
+
+    for name, run in rows.items():
+        for _ in range(protocol.warmup):
+            run(next_input(name))
+        cursor[name] = 0  # timed calls start over the same images for every row
     sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        run(x)
-        sync()
-        times.append(time.perf_counter() - t0)
-    per_image_ms = np.array(times) * 1000.0 / batch
-    p50, p90, p99 = np.percentile(per_image_ms, [50, 90, 99])
-    return Timing(batch, len(times), float(p50), float(p90), float(p99), float(batch * len(times) / sum(times)))
+    times: dict[str, list[list[float]]] = {name: [] for name in rows}
+    for _ in range(protocol.rounds):
+        for name, run in rows.items():
+            this_round: list[float] = []
+            began = clock()
+            while len(this_round) < protocol.calls or clock() - began < protocol.min_seconds:
+                x = next_input(name)
+                t0 = clock()
+                run(x)
+                sync()
+                this_round.append(clock() - t0)
+            times[name].append(this_round)
+    return {name: summarize(t, batch, protocol.max_spread) for name, t in times.items()}

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.tta import DEFAULT_SHIFT, backend_logits
+from dawnpipe.common.tta import DEFAULT_SHIFT
 from dawnpipe.infer.backends import Backend, load
-from dawnpipe.infer.selective import softmax_confidence
+from dawnpipe.infer.modes import run_mode
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 CONVERSION = "RGBA composited on white / grayscale to RGB, centre square crop, BOX resize to 32x32"
 
 
@@ -80,8 +79,11 @@ class Prediction:
 class Predictor:
     """A loaded model a service can hold in memory and call per request.
 
-    with Predictor("runs/x/resnet9-ema-none-fp32.onnx", tta="flip") as predictor:
+    with Predictor("runs/x/resnet9-ema-none-fp32.onnx", tta="selective-flip") as predictor:
         predictor.predict_arrays(batch_uint8)       # or predictor.predict_files([...])
+
+    ``tta`` is any mode of ``dawnpipe.common.tta.ALL_MODES``; selective modes use the artifact's calibrated
+    per-image threshold (or ``threshold``), so each image's decision does not depend on its batch.
     """
 
     def __init__(
@@ -93,17 +95,28 @@ class Predictor:
         provider: str = "auto",
         top_k: int = 1,
         shift: int = DEFAULT_SHIFT,
+        threshold: float | None = None,
+        threads: int = 0,
     ) -> None:
-        self.backend: Backend = load(artifact, backend, provider=provider)
         if top_k < 1:
             raise DawnpipeError(f"--top-k {top_k} must be at least 1", "pass --top-k 1 or more")
+        self.backend: Backend = load(artifact, backend, provider=provider, threads=threads)
         self.tta = self.backend.graph_tta if self.backend.graph_tta != "none" else tta
-        self.top_k, self.shift = min(top_k, len(self.backend.classes)), shift
-        backend_logits(self.backend, np.zeros((1, 32, 32, 3), np.uint8), self.tta, shift=shift)  # validate + warm up
+        self.top_k, self.shift, self.threshold = min(top_k, len(self.backend.classes)), shift, threshold
+        self.run(np.zeros((1, 32, 32, 3), np.uint8))  # validate the mode and threshold, and warm up
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in logit order."""
+        return self.backend.classes
+
+    def run(self, images: np.ndarray):
+        """The mode's result (logits, per-image selection, views per image) for uint8 [N, 32, 32, 3] images."""
+        return run_mode(self.backend, images, self.tta, threshold=self.threshold, shift=self.shift)
 
     def predict_arrays(self, images: np.ndarray, sources: list[str] | None = None) -> list[Prediction]:
         """Predictions for uint8 [N, 32, 32, 3] RGB images."""
-        logits = backend_logits(self.backend, images, self.tta, shift=self.shift)
+        logits = np.asarray(self.run(images).logits, dtype=np.float64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = shifted / shifted.sum(axis=1, keepdims=True)
         order = np.argsort(-probs, axis=1)[:, : self.top_k]
@@ -117,10 +130,6 @@ class Predictor:
         """Predictions for image files and folders (converted per the module's stated method)."""
         files, images = read_images(paths)
         return self.predict_arrays(images, [str(f) for f in files])
-
-    def confidence(self, images: np.ndarray) -> np.ndarray:
-        """Top-1 probability per image (for routing, e.g. selective TTA upstream)."""
-        return softmax_confidence(backend_logits(self.backend, images, self.tta, shift=self.shift))
 
     def close(self) -> None:
         """Release the backend."""

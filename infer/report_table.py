@@ -4,22 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
+NAN = float("nan")
+
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width table: accuracy with 95% interval, views, GFLOPs, batch-1 latency, throughput."""
+    """Fixed-width table: accuracy with 95% interval, views, GFLOPs, batch-1 latency (mean, p50, p99 per image;
+    ``!`` marks a row whose per-round medians spread too widely to trust), throughput, selected fraction."""
     header = (
-        f"{'backend':<16} {'precision':<9} {'tta':<24} {'acc %':>7} {'95% CI':>15} {'views':>6} "
-        f"{'GFLOP/img':>9} {'p50 ms':>7} {'p99 ms':>7} {'img/s':>8}"
+        f"{'backend':<16} {'prec':<5} {'tta':<25} {'acc %':>6} {'95% CI':>13} {'views':>5} {'GFLOP':>6} "
+        f"{'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'img/s':>7} {'sel %':>6}"
     )
     lines = [header, "-" * len(header)]
+    flagged = False
     for r in rows:
-        lat = r.get("latency", {})
-        b1, bulk = lat.get("batch1", {}), lat.get("throughput", {})
+        lat = r.get("latency") or {}
+        b1, bulk = lat.get("batch1") or {}, lat.get("throughput") or {}
+        mark = "!" if b1.get("flagged") or bulk.get("flagged") else " "
+        flagged |= mark == "!"
         backend = r["backend"] + ("/" + r["provider"].replace("ExecutionProvider", "") if r.get("provider") else "")
+        sel = (r.get("selective") or {}).get("selected_fraction")
         lines.append(
-            f"{backend:<16} {r['precision']:<9} {r['tta']:<24} {100 * r['accuracy']:>7.2f} "
-            f"{100 * r['ci95'][0]:>6.2f}-{100 * r['ci95'][1]:<6.2f}  {r['views_per_image']:>6.2f} "
-            f"{r['gflops_per_image']:>9.3f} {b1.get('p50_ms', float('nan')):>7.2f} "
-            f"{b1.get('p99_ms', float('nan')):>7.2f} {bulk.get('images_per_s', float('nan')):>8.1f}"
+            f"{backend:<16} {r['precision']:<5} {r['tta']:<25} {100 * r['accuracy']:>6.2f} "
+            f"{100 * r['ci95'][0]:>6.2f}-{100 * r['ci95'][1]:<6.2f} {r['views_per_image']:>5.2f} "
+            f"{r['gflops_per_image']:>6.3f} {b1.get('mean_ms', NAN):>7.2f}{mark} {b1.get('p50_ms', NAN):>7.2f} "
+            f"{b1.get('p99_ms', NAN):>7.2f} {bulk.get('images_per_s', NAN):>7.1f} "
+            f"{'' if sel is None else f'{100 * sel:.1f}':>6}"
         )
+    if rows and (rows[0].get("latency") or {}).get("threads"):
+        lat = rows[0]["latency"]
+        lines.append(
+            f"latency: batch 1, {lat['threads']} thread(s), {lat['protocol']['rounds']} interleaved rounds, "
+            f"distinct images per call; throughput at batch {lat['throughput']['batch']}"
+        )
+    if flagged:
+        lines.append("! = the row's per-round medians spread too widely to trust (machine not quiet?); rerun it")
     return "\n".join(lines)

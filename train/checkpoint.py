@@ -35,6 +35,21 @@ def input_contract(normalization: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
+def checkpoint_meta(payload: dict[str, Any]) -> dict[str, Any]:
+    """What a loaded checkpoint says about itself, in the same keys as an ONNX file's dawnpipe metadata."""
+    return {
+        "input_contract": payload.get("input") or input_contract(payload["normalization"]),
+        "classes": list(payload["classes"]),
+        "tta_mode": "none",
+        "tta_views": 1,
+        "selective": payload.get("selective"),
+        "run_id": payload.get("run_id"),
+        "data": {k: payload.get("data", {}).get(k) for k in ("source", "sha256")},
+        "model_config": payload.get("model_config"),
+        "complete": bool(payload.get("state", {}).get("complete", True)),
+    }
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file, with a clear error if it is missing."""
     path = Path(path).expanduser()

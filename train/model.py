@@ -159,5 +159,7 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype
     ``mean`` and ``std`` are per-channel in pixel units (0-255). The same function runs inside the exported
     graph, so training, evaluation and deployment share one preprocessing definition.
     """
-    x = images.permute(0, 3, 1, 2).to(dtype)
+    # Cast before anything else touches the uint8 tensor: TensorRT accepts UINT8 only as a network input that
+    # feeds a Cast directly (NVIDIA/TensorRT#3985). The permute after it is still a free channels_last view.
+    x = images.to(dtype).permute(0, 3, 1, 2)
     return (x - mean.to(dtype).view(1, -1, 1, 1)) * (1.0 / std).to(dtype).view(1, -1, 1, 1)

@@ -15,6 +15,7 @@ import contextlib
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
             )
     live = model if dist is None else dist.wrap(model)  # after resume: DDP broadcasts the loaded weights
 
+    run_id = resume_state.get("run_id") if resume_state is not None else None
+    run_id = run_id or uuid.uuid4().hex  # names this run in every artifact made from it
     run_dir = _run_dir(cfg) if rank0 else Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME
 
@@ -144,6 +147,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         save_checkpoint(
             ckpt_path,
             {
+                "run_id": run_id,
                 "selective": selective,
                 "model_config": model_cfg.to_dict(),
                 "model": _cpu_state(model),
@@ -269,7 +273,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
             selective = {**calibrate_threshold(confidence, cfg.selective_target), "holdout": holdout}
             final["selective_threshold"] = selective["threshold"]
         checkpoint(cfg.epochs, 0, complete=True, final=final, selective=selective)
-        _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world, holdout, selective)
+        _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world, holdout, selective, run_id)
     return TrainResult(run_dir, ckpt_path, final)
 
 
@@ -377,6 +381,7 @@ def _write_manifest(
     world: int,
     holdout: dict[str, Any],
     selective: dict[str, Any] | None,
+    run_id: str,
 ) -> None:
     metrics = {k: v for k, v in final.items() if not k.endswith("_unix")}
     entry = artifact_entry(
@@ -388,8 +393,10 @@ def _write_manifest(
         kind="checkpoint",
         classes=list(data.classes),
         selective=selective,
+        run_id=run_id,
     )
     record = {
+        "run_id": run_id,
         "config": cfg.to_dict(),
         "device": dev.describe(),
         "data": data.describe(),

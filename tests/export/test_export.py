@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 from dawnpipe.cli import main
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.tta import TTA_MODES, backend_logits
+from dawnpipe.common.tta import TTA_MODES
 from dawnpipe.export.api import ExportConfig, export
 from dawnpipe.export.onnx_export import read_metadata
 from dawnpipe.export.triton import config_pbtxt
 from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend
+from dawnpipe.infer.modes import run_mode
 from tests.conftest import make_images
 
 
@@ -44,7 +45,7 @@ def test_graph_tta_matches_pytorch_host_side_tta(exports, trained_run, images, m
         TorchBackend(trained_run, device="cpu", precision="fp32") as reference,
         OnnxRuntimeBackend(exports[mode, "fp32"].onnx) as deployed,
     ):
-        want = backend_logits(reference, images, mode)  # host-side TTA through infer's view definitions
+        want = run_mode(reference, images, mode).logits  # host-side TTA through the shared view definitions
         got = deployed.infer(images)  # TTA inside the graph
     assert np.abs(got - want).max() < 1e-4
     assert exports[mode, "fp32"].checks["fp32"]["max_abs_diff"] <= 1e-3
@@ -80,17 +81,35 @@ def test_uint8_contract_enforced(exports, images):
 
 
 def test_metadata_and_self_contained(exports, trained_run):
+    from dawnpipe import __version__
     from dawnpipe.common.files import sha256_file
+    from dawnpipe.train.checkpoint import load_checkpoint
 
     result = exports["flip-translate", "fp32"]
     meta = read_metadata(result.onnx)
+    payload = load_checkpoint(trained_run)
     assert meta["classes"] == ["c0", "c1", "c2", "c3"] and meta["tta_mode"] == "flip-translate"
     assert meta["tta_views"] == 6 and abs(sum(meta["tta_weights"]) - 1) < 1e-9
     assert meta["source_checkpoint_sha256"] == sha256_file(trained_run / "checkpoint.pt")
     assert meta["input_contract"]["dtype"] == "uint8" and meta["input_contract"]["layout"] == "NHWC"
+    assert meta["dawnpipe_version"] == __version__ and meta["run_id"] == payload["run_id"] and meta["complete"]
+    assert meta["selective"]["threshold"] == payload["selective"]["threshold"]
+    assert meta["data"]["sha256"] == payload["data"]["sha256"]
     model = onnx.load(str(result.onnx), load_external_data=False)
+    assert model.producer_name == "dawnpipe" and model.producer_version == __version__ and model.doc_string
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim][1] == 4  # static class dim
     assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
     assert [p.name for p in result.onnx.parent.iterdir() if p.suffix not in (".onnx", ".json")] == []
+
+
+@pytest.mark.parametrize("mode", TTA_MODES)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_consumer_of_the_uint8_input_is_a_cast(exports, mode, precision):
+    # onnx-tensorrt takes UINT8 only as a network input feeding a Cast directly (NVIDIA/TensorRT#3985)
+    graph = onnx.load(str(exports[mode, precision].onnx)).graph
+    uint8_inputs = [i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+    consumers = [n for n in graph.node if set(n.input) & set(uint8_inputs)]
+    assert uint8_inputs == ["images"] and consumers and all(n.op_type == "Cast" for n in consumers)
 
 
 def test_manifest_lineage(trained_run, tmp_path):
@@ -106,15 +125,81 @@ def test_manifest_lineage(trained_run, tmp_path):
     assert entry["metrics"]["check"]["top1_agreement"] == 1.0 and entry["input_contract"]["dtype"] == "uint8"
 
 
+def test_export_out_folder_holds_its_own_manifest_and_evaluates_without_data(trained_run, tmp_path):
+    import json
+
+    from dawnpipe.infer.evaluate import EvalConfig, evaluate
+
+    before = (trained_run / "manifest.json").read_bytes()
+    result = export(ExportConfig(source=str(trained_run), out=str(tmp_path / "deploy"), check_images=128))
+    manifest = json.loads((tmp_path / "deploy" / "manifest.json").read_text())
+    assert result.onnx.name in manifest["artifacts"] and manifest["runs"]["export"]["source_sha256"]
+    assert (trained_run / "manifest.json").read_bytes() == before  # the source run is not rewritten
+    rows, path = evaluate(EvalConfig(artifact=str(result.onnx), tta=("none",), latency=False))
+    assert path == tmp_path / "deploy" / "eval.json" and rows[0]["accuracy"] >= 0.75  # data from the ONNX metadata
+
+
+def test_engine_record_and_sidecar_without_tensorrt(exports, tmp_path):
+    from dawnpipe.export.tensorrt_build import engine_name, engine_record, read_sidecar, write_sidecar
+
+    onnx_path = exports["flip", "fp16"].onnx
+    meta = read_metadata(onnx_path)
+    build = {
+        "tensorrt": "10.9.0.34",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0",
+        "precision": "fp16",
+        "typing": "strong",
+        "profile": {"min": 1, "opt": 64, "max": 256},
+    }
+    record = engine_record(meta, build, onnx_path.name, "ab" * 32)
+    assert record["precision"] == "fp16" and record["tta_mode"] == "flip" and record["classes"] == meta["classes"]
+    assert record["made_from"] == {"onnx": onnx_path.name, "sha256": "ab" * 32} and record["profile"]["max"] == 256
+    assert not set(record) & {"path", "sha256", "bytes"}  # artifact_entry's own keywords: no duplicates
+    name = engine_name("resnet9-ema-flip-fp16", build)
+    assert name.endswith("-NVIDIA_H100_80GB_HBM3-sm90-trt10.9.0.34.engine")
+    engine = tmp_path / name
+    engine.write_bytes(b"serialized engine bytes")
+    from dawnpipe.common.manifest import artifact_entry
+
+    entry = artifact_entry(tmp_path, engine, kind="tensorrt-engine", **record)  # raised TypeError before
+    assert entry["precision"] == "fp16" and entry["made_from"]["onnx"] == onnx_path.name
+    write_sidecar(engine, record)
+    assert read_sidecar(engine)["input_contract"] == meta["input_contract"]
+    engine.write_bytes(b"another engine")
+    with pytest.raises(DawnpipeError, match="sha256 differs"):
+        read_sidecar(engine)
+    (tmp_path / (name + ".json")).unlink()
+    with pytest.raises(DawnpipeError, match="no sidecar"):
+        read_sidecar(engine)
+
+
 def test_triton_repository(trained_run, tmp_path):
-    result = export(
-        ExportConfig(source=str(trained_run), out=str(tmp_path / "o"), triton=str(tmp_path / "repo"), check_images=128)
-    )
-    config = tmp_path / "repo" / "resnet9_ema_none_onnx" / "config.pbtxt"
+    def run(precision="fp32"):
+        return export(
+            ExportConfig(
+                source=str(trained_run),
+                out=str(tmp_path / "o"),
+                triton=str(tmp_path / "repo"),
+                precision=precision,
+                check_images=128,
+            )
+        )
+
+    result = run()
+    config = tmp_path / "repo" / "resnet9_ema_none_fp32_onnx" / "config.pbtxt"
     assert config in result.triton and (config.parent / "1" / "model.onnx").exists()
+    assert (config.parent / "labels.txt").read_text().split() == ["c0", "c1", "c2", "c3"]
     text = config.read_text()
     assert 'platform: "onnxruntime_onnx"' in text and "TYPE_UINT8" in text and "dynamic_batching" in text
+    assert 'label_filename: "labels.txt"' in text
     assert "dims: [ 4 ]" in text and "max_batch_size: 1024" in config_pbtxt("m", "tensorrt_plan", 1024, 10)
+    run("fp16")  # a second precision keeps its own model
+    models = {p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()}
+    assert {"resnet9_ema_none_fp32_onnx", "resnet9_ema_none_fp16_onnx"} <= models
+    (config.parent / "1" / "model.onnx").write_bytes(b"someone else's model")
+    with pytest.raises(DawnpipeError, match="already holds a different model"):
+        run()
 
 
 @pytest.mark.skipif(
@@ -183,14 +268,15 @@ def test_unwritable_output_folder(trained_run, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--tta", "mirror"], "unknown TTA mode"),
-        (["--precision", "int4"], "unknown precision"),
+        (["--tta", "mirror"], "'mirror' is not one of"),
+        (["--precision", "int4"], "'int4' is not one of"),
         (["--opset", "99"], "opset 99"),
     ],
 )
 def test_cli_bad_options_one_line(trained_run, args, message):
     result = CliRunner().invoke(main, ["export", str(trained_run), *args])
-    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert result.exit_code in (1, 2) and message in result.output and "Traceback" not in result.output
+    assert "Usage:" not in result.output  # usage errors are one line too
     assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
 
 

@@ -13,12 +13,22 @@ from click.testing import CliRunner
 
 from dawnpipe.cli import main
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.tta import TTA_MODES, apply_view, backend_logits, views
+from dawnpipe.common.tta import (
+    ALL_MODES,
+    TTA_MODES,
+    apply_view,
+    check_threshold,
+    selective_from_views,
+    softmax_confidence,
+    view_logits,
+    views,
+)
 from dawnpipe.export.api import ExportConfig, export
-from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend, load
-from dawnpipe.infer.evaluate import EvalConfig, evaluate, wilson_interval
-from dawnpipe.infer.latency import measure
-from dawnpipe.infer.selective import select, selective_logits
+from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend, choose_providers, load
+from dawnpipe.infer.evaluate import EvalConfig, evaluate, unpack_bits, wilson_interval
+from dawnpipe.infer.latency import Protocol, measure_rows
+from dawnpipe.infer.modes import run_mode
+from dawnpipe.train.calibration import calibrate_threshold, split_holdout
 from tests.conftest import make_images, write_image_folder
 
 
@@ -75,46 +85,133 @@ def test_torch_backend_on_cuda_matches_cpu(trained_run, images):
 def test_host_side_tta_equals_baked_in_graph(trained_run, onnx_plain, images, mode, tmp_path):
     baked = export(ExportConfig(source=str(trained_run), tta=mode, out=str(tmp_path), check_images=128)).onnx
     with load(onnx_plain) as plain, load(baked) as graph:
-        host = backend_logits(plain, images, mode)
-        inside = backend_logits(graph, images, mode)  # recognised as already inside: run once, not twice
+        host = run_mode(plain, images, mode).logits
+        inside = run_mode(graph, images, mode).logits  # recognised as already inside: run once, not twice
         assert np.abs(host - inside).max() < 1e-5
         assert np.abs(inside - graph.infer(images)).max() == 0
         with pytest.raises(DawnpipeError, match="inside its graph"):
-            backend_logits(graph, images, "none")
+            run_mode(graph, images, "none")
 
 
-def test_selective_extremes(onnx_plain, images):
+def _threshold_selecting_about_half(model, images):
+    confidence = softmax_confidence(run_mode(model, images, "none").logits)
+    return float(np.median(confidence))
+
+
+@pytest.mark.parametrize("mode", ["selective-flip", "selective-flip-translate"])
+def test_selective_decisions_identical_at_batch_one_and_n(onnx_plain, images, mode):
     with load(onnx_plain) as model:
-        none, full = backend_logits(model, images, "none"), backend_logits(model, images, "flip")
-        zero = selective_logits(model, images, "flip", fraction=0.0)
-        one = selective_logits(model, images, "flip", fraction=1.0)
-        half = selective_logits(model, images, "flip-translate", fraction=0.5)
-    assert np.abs(zero.logits - none).max() == 0 and zero.views_per_image == 1.0
-    assert np.abs(one.logits - full).max() < 1e-5 and one.views_per_image == 2.0
-    assert half.views_per_image == pytest.approx(1 + 5 * 0.5)
+        threshold = _threshold_selecting_about_half(model, images)
+        whole = run_mode(model, images, mode, threshold=threshold)
+        alone = [run_mode(model, images[i : i + 1], mode, threshold=threshold) for i in range(len(images))]
+    assert 0 < whole.selected.sum() < len(images)  # the case where a batch-level rule would differ
+    assert whole.selected.tolist() == [bool(r.selected[0]) for r in alone]
+    assert np.abs(whole.logits - np.concatenate([r.logits for r in alone])).max() < 1e-5
 
 
-def test_select_rules():
-    confidence = np.array([0.9, 0.2, 0.5, 0.99])
-    assert select(confidence, fraction=0.5).tolist() == [False, True, True, False]
-    assert select(confidence, threshold=0.6).tolist() == [False, True, True, False]
-    with pytest.raises(DawnpipeError):
-        select(confidence, fraction=1.5)
-    with pytest.raises(DawnpipeError):
-        select(confidence, fraction=0.5, threshold=0.5)
+def test_selective_from_cache_equals_per_image_path(onnx_plain, images):
+    with load(onnx_plain) as model:
+        tta_views = views("flip-translate")
+        per_view = view_logits(model.infer, images, tta_views)
+        for threshold in (0.0, _threshold_selecting_about_half(model, images), 1.0):
+            cached, chosen = selective_from_views(per_view, tta_views, threshold)
+            live = run_mode(model, images, "selective-flip-translate", threshold=threshold)
+            assert chosen.tolist() == live.selected.tolist()
+            assert np.abs(cached - live.logits).max() < 1e-5
+        plain, full = run_mode(model, images, "none").logits, run_mode(model, images, "flip-translate").logits
+        assert np.abs(run_mode(model, images, "selective-flip-translate", threshold=0.0).logits - plain).max() == 0
+        everything = run_mode(model, images, "selective-flip-translate", threshold=1.0)
+        assert np.abs(everything.logits - full).max() < 1e-5 and everything.views_per_image == 6.0
+    with pytest.raises(DawnpipeError, match="outside"):
+        check_threshold(1.5)
 
 
-def test_latency_harness_percentiles():
-    calls = []
-    timing = measure(
-        lambda x: calls.append(len(x)) or np.sort(np.random.rand(20000)),
-        np.zeros((3, 32, 32, 3), np.uint8),
-        batch=8,
-        warmup=2,
-        iters=15,
+def test_selective_uses_the_artifacts_calibrated_threshold(trained_run, onnx_plain, images):
+    from dawnpipe.train.checkpoint import load_checkpoint
+
+    calibrated = load_checkpoint(trained_run)["selective"]["threshold"]
+    with load(onnx_plain) as model:
+        assert model.selective["threshold"] == calibrated
+        own = run_mode(model, images, "selective-flip")
+        explicit = run_mode(model, images, "selective-flip", threshold=calibrated)
+    assert own.selected.tolist() == explicit.selected.tolist()
+
+
+def test_calibration_hand_computed_and_holdout_errors():
+    result = calibrate_threshold(np.array([0.9, 0.2, 0.5, 0.99, 0.7]), 0.4)  # 2 of 5 strictly below
+    assert result["threshold"] == 0.7 and result["selected_fraction_holdout"] == 0.4
+    assert calibrate_threshold(np.array([0.3, 0.6]), 0.0)["threshold"] == 0.3
+    assert calibrate_threshold(np.array([0.3, 0.6]), 1.0)["threshold"] == 1.0
+    labels = np.repeat(np.arange(4), 10)
+    keep, held = split_holdout(labels, 8, batch_size=4)
+    assert len(held) == 8 and sorted(labels[held].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert not set(keep) & set(held) and len(keep) + len(held) == 40
+    with pytest.raises(DawnpipeError, match="fewer than one batch"):
+        split_holdout(labels, 38, batch_size=4)
+    with pytest.raises(DawnpipeError, match="without held-out images"):
+        split_holdout(labels, 3, batch_size=4)
+    with pytest.raises(DawnpipeError, match="takes every training image of class"):
+        split_holdout(np.array([0] * 30 + [1]), 2, batch_size=4)
+    with pytest.raises(DawnpipeError, match="negative"):
+        split_holdout(labels, -1, batch_size=4)
+
+
+@pytest.mark.slow
+def test_calibration_does_not_depend_on_test_data(tiny_splits, tmp_path):
+    from dawnpipe.train.api import config_from_options
+    from dawnpipe.train.checkpoint import load_checkpoint
+    from dawnpipe.train.trainer import train
+
+    test_x, test_y = tiny_splits["test"]
+    corrupted = np.random.default_rng(5).permutation(test_y)  # wrong labels for most test images
+    thresholds = []
+    for name, labels in (("true", test_y), ("corrupt", corrupted)):
+        folder = write_image_folder(tmp_path / name, {"train": tiny_splits["train"], "test": (test_x, labels)})
+        cfg = config_from_options(
+            data=folder, epochs=2, batch_size=32, width=0.125, out=tmp_path / "runs", name=name, device="cpu"
+        )
+        thresholds.append(load_checkpoint(train(cfg, progress=False).checkpoint)["selective"])
+    assert thresholds[0]["threshold"] == thresholds[1]["threshold"]
+    assert thresholds[0]["holdout"]["indices_sha256"] == thresholds[1]["holdout"]["indices_sha256"]
+
+
+def _fake_rows(slow_rounds: set[int]):
+    """Two rows on a fake clock: 'steady' always takes 1 ms; 'noisy' takes 5 ms in the given rounds, else 1 ms."""
+    now = [0.0]
+    calls = {"steady": 0, "noisy": 0}
+    per_round = 10
+
+    def make(name):
+        def run(_x):
+            round_index = calls[name] // per_round
+            calls[name] += 1
+            now[0] += 0.005 if (name == "noisy" and round_index in slow_rounds and calls[name] > 2) else 0.001
+
+        return run
+
+    return {"steady": make("steady"), "noisy": make("noisy")}, (lambda: now[0]), calls
+
+
+def test_latency_protocol_flags_a_noisy_row_and_interleaves():
+    rows, clock, calls = _fake_rows(slow_rounds={1})
+    protocol = Protocol(rounds=3, calls=10, min_seconds=0.0, warmup=2, max_spread=0.25)
+    timings = measure_rows(rows, np.zeros((5, 32, 32, 3), np.uint8), batch=1, protocol=protocol, clock=clock)
+    steady, noisy = timings["steady"], timings["noisy"]
+    assert steady.calls == noisy.calls == 30 and steady.rounds == 3
+    assert steady.p50_ms == pytest.approx(1.0) and not steady.flagged and steady.spread == pytest.approx(0.0)
+    assert noisy.flagged and noisy.round_p50_ms[1] == pytest.approx(5.0) and noisy.mean_ms > steady.mean_ms
+    assert noisy.p50_ms <= noisy.p90_ms <= noisy.p99_ms and noisy.max_ms == pytest.approx(5.0)
+
+
+def test_latency_calls_take_distinct_images():
+    seen = []
+    measure_rows(
+        {"row": lambda x: seen.append(int(x[0, 0, 0, 0]))},
+        np.arange(6, dtype=np.uint8).repeat(32 * 32 * 3).reshape(6, 32, 32, 3),
+        batch=1,
+        protocol=Protocol(rounds=1, calls=6, min_seconds=0.0, warmup=0),
     )
-    assert calls[0] == 8 and len(calls) == 17 and timing.calls == 15
-    assert 0 < timing.p50_ms <= timing.p90_ms <= timing.p99_ms and timing.images_per_s > 0
+    assert seen == [0, 1, 2, 3, 4, 5]
 
 
 def test_wilson_interval():
@@ -129,34 +226,42 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     path = export(ExportConfig(source=str(run), check_images=128)).onnx
-    rows, out = evaluate(
-        EvalConfig(artifact=str(path), tta=("all",), latency_iters=3, throughput_batch=16, throughput_iters=1)
-    )
-    modes = [r["tta"] for r in rows]
-    assert modes == [
-        "none",
-        "flip",
-        "selective-flip",
-        "translate",
-        "selective-translate",
-        "flip-translate",
-        "selective-flip-translate",
-    ]
+    quick = Protocol(rounds=2, calls=2, min_seconds=0.0, warmup=1)
+    rows, out = evaluate(EvalConfig(artifact=str(path), tta=("all",), protocol=quick, throughput_batch=16))
+    assert [r["tta"] for r in rows] == list(ALL_MODES)
     data = json.loads(out.read_text())
-    assert out == run / "eval.json" and len(data["rows"]) == 7
+    assert out == run / "eval.json" and len(data["rows"]) == 7 and data["format"] == "dawnpipe-eval/2"
     row = data["rows"][1]
     assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1] and row["views_per_image"] == 2.0
     assert row["gflops_per_image"] == pytest.approx(2 * rows[0]["gflops_per_image"])
-    assert set(row["per_class"]) == {"c0", "c1", "c2", "c3"} and row["latency"]["batch1"]["p50_ms"] > 0
+    assert set(row["per_class"]) == {"c0", "c1", "c2", "c3"}
+    b1 = row["latency"]["batch1"]
+    assert b1["calls"] == 4 and b1["rounds"] == 2 and b1["p50_ms"] > 0 and row["latency"]["threads"] >= 1
+    bits = unpack_bits(row["correct_bits"], row["images"])
+    assert int(bits.sum()) == row["correct"]
+    selective = next(r for r in rows if r["tta"] == "selective-flip")["selective"]
+    assert selective["threshold_source"].startswith("calibrated") and 0 <= selective["selected_fraction"] <= 1
     assert "eval.json" in json.loads((run / "manifest.json").read_text())["artifacts"]
     # a second backend's rows are merged, not overwritten
-    evaluate(EvalConfig(artifact=str(run), tta=("none",), latency_iters=0, selective_fraction=None))
+    evaluate(EvalConfig(artifact=str(run), tta=("none",), latency=False))
     assert {r["backend"] for r in json.loads(out.read_text())["rows"]} == {"onnxruntime", "torch"}
 
 
 def test_eval_cli_prints_table(trained_run, onnx_plain, tmp_path):
     result = CliRunner().invoke(
-        main, ["eval", str(onnx_plain), "--tta", "none,flip", "--latency-iters", "2", "--out", str(tmp_path)]
+        main,
+        [
+            "eval",
+            str(onnx_plain),
+            "--tta",
+            "none,flip,selective-flip",
+            "--latency-calls",
+            "2",
+            "--latency-rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "selective-flip" in result.output and (tmp_path / "eval.json").exists()
@@ -167,7 +272,18 @@ def test_eval_classes_differ(onnx_plain, tmp_path):
         tmp_path / "other", {"train": make_images(2, 1, 3), "test": make_images(2, 2, 3)}, classes=["x", "y", "z"]
     )
     with pytest.raises(DawnpipeError, match="differ from the model"):
-        evaluate(EvalConfig(artifact=str(onnx_plain), data=str(other), latency_iters=0))
+        evaluate(EvalConfig(artifact=str(onnx_plain), data=str(other), latency=False))
+
+
+def test_eval_bad_options(onnx_plain, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DawnpipeError, match="is a file"):
+        evaluate(EvalConfig(artifact=str(onnx_plain), tta=("none",), latency=False, out=str(blocker)))
+    with pytest.raises(DawnpipeError, match="outside"):
+        evaluate(EvalConfig(artifact=str(onnx_plain), selective_threshold=1.5, latency=False))
+    with pytest.raises(DawnpipeError, match="no TTA mode"):
+        evaluate(EvalConfig(artifact=str(onnx_plain), tta=(), latency=False))
 
 
 def test_bad_artifacts(onnx_plain, tmp_path):
@@ -191,11 +307,22 @@ def test_bad_artifacts(onnx_plain, tmp_path):
         load(onnx_plain, "torch")
 
 
-def test_engine_without_manifest_entry(tmp_path):
+def test_engine_without_sidecar(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\x00" * 64)
-    with pytest.raises(DawnpipeError, match="not listed in its run folder's manifest"):
+    with pytest.raises(DawnpipeError, match="no sidecar"):
         load(engine)
+
+
+def test_provider_lists_keep_cuda_between_tensorrt_and_cpu():
+    every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", every) == every
+    assert choose_providers("tensorrt", every) == every
+    assert choose_providers("cuda", every) == every[1:]
+    assert choose_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers("cpu", every) == ["CPUExecutionProvider"]
+    with pytest.raises(DawnpipeError, match="unknown provider"):
+        choose_providers("rocm", every)
 
 
 def test_provider_not_installed_names_installed_ones(onnx_plain):

@@ -1,0 +1,189 @@
+"""A family of runs (widths x seeds, one recipe) read back from their run folders, checked, and pooled.
+
+Each run folder must hold a manifest (written by training) and an eval.json whose sha256 the manifest
+recorded, and every eval row must name an artifact that manifest lists: an eval.json copied in from another
+run is refused. All runs must share the data (sha256), the classes, the test images and the recipe (every
+training option except width and seed), so differences between points are differences of width, TTA mode
+and backend alone. Rows of the same width, mode, backend and precision are pooled over seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import sha256_file
+from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
+from dawnpipe.costs.rules import Point
+from dawnpipe.costs.stats import wilson
+
+_PER_RUN = ("seed", "name", "out", "resume", "model")  # config fields allowed to differ between runs of a family
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained run with its eval rows."""
+
+    path: Path
+    seed: int
+    width: float
+    config: dict[str, Any]
+    data_sha256: str
+    classes: tuple[str, ...]
+    rows: list[dict[str, Any]]
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read and check one run folder's manifest and eval.json."""
+    from dawnpipe.infer.evaluate import EVAL_NAME, read_eval
+
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST_NAME).is_file():
+        raise DawnpipeError(
+            f"{run_dir} is not a run folder (no {MANIFEST_NAME})", "pass folders made by `dawnpipe train`"
+        )
+    manifest = read_manifest(run_dir)
+    train = manifest.get("runs", {}).get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("config"), dict):
+        raise DawnpipeError(
+            f"{run_dir}/{MANIFEST_NAME} records no training run", "pass folders made by `dawnpipe train`"
+        )
+    path = run_dir / EVAL_NAME
+    if not path.is_file():
+        raise DawnpipeError(
+            f"{run_dir} has no eval results ({EVAL_NAME})",
+            f"run `dawnpipe eval {run_dir}/<model>.onnx` and `dawnpipe eval {run_dir}` (or `dawnpipe pipeline`) first",
+        )
+    recorded = manifest.get("artifacts", {}).get(EVAL_NAME, {}).get("sha256")
+    if recorded != sha256_file(path):
+        raise DawnpipeError(
+            f"{path} is not the eval.json that {run_dir}/{MANIFEST_NAME} recorded (sha256 differs or is missing)",
+            "rerun `dawnpipe eval` in this run folder instead of copying results in",
+        )
+    known = {e.get("sha256") for e in manifest.get("artifacts", {}).values()}
+    rows = read_eval(path)["rows"]
+    for row in rows:
+        if row.get("artifact_sha256") not in known:
+            raise DawnpipeError(
+                f"{path}: a row describes {row.get('artifact')} (sha256 {str(row.get('artifact_sha256'))[:12]}...), "
+                f"which {run_dir}/{MANIFEST_NAME} does not list",
+                "evaluate the artifacts of this run, in this run folder",
+            )
+    config = train["config"]
+    data = train.get("data", {})
+    return Run(
+        run_dir,
+        int(config.get("seed", 0)),
+        float(config.get("model", {}).get("width", 1.0)),
+        config,
+        str(data.get("sha256")),
+        tuple(data.get("classes", [])),
+        rows,
+    )
+
+
+def load_family(run_dirs: list[str | Path]) -> tuple[list[Run], list[Point]]:
+    """Load every run, check they form one family, and pool rows into points."""
+    if not run_dirs:
+        raise DawnpipeError("no run folders given", "pass one or more run folders")
+    runs = [load_run(d) for d in run_dirs]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.data_sha256 != first.data_sha256 or run.classes != first.classes:
+            raise DawnpipeError(
+                f"{run.path} was trained on other data or classes than {first.path} "
+                f"(sha256 {run.data_sha256[:12]} vs {first.data_sha256[:12]})",
+                "give one report runs of one data set",
+            )
+        differs = sorted(
+            k
+            for k in set(run.config) | set(first.config)
+            if k not in _PER_RUN and run.config.get(k) != first.config.get(k)
+        )
+        model_differs = {
+            k
+            for k in set(run.config.get("model", {})) | set(first.config.get("model", {}))
+            if k != "width" and run.config.get("model", {}).get(k) != first.config.get("model", {}).get(k)
+        }
+        if differs or model_differs:
+            raise DawnpipeError(
+                f"{run.path} and {first.path} were trained with different recipes "
+                f"({sorted(differs) + sorted(model_differs)})",
+                "a family differs only in width and seed; report other runs separately",
+            )
+    seen: dict[tuple[float, int], Path] = {}
+    for run in runs:
+        key = (run.width, run.seed)
+        if key in seen:
+            raise DawnpipeError(
+                f"{seen[key]} and {run.path} are the same configuration (width {run.width}, seed {run.seed})",
+                "pass each run once",
+            )
+        seen[key] = run.path
+    return runs, _points(runs)
+
+
+def backend_label(row: dict[str, Any]) -> str:
+    """``onnxruntime/CPU``, ``torch``, ``tensorrt``: backend and (for onnxruntime) provider."""
+    provider = row.get("provider")
+    return row["backend"] + (f"/{provider.replace('ExecutionProvider', '')}" if provider else "")
+
+
+def _points(runs: list[Run]) -> list[Point]:
+    groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
+    images = {row["images"] for run in runs for row in run.rows}
+    if len(images) != 1:
+        raise DawnpipeError(
+            f"the runs were evaluated on different numbers of test images {sorted(images)}",
+            "evaluate every run on the same test set (same --test-limit)",
+        )
+    for run in runs:
+        for row in run.rows:
+            key = (run.width, backend_label(row), row["precision"], row["tta"])
+            groups.setdefault(key, []).append((run.seed, row))
+    points = []
+    for (width, backend, precision, tta), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1:])):
+        members.sort(key=lambda m: m[0])
+        points.append(_pool(width, backend, precision, tta, members))
+    return points
+
+
+def _pool(width: float, backend: str, precision: str, tta: str, members: list[tuple[int, dict[str, Any]]]) -> Point:
+    from dawnpipe.infer.evaluate import unpack_bits
+
+    accs = np.array([row["accuracy"] for _, row in members])
+    correct = sum(row["correct"] for _, row in members)
+    total = sum(row["images"] for _, row in members)
+    latencies = [(row.get("latency") or {}).get("batch1") for _, row in members]
+    measured = [lat for lat in latencies if lat]
+    selected = [(row.get("selective") or {}).get("selected_fraction") for _, row in members]
+    selected = [s for s in selected if s is not None]
+
+    def mean_of(key: str) -> float | None:
+        return float(np.mean([lat[key] for lat in measured])) if measured else None
+
+    return Point(
+        label=f"w{width:g} {tta} @ {backend} {precision}",
+        width=width,
+        tta=tta,
+        backend=backend,
+        precision=precision,
+        seeds=tuple(seed for seed, _ in members),
+        accuracy=float(accs.mean()),
+        accuracy_std=float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+        ci95=wilson(correct, total),
+        views_per_image=float(np.mean([row["views_per_image"] for _, row in members])),
+        gflops_per_image=float(np.mean([row["gflops_per_image"] for _, row in members])),
+        latency_ms=mean_of("mean_ms"),
+        latency_p50_ms=mean_of("p50_ms"),
+        latency_p99_ms=mean_of("p99_ms"),
+        latency_std_ms=float(np.sqrt(np.mean([lat["std_ms"] ** 2 for lat in measured]))) if measured else None,
+        latency_calls=int(sum(lat["calls"] for lat in measured)),
+        latency_flagged=any(lat.get("flagged") for lat in measured),
+        selected_fraction=float(np.mean(selected)) if selected else None,
+        correct=tuple(unpack_bits(row["correct_bits"], row["images"]) for _, row in members),
+    )

@@ -1,0 +1,70 @@
+"""Running a TTA mode on a backend: plain, full TTA, or selective TTA with the artifact's per-image threshold.
+
+``run_mode`` is what evaluation's latency rows, ``predict``, ``Predictor`` and a server call, so every consumer
+makes the same per-image decision. Views are applied on the host through ``dawnpipe.common.tta``; a graph that
+already holds TTA is recognised and run once under its own mode (views are never applied twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import DEFAULT_SHIFT, parse_mode, selective_logits, tta_logits, views
+
+
+@dataclass(frozen=True)
+class ModeResult:
+    """Logits of a mode, which images took the extra views, and what the pass cost in views per image."""
+
+    logits: np.ndarray
+    selected: np.ndarray  # bool per image: took the mode's extra views (all True for full TTA, False for none)
+    views_per_image: float
+
+
+def resolve_threshold(backend: Any, override: float | None = None) -> tuple[float, str]:
+    """The selective threshold to use and where it came from: an explicit override, else the artifact's own."""
+    if override is not None:
+        return float(override), "given on the command line"
+    calibration = getattr(backend, "selective", None) or {}
+    if "threshold" not in calibration:
+        raise DawnpipeError(
+            f"{backend.path.name} carries no calibrated selective-TTA threshold (trained without a hold-out, or by an "
+            "older dawnpipe)",
+            "pass --selective-threshold T, or retrain with --holdout N so the run calibrates one",
+        )
+    return float(calibration["threshold"]), "calibrated on the training hold-out"
+
+
+def run_mode(
+    backend: Any,
+    images: np.ndarray,
+    mode: str,
+    *,
+    threshold: float | None = None,
+    shift: int = DEFAULT_SHIFT,
+    batch: int = 500,
+) -> ModeResult:
+    """Logits of ``backend`` on uint8 images under ``mode`` (``none``, ``flip``, ..., ``selective-flip``, ...).
+
+    Selective modes use ``threshold`` if given, else the artifact's calibrated one.
+    """
+    base, selective = parse_mode(mode)
+    if backend.graph_tta != "none":
+        if selective or base != backend.graph_tta:
+            raise DawnpipeError(
+                f"this model has {backend.graph_tta} TTA inside its graph, so it cannot be run with --tta {mode}",
+                f"use --tta {backend.graph_tta}, or export without --tta to choose TTA at run time",
+            )
+        logits = tta_logits(backend.infer, images, views("none"), batch)
+        return ModeResult(logits, np.ones(len(images), bool), float(backend.graph_views))
+    tta_views = views(base, shift)
+    if not selective:
+        logits = tta_logits(backend.infer, images, tta_views, batch)
+        return ModeResult(logits, np.full(len(images), len(tta_views) > 1), float(len(tta_views)))
+    value, _ = resolve_threshold(backend, threshold)
+    logits, chosen = selective_logits(backend.infer, images, tta_views, value, batch)
+    return ModeResult(logits, chosen, 1.0 + (len(tta_views) - 1) * float(chosen.mean()) if len(chosen) else 1.0)
