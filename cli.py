@@ -334,8 +334,8 @@ def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | 
     type=_ModeList(_modes()[1]),
     default="none,flip,selective-flip",
     show_default=True,
-    help="Comma-separated modes, or all. selective-MODE: extra views only for images whose plain-view confidence "
-    "is below the artifact's calibrated threshold.",
+    help=f"Comma-separated modes from {', '.join(_modes()[1])}, or all. selective-MODE: extra views only for "
+    "images whose plain-view confidence is below the artifact's calibrated threshold.",
 )
 @click.option(
     "--backend",
@@ -513,7 +513,12 @@ def _rule_config(opts: dict) -> dict:
     help="Seeds per width, e.g. 0,1 (default: --seed alone).",
 )
 @click.option(
-    "--tta", "tta_modes", type=_ModeList(_modes()[1]), default="all", show_default=True, help="Modes to evaluate."
+    "--tta",
+    "tta_modes",
+    type=_ModeList(_modes()[1]),
+    default="all",
+    show_default=True,
+    help=f"Comma-separated modes to evaluate, from {', '.join(_modes()[1])}, or all.",
 )
 @click.option(
     "--latency-rounds", type=click.IntRange(1, 100), default=5, show_default=True, help="Interleaved timing rounds."

@@ -22,7 +22,7 @@ import onnxruntime as ort  # noqa: E402
 from bench.common import write_result  # noqa: E402
 from dawnpipe.export.api import ExportConfig, export  # noqa: E402
 from dawnpipe.infer.backends import load  # noqa: E402
-from dawnpipe.infer.latency import measure  # noqa: E402
+from dawnpipe.infer.latency import Protocol, measure_rows  # noqa: E402
 
 
 def main() -> None:
@@ -38,30 +38,28 @@ def main() -> None:
         onnx_path = export(ExportConfig(source=str(args.run_dir))).onnx
     images = np.random.default_rng(0).integers(0, 256, size=(args.batch, 32, 32, 3), dtype=np.uint8)
     bare = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    results: dict[str, list[float]] = {"dawnpipe_onnxruntime": [], "bare_onnxruntime": [], "torch_eager": []}
-    latency = {}
     with load(onnx_path) as ours, load(args.run_dir, "torch") as eager:
         runs = {
             "dawnpipe_onnxruntime": ours.infer,
             "bare_onnxruntime": lambda x: bare.run(None, {"images": x}),
             "torch_eager": eager.infer,
         }
-        for _ in range(args.rounds):
-            for name, run in runs.items():
-                results[name].append(measure(run, images, batch=args.batch, warmup=2, iters=args.iters).images_per_s)
-        for name, run in runs.items():
-            latency[name] = measure(run, images[:1], batch=1, warmup=10, iters=args.latency_iters).to_dict()
+        # the shared protocol: rows interleaved in rounds, distinct inputs per call, spread flagged
+        bulk = measure_rows(runs, images, batch=args.batch, protocol=Protocol(args.rounds, args.iters, 0.0, 2))
+        results = {name: timing.round_p50_ms for name, timing in bulk.items()}  # per-round ms/image medians
+        single = measure_rows(runs, images, batch=1, protocol=Protocol(args.rounds, args.latency_iters // args.rounds))
+        latency = {name: timing.to_dict() for name, timing in single.items()}
         torch_precision = eager.precision
     write_result(
         "inference",
         {
             "model": str(onnx_path),
             "batch": args.batch,
-            "images_per_s": results,
-            "ours_over_bare": [
+            "round_p50_ms_per_image": results,
+            "images_per_s": {name: timing.images_per_s for name, timing in bulk.items()},
+            "ours_over_bare_per_round": [  # time ratio per round: above 1 = dawnpipe slower than the bare session
                 o / b for o, b in zip(results["dawnpipe_onnxruntime"], results["bare_onnxruntime"], strict=True)
             ],
-            "best_ratio": max(results["dawnpipe_onnxruntime"]) / max(results["bare_onnxruntime"]),
             "torch_precision": torch_precision,
             "batch1_latency": latency,
         },

@@ -41,7 +41,8 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

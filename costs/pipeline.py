@@ -59,17 +59,18 @@ def check_pipeline(cfg: PipelineConfig) -> None:
 
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineResult:
     """Run all stages for every (width, seed); optional parts (fp16, TensorRT, GPU providers) are reported."""
-    import onnxruntime as ort
     import torch
 
     from dawnpipe.costs.report import build_report
     from dawnpipe.export.api import build_engine_artifact, export_onnx_model, load_source, record
+    from dawnpipe.export.onnx_export import onnxruntime_module
     from dawnpipe.export.tensorrt_build import tensorrt_status
     from dawnpipe.infer.evaluate import EvalConfig, evaluate
     from dawnpipe.infer.latency import Protocol
     from dawnpipe.train.trainer import train
 
     check_pipeline(cfg)
+    ort = onnxruntime_module()
     started = time.perf_counter()
     stage = _Stages(say, started)
     base = cfg.train.name or time.strftime("%Y%m%d-%H%M%S")

@@ -117,12 +117,12 @@ def plot_gflops(path: Path, points: list[Point], rules: list[Rule], front: list[
             [x_of(p) for p in frontier],
             [100 * p.accuracy for p in frontier],
             where="post",
-            color="black",
-            lw=0.8,
+            color="tab:green",
+            lw=1.0,
             alpha=0.6,
             zorder=0,
         )
-        extra.append(Line2D([], [], color="black", lw=0.8, alpha=0.6, label="Pareto frontier"))
+        extra.append(Line2D([], [], color="tab:green", lw=1.0, alpha=0.6, label="Pareto frontier"))
     budgets = [r for r in rules if r.limits == "gflops"]
     for rule in budgets:
         same = abs(rule.budget - reference) <= 1e-6 * reference

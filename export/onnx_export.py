@@ -129,9 +129,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def onnxruntime_module():
+    """``import onnxruntime``, or the one-line error naming the two ways to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise DawnpipeError(
+            "onnxruntime is not installed",
+            "pip install 'dawnpipe[cpu]' (CPU) or 'dawnpipe[gpu]' (CUDA/TensorRT providers), never both",
+        ) from None
+    return onnxruntime
+
+
 def run_onnxruntime(path: str | Path, images: np.ndarray, batch: int = 250) -> np.ndarray:
     """Logits of an ONNX file on CPU onnxruntime (the reference runtime for every export check)."""
-    import onnxruntime as ort
+    ort = onnxruntime_module()
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.concatenate(

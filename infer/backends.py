@@ -119,6 +119,12 @@ class TorchBackend(Backend):
             raise DawnpipeError(f"unknown precision {precision!r}", "use auto, fp32, fp16 or bf16")
         if precision == "auto":
             precision = {torch.float16: "fp16", torch.bfloat16: "bf16", None: "fp32"}[choice.autocast_dtype]
+        if precision == "bf16" and choice.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise DawnpipeError(
+                f"bf16 was asked for but {torch.cuda.get_device_name()} has no bf16 support", "use fp16 or fp32"
+            )
+        if precision == "fp32":
+            use_ieee_fp32()
         super().__init__(ckpt, {**checkpoint_meta(payload), "precision": precision}, threads)
         if choice.device.type == "cpu":
             torch.set_num_threads(self.threads)
@@ -140,15 +146,25 @@ class TorchBackend(Backend):
             self._torch.cuda.synchronize()
 
 
+def use_ieee_fp32() -> None:
+    """fp32 means IEEE fp32: PyTorch runs cuDNN convolutions (and may run matmuls) in TF32 on Ampere and later
+    by default, which breaks the exact-reference comparisons; turn that off for the process."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 class OnnxRuntimeBackend(Backend):
     """An exported ONNX file in onnxruntime with the chosen execution provider."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, provider: str = "auto", threads: int = 0) -> None:
-        import onnxruntime as ort
+        from dawnpipe.export.onnx_export import onnxruntime_module, read_metadata
 
-        from dawnpipe.export.onnx_export import read_metadata
+        ort = onnxruntime_module()
 
         meta = read_metadata(path)
         if meta.get("format") != "dawnpipe-onnx/1":
@@ -160,8 +176,9 @@ class OnnxRuntimeBackend(Backend):
         chosen = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
+        settings = provider_options(chosen, self.precision, path.parent / "ort-trt-cache", self.max_batch)
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=chosen)
+            self._session = ort.InferenceSession(str(path), options, providers=list(zip(chosen, settings, strict=True)))
         except Exception as err:  # onnxruntime raises its own exception types for broken graphs
             raise DawnpipeError(
                 f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})", "re-export the model"
@@ -200,6 +217,28 @@ def choose_providers(provider: str, available: list[str]) -> list[str]:
     start = 0 if provider == "auto" else order.index(provider)
     chosen = [PROVIDERS[name] for name in order[start:] if PROVIDERS[name] in available or name == "cpu"]
     return chosen
+
+
+def provider_options(providers: list[str], precision: str, cache_dir: Path, max_batch: int) -> list[dict[str, Any]]:
+    """Options per provider. The TensorRT EP builds fp16 kernels for an fp16 artifact, caches its engines beside
+    the artifact (so a session does not rebuild them) and gets a profile covering every batch eval sends."""
+    settings: list[dict[str, Any]] = []
+    for name in providers:
+        if name == PROVIDERS["tensorrt"]:
+            settings.append(
+                {
+                    "trt_fp16_enable": precision == "fp16",
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache_dir),
+                    "trt_timing_cache_enable": True,
+                    "trt_profile_min_shapes": "images:1x32x32x3",
+                    "trt_profile_opt_shapes": "images:256x32x32x3",
+                    "trt_profile_max_shapes": f"images:{max_batch}x32x32x3",
+                }
+            )
+        else:
+            settings.append({})
+    return settings
 
 
 def default_threads() -> int:

@@ -125,3 +125,37 @@ def test_non_editable_install_has_only_dawnpipe_at_top_level(tmp_path):
         [sys.executable, "-m", "dawnpipe", "--version"], capture_output=True, text=True, cwd=user, env=env
     )
     assert cli.returncode == 0 and "dawnpipe" in cli.stdout, cli.stderr[-2000:]
+
+
+def test_every_documented_install_has_exactly_one_onnxruntime():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(requirements):
+        found = set()
+        for req in requirements:
+            name = req.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+            if name == "dawnpipe":  # a self-reference such as dawnpipe[cpu]
+                inner = req[req.index("[") + 1 : req.index("]")].split(",")
+                found |= set().union(*(names(extras[e]) for e in inner))
+            else:
+                found.add(name)
+        return found
+
+    base = names(project["dependencies"])
+    runtimes = {"onnxruntime", "onnxruntime-gpu"}
+    assert not base & runtimes  # the base install names neither, so no extra can add a second one
+    for extra in ("cpu", "gpu", "dev"):
+        assert len((base | names(extras[extra])) & runtimes) == 1, extra
+    assert "cuda-python" not in base | set().union(*(names(v) for v in extras.values()))
+
+
+def test_gpu_check_exits_with_one_line_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: bench/gpu.py runs the real check here")
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py")], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "no CUDA GPU" in result.stderr

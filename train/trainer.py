@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from dawnpipe.train.checkpoint import CHECKPOINT_NAME, input_contract, load_chec
 from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.data import Cifar, load_cifar
 from dawnpipe.train.ema import EMA
+from dawnpipe.train.guard import NonFiniteGuard
 from dawnpipe.train.model import ResNet9, normalize
 from dawnpipe.train.schedule import lr_multiplier, lr_table
 
@@ -53,6 +55,12 @@ class TrainResult:
 def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> TrainResult:
     """Train ResNet-9 per ``cfg`` and write the run folder. ``dist`` is a train.distributed.Context or None."""
     started = time.time()
+    if cfg.sync_bn and cfg.model.ghost_batch > 0:
+        raise DawnpipeError(
+            f"--sync-bn would replace the recipe's ghost batch norm ({cfg.model.ghost_batch}-image groups) with "
+            "plain synchronised BatchNorm, silently changing the recipe",
+            "drop --sync-bn: each rank's ghost BN already normalises groups of the global batch as one process would",
+        )
     rank0 = dist is None or dist.rank == 0
     resume_state: dict[str, Any] | None = None
     if cfg.resume:
@@ -112,6 +120,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     ema = EMA(model, cfg.ema_decay**cfg.ema_every, warmup=cfg.ema_warmup)
     trainable = weights + biases
     loss_scale = cfg.fp16_loss_scale if compute == torch.float16 else 1.0
+    guard = NonFiniteGuard(optimizer, trainable) if loss_scale != 1.0 else None
+    if dev.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels once
     steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     history: list[dict[str, Any]] = []
@@ -205,12 +216,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                         logits = live(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
-                    if loss_scale != 1.0:  # fp16: keep small gradients representable, then unscale on device
+                    if guard is not None:  # fp16: scaled loss; unscale, and skip an overflowing step, on device
                         (loss * loss_scale).backward()
-                        torch._foreach_mul_([p.grad for p in trainable if p.grad is not None], 1.0 / loss_scale)
+                        guard.step(1.0 / loss_scale)
                     else:
                         loss.backward()
-                    optimizer.step()
+                        optimizer.step()
                     if (epoch * steps_per_epoch + step + 1) % cfg.ema_every == 0:  # global step: short epochs too
                         ema.update()
                     done = step + 1
@@ -237,11 +248,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                     "train_seconds": epoch_seconds,
                     "train_images_per_s": seen / max(epoch_seconds, 1e-9),
                 }
+                if guard is not None:
+                    record["skipped_nonfinite_steps"] = int(guard.skipped.item())  # read once per epoch
                 if rank0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                     record["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
                 record["elapsed_s"] = time.time() - started
                 history.append(record)
                 bar.set_postfix_str(_postfix(record, cfg.epochs), refresh=True)
+                if progress and rank0 and bar.disable:
+                    print(_postfix(record, cfg.epochs), file=sys.stderr, flush=True)
                 checkpoint(epoch + 1, 0, complete=False)
                 epoch, done = epoch + 1, 0  # a Ctrl-C from here on resumes at the next epoch's start
     except KeyboardInterrupt:
@@ -350,11 +365,12 @@ def _stop_on_nan(epoch: int, step: int, ckpt: Path, history: list[dict[str, Any]
 
 
 def _progress_bar(total: int, enabled: bool):
+    """A live bar on a terminal; in a log (stderr not a TTY) no carriage-return frames, only the epoch lines."""
     from tqdm import tqdm
 
     return tqdm(
         total=total,
-        disable=not enabled,
+        disable=not (enabled and sys.stderr.isatty()),
         unit="step",
         dynamic_ncols=True,
         mininterval=1.0,

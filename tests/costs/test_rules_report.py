@@ -1,58 +1,83 @@
-"""Verdicts at, just under and just over each budget; the report files and plots of a fixture run."""
+"""Rules, decisions, paired statistics and the family report, on small synthetic points and run folders."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from dawnpipe.cli import main
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.costs.report import build_report
-from dawnpipe.costs.rules import Point, make_rules, pareto_front, verdict
+from dawnpipe.common.files import atomic_write_json
+from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.costs.report import ReportConfig, build_report
+from dawnpipe.costs.rules import Point, decide, make_rules, pareto_front, verdict
+from dawnpipe.costs.stats import clopper_pearson, mcnemar_exact, paired_difference
+from dawnpipe.infer.evaluate import pack_bits
+
+IMAGES = 400
 
 
-def _point(gflops=1.0, latency=5.0, views=1.0, accuracy=0.9, label="p"):
-    return Point(label, accuracy, gflops, views, latency)
+def _point(gflops=0.76, latency=3.0, accuracy=0.9, views=1.0, label="p", correct=()):
+    return Point(
+        label=label,
+        width=1.0,
+        tta="none" if views == 1 else "flip",
+        backend="onnxruntime/CPU",
+        precision="fp32",
+        seeds=(0,),
+        accuracy=accuracy,
+        accuracy_std=0.0,
+        ci95=(accuracy - 0.01, accuracy + 0.01),
+        views_per_image=views,
+        gflops_per_image=gflops,
+        latency_ms=latency,
+        latency_p50_ms=latency,
+        latency_p99_ms=latency,
+        latency_std_ms=0.1,
+        latency_calls=100,
+        correct=correct,
+    )
 
 
-@pytest.mark.parametrize("gflops, passed", [(2.0, True), (2.0 - 1e-9, True), (2.0 + 1e-9, False)])
+@pytest.mark.parametrize("gflops, passed", [(1.0, True), (1.1108, True), (1.2, False)])
 def test_total_flops_at_under_over(gflops, passed):
-    rule = make_rules(["total-flops"], budget_gflops=2.0)[0]
-    result = verdict(rule, _point(gflops=gflops))
-    assert result.passed is passed and ("<=" if passed else ">") in result.reason and "budget 2.0000" in result.reason
+    (rule,) = make_rules(["total-flops"], reference_gflops=1.1108)
+    assert verdict(rule, _point(gflops=gflops)).passed is passed
 
 
-@pytest.mark.parametrize("latency, passed", [(4.0, True), (3.999, True), (4.001, False)])
+@pytest.mark.parametrize("latency, passed", [(4.0, True), (5.0, True), (5.01, False)])
 def test_latency_at_under_over(latency, passed):
-    rule = make_rules(["latency"], budget_ms=4.0)[0]
+    (rule,) = make_rules(["latency"], budget_ms=5.0)
     assert verdict(rule, _point(latency=latency)).passed is passed
 
 
-@pytest.mark.parametrize("views, passed", [(1.0, True), (1.2, False), (2.0, False)])
-def test_no_tta(views, passed):
-    assert verdict(make_rules(["no-tta"])[0], _point(views=views)).passed is passed
-
-
-def test_dawnbench_allows_tta_and_scores_latency():
-    result = verdict(make_rules(["dawnbench"])[0], _point(views=6, latency=3.25))
-    assert result.passed and "3.250 ms" in result.reason
-
-
-def test_default_total_flops_budget_is_resnet18():
-    from dawnpipe.costs.reference import resnet18_flops
-
-    assert make_rules(["total-flops"])[0].budget == pytest.approx(resnet18_flops() / 1e9)
+def test_dawnbench_needs_the_accuracy_threshold():
+    (rule,) = make_rules(["dawnbench"], accuracy_threshold=94)
+    assert not verdict(rule, _point(accuracy=0.37)).passed  # the old rule let a 37% model through
+    assert verdict(rule, _point(accuracy=0.941)).passed
+    assert not verdict(rule, _point(accuracy=0.95, latency=None)).passed  # cannot be ranked without latency
+    (low,) = make_rules(["dawnbench"], accuracy_threshold=90)
+    assert verdict(low, _point(accuracy=0.905)).passed
 
 
 @pytest.mark.parametrize(
-    "kwargs, message", [({"budget_gflops": 0}, "not a positive budget"), ({"budget_ms": -1.0}, "not a positive budget")]
+    "kwargs, message",
+    [
+        ({"budget_gflops": 0}, "not a positive finite budget"),
+        ({"budget_ms": -1}, "not a positive finite budget"),
+        ({"budget_gflops": float("inf")}, "not a positive finite budget"),
+        ({"accuracy_threshold": "ninety"}, "not a percentage"),
+        ({"accuracy_threshold": 101}, "not a percentage"),
+    ],
 )
-def test_bad_budgets(kwargs, message):
+def test_bad_rule_options(kwargs, message):
     with pytest.raises(DawnpipeError, match=message):
-        make_rules(["total-flops"], **kwargs)
+        make_rules(["total-flops", "dawnbench"], reference_gflops=1.0, **kwargs)
 
 
 def test_unknown_rule_and_latency_without_budget():
@@ -62,44 +87,134 @@ def test_unknown_rule_and_latency_without_budget():
         make_rules(["latency"])
 
 
-def test_pareto_front():
+def test_paired_interval_against_a_hand_computed_case():
+    # 100 images: A right & B wrong on 10, A wrong & B right on 2, both right on 80, both wrong on 8
+    a = np.array([1] * 10 + [0] * 2 + [1] * 80 + [0] * 8, bool)
+    b = np.array([0] * 10 + [1] * 2 + [1] * 80 + [0] * 8, bool)
+    result = paired_difference([a], [b])
+    assert result.difference == pytest.approx(0.08) and (result.a_only, result.b_only) == (10, 2)
+    # exact McNemar: 2 * P(Bin(12, 1/2) <= 2) = 2 * (1 + 12 + 66) / 4096
+    assert result.p_value == pytest.approx(2 * 79 / 4096)
+    # Clopper-Pearson for 10/12 is (0.5159, 0.9791) (tables); mapped by 12/100 * (2p - 1)
+    low, high = clopper_pearson(10, 12)
+    assert low == pytest.approx(0.5159, abs=1e-4) and high == pytest.approx(0.9791, abs=1e-4)
+    assert result.low == pytest.approx(0.12 * (2 * low - 1)) and result.high == pytest.approx(0.12 * (2 * high - 1))
+    assert result.significant
+    assert mcnemar_exact(3, 3) == 1.0 and not paired_difference([a], [a]).significant
+    # seeds pool: two identical seed pairs double every count, same difference, tighter interval
+    pooled = paired_difference([a, a], [b, b])
+    assert pooled.difference == pytest.approx(0.08) and pooled.high - pooled.low < result.high - result.low
+
+
+def _bits(rng, accuracy, base=None, flip=0.0):
+    """Per-image correctness with the given accuracy; optionally correlated with ``base``."""
+    if base is None:
+        return rng.random(IMAGES) < accuracy
+    out = base.copy()
+    change = rng.random(IMAGES) < flip
+    out[change] = rng.random(change.sum()) < accuracy
+    return out
+
+
+def test_decisions_pick_winner_runner_up_and_answer_the_tta_question():
+    rng = np.random.default_rng(0)
+    small = _bits(rng, 0.80)
+    small_flip = small | (rng.random(IMAGES) < 0.3)  # strictly better than plain on the same images
+    big = _bits(rng, 0.86)
     points = [
-        _point(1.0, 5, accuracy=0.90, label="a"),
-        _point(2.0, 9, accuracy=0.92, label="b"),
-        _point(3.0, 7, accuracy=0.91, label="c"),
-        _point(0.5, 2, accuracy=0.80, label="d"),
+        _point(0.19, 1.0, small.mean(), 1, "w0.5 none", (small,)),
+        _point(0.38, 2.0, small_flip.mean(), 2, "w0.5 flip", (small_flip,)),
+        _point(0.76, 3.0, big.mean(), 1, "w1 none", (big,)),
     ]
-    assert [p.label for p in pareto_front(points, "gflops")] == ["d", "a", "b"]
-    assert [p.label for p in pareto_front(points, "latency")] == ["d", "a", "c", "b"]
+    assert [p.label for p in pareto_front(points, "gflops")][0] == "w0.5 none"
+    flops, nott, dawn = make_rules(["total-flops", "no-tta", "dawnbench"], budget_gflops=0.5, accuracy_threshold=75)
+    under_flops = decide(flops, points)
+    assert under_flops.winner.label == "w0.5 flip" and under_flops.runner_up.label == "w0.5 none"
+    assert under_flops.margin["significant"] and under_flops.tta_answer.startswith("Yes")
+    assert decide(nott, points).winner.label == "w1 none" and "does not arise" in decide(nott, points).tta_answer
+    fastest = decide(dawn, points)
+    assert fastest.winner.label == "w0.5 none" and fastest.rule.ranks_by == "latency"
+    assert fastest.tta_answer.startswith("No") and fastest.margin["difference"] == pytest.approx(1.0)
+    (strict,) = make_rules(["dawnbench"], accuracy_threshold=99)
+    assert decide(strict, points).winner is None and "Nothing reaches 99%" in decide(strict, points).tta_answer
 
 
-def _row(tta, accuracy, views, gflops, p50):
+# ------------------------------------------------------------------------------------- synthetic run folders
+
+
+def _run(root: Path, width: float, seed: int, rows: list[dict], *, data_sha="d" * 64, epochs=3) -> Path:
+    """A run folder as training and eval leave it: checkpoint, manifest with the training config, eval.json."""
+    run = root / f"w{width}-s{seed}"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(f"weights {width} {seed}".encode())
+    config = {"epochs": epochs, "batch_size": 512, "seed": seed, "data": "cifar", "model": {"width": width}}
+    data = {"sha256": data_sha, "classes": ["a", "b"]}
+    ckpt = artifact_entry(run, run / "checkpoint.pt", kind="checkpoint")
+    update_manifest(run, run=("train", {"config": config, "data": data}), artifacts={"checkpoint": ckpt})
+    for row in rows:
+        row["artifact_sha256"] = ckpt["sha256"]
+    atomic_write_json(run / "eval.json", {"format": "dawnpipe-eval/2", "rows": rows})
+    update_manifest(run, artifacts={"eval.json": artifact_entry(run, run / "eval.json", kind="eval")})
+    return run
+
+
+def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False):
     return {
         "backend": "onnxruntime",
         "provider": "CPUExecutionProvider",
         "precision": "fp32",
         "tta": tta,
-        "accuracy": accuracy,
+        "accuracy": float(correct.mean()),
+        "correct": int(correct.sum()),
+        "images": IMAGES,
+        "correct_bits": pack_bits(correct),
         "views_per_image": views,
         "gflops_per_image": gflops,
-        "latency": {"batch1": {"p50_ms": p50}},
+        "latency": {
+            "batch1": {
+                "mean_ms": mean_ms,
+                "p50_ms": mean_ms,
+                "p99_ms": 2 * mean_ms,
+                "std_ms": 0.1 * mean_ms,
+                "calls": 100,
+                "flagged": flagged,
+            }
+        },
         "flops_unknown_ops": [],
     }
 
 
 @pytest.fixture
-def fixture_run(tmp_path):
-    rows = [
-        _row("none", 0.9061, 1, 0.76, 3.5),
-        _row("flip", 0.9142, 2, 1.52, 6.8),
-        _row("selective-flip", 0.9139, 1.2, 0.912, 3.9),
-    ]
-    (tmp_path / "eval.json").write_text(json.dumps({"format": "dawnpipe-eval/1", "rows": rows}))
-    return tmp_path
+def family(tmp_path):
+    rng = np.random.default_rng(1)
+    runs = []
+    for seed in (0, 1):
+        small = _bits(rng, 0.80)
+        small_flip = small | (rng.random(IMAGES) < 0.15)
+        big = _bits(rng, 0.88)
+        runs.append(
+            _run(
+                tmp_path,
+                0.5,
+                seed,
+                [
+                    _eval_row("none", 1.0, 0.19, small, 1.0),
+                    _eval_row("flip", 2.0, 0.38, small_flip, 2.0),
+                    _eval_row("selective-flip", 1.3, 0.247, small_flip, 1.4, flagged=True),
+                ],
+            )
+        )
+        runs.append(
+            _run(tmp_path, 1.0, seed, [_eval_row("none", 1.0, 0.76, big, 3.0), _eval_row("flip", 2.0, 1.52, big, 6.0)])
+        )
+    return runs
 
 
-def test_report_files_hold_the_numbers(fixture_run):
-    written = build_report(fixture_run, budget_ms=5.0)
+def test_family_report_decides_and_draws(family, tmp_path):
+    out = tmp_path / "report"
+    written = build_report(
+        ReportConfig(runs=tuple(map(str, family)), out=str(out), budget_ms=2.5, accuracy_threshold=85)
+    )
     assert {p.name for p in written.values()} == {
         "report.json",
         "report.csv",
@@ -108,32 +223,85 @@ def test_report_files_hold_the_numbers(fixture_run):
         "accuracy_vs_latency.png",
     }
     for png in ("accuracy_vs_gflops.png", "accuracy_vs_latency.png"):
-        assert (fixture_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (
-            fixture_run / png
-        ).stat().st_size > 5000
-    data = json.loads((fixture_run / "report.json").read_text())
-    flip = {v["rule"]: v for v in data["verdicts"] if v["label"].startswith("flip @")}
-    assert flip["total-flops"]["passed"] is False and flip["no-tta"]["passed"] is False
-    assert flip["latency"]["passed"] is False and "6.800 ms/image > budget 5 ms" in flip["latency"]["reason"]
-    selective = {v["rule"]: v for v in data["verdicts"] if v["label"].startswith("selective-flip")}
-    assert selective["total-flops"]["passed"] and selective["latency"]["passed"]
-    rows = list(csv.DictReader((fixture_run / "report.csv").open()))
-    assert [r["accuracy"] for r in rows] == ["0.906100", "0.914200", "0.913900"]
-    assert "91.42" in (fixture_run / "report.md").read_text()
-    assert data["pareto"]["gflops"] == [
-        "none @ onnxruntime/CPU fp32",
-        "selective-flip @ onnxruntime/CPU fp32",
-        "flip @ onnxruntime/CPU fp32",
-    ]
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000
+    data = json.loads((out / "report.json").read_text())
+    points = {p["label"]: p for p in data["points"]}
+    assert points["w0.5 none @ onnxruntime/CPU fp32"]["seeds"] == [0, 1]
+    assert len(data["points"]) == 5 and all(p["ci95"][0] <= p["accuracy"] <= p["ci95"][1] for p in data["points"])
+    decisions = {d["rule"]: d for d in data["decisions"]}
+    assert decisions["no-tta"]["winner"] == "w1 none @ onnxruntime/CPU fp32"
+    # within 2.5 ms the two flip rows tie on accuracy (same bits); the tie goes to the cheaper, selective one
+    assert decisions["latency"]["winner"] == "w0.5 selective-flip @ onnxruntime/CPU fp32"
+    assert decisions["latency"]["runner_up"] == "w0.5 flip @ onnxruntime/CPU fp32"
+    assert decisions["dawnbench"]["winner"] == "w1 none @ onnxruntime/CPU fp32"  # only it reaches 85%
+    assert decisions["total-flops"]["margin"]["statistic"].startswith("accuracy (paired")
+    versus = {v["tta"]: v for v in data["views_vs_width"]}
+    flip_small = versus["w0.5 flip @ onnxruntime/CPU fp32"]
+    assert flip_small["network"] == "w1 none @ onnxruntime/CPU fp32" and flip_small["network_costs_at_least_as_much"]
+    assert flip_small["margin"]["difference"] < 0 and flip_small["margin"]["images"] == 2 * IMAGES
+    text = (out / "report.md").read_text()
+    assert text.index("## Decisions") < text.index("## Extra views") < text.index("## Points")
+    assert "0.76" in text and "selective-flip" in text and "spread: w0.5 selective-flip" in text
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 5 and {r["seeds"] for r in rows} == {"2"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["runs"]) == {"costs"} and "report.md" in manifest["artifacts"]
+
+
+def test_family_bad_inputs(family, tmp_path):
+    def report(runs, **kwargs):
+        return build_report(ReportConfig(runs=tuple(map(str, runs)), **kwargs))
+
+    with pytest.raises(DawnpipeError, match="needs a folder of its own"):
+        report(family)
+    other = _run(tmp_path / "o", 0.75, 0, [_eval_row("none", 1, 0.43, np.ones(IMAGES, bool), 2.0)], data_sha="e" * 64)
+    with pytest.raises(DawnpipeError, match="other data or classes") as info:
+        report([family[0], other], out=str(tmp_path / "r"))
+    assert str(family[0]) in str(info.value) and str(other) in str(info.value)
+    recipe = _run(tmp_path / "p", 0.75, 0, [_eval_row("none", 1, 0.43, np.ones(IMAGES, bool), 2.0)], epochs=9)
+    with pytest.raises(DawnpipeError, match="different recipes"):
+        report([family[0], recipe], out=str(tmp_path / "r"))
+    with pytest.raises(DawnpipeError, match="same configuration"):
+        report([family[0], family[0]], out=str(tmp_path / "r"))
+    # an eval.json copied in from another run is refused
+    (family[1] / "eval.json").write_bytes((family[0] / "eval.json").read_bytes())
+    with pytest.raises(DawnpipeError, match="not the eval.json that"):
+        report([family[1]])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda row: row.pop("accuracy"), "accuracy"),
+        (lambda row: row.update(accuracy="high"), "accuracy"),
+        (lambda row: row["latency"]["batch1"].update(p50_ms=-3.0), "p50_ms"),
+        (lambda row: row.update(images=-1), "images"),
+    ],
+)
+def test_damaged_eval_rows_are_named(tmp_path, mutate, message):
+    row = _eval_row("none", 1, 0.76, np.ones(IMAGES, bool), 3.0)
+    mutate(row)
+    run = _run(tmp_path, 1.0, 0, [row])
+    with pytest.raises(DawnpipeError, match=message):
+        build_report(ReportConfig(runs=(str(run),)))
+
+
+def test_empty_eval_file_is_refused(tmp_path):
+    run = _run(tmp_path, 1.0, 0, [])
+    with pytest.raises(DawnpipeError, match="no eval rows"):
+        build_report(ReportConfig(runs=(str(run),)))
 
 
 def test_costs_cli_without_eval_names_the_command(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    update_manifest(tmp_path, run=("train", {"config": {"seed": 0}}))
     result = CliRunner().invoke(main, ["costs", str(tmp_path)])
-    assert result.exit_code == 1 and "no eval results" in result.output and "cli.py eval" in result.output
+    assert result.exit_code == 1 and "no eval results" in result.output and "dawnpipe eval" in result.output
 
 
-def test_costs_cli_bad_rule_and_budget(fixture_run):
-    result = CliRunner().invoke(main, ["costs", str(fixture_run), "--rule", "fastest"])
-    assert result.exit_code == 1 and "unknown rule 'fastest'" in result.output
-    result = CliRunner().invoke(main, ["costs", str(fixture_run), "--budget-gflops", "0"])
-    assert result.exit_code == 1 and "not a positive budget" in result.output
+def test_costs_cli_bad_options_are_one_line(family):
+    for args in (["--rule", "fastest"], ["--budget-gflops", "0"], ["--accuracy-threshold", "abc"]):
+        result = CliRunner().invoke(main, ["costs", str(family[0]), *args])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    result = CliRunner().invoke(main, ["costs", str(family[0]), "--rule", "latency"])
+    assert result.exit_code == 1 and "needs a budget" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ from dawnpipe.common.tta import (
     views,
 )
 from dawnpipe.export.api import ExportConfig, export
-from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend, choose_providers, load
+from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend, choose_providers, load, provider_options
 from dawnpipe.infer.evaluate import EvalConfig, evaluate, unpack_bits, wilson_interval
 from dawnpipe.infer.latency import Protocol, measure_rows
 from dawnpipe.infer.modes import run_mode
@@ -323,6 +324,10 @@ def test_provider_lists_keep_cuda_between_tensorrt_and_cpu():
     assert choose_providers("cpu", every) == ["CPUExecutionProvider"]
     with pytest.raises(DawnpipeError, match="unknown provider"):
         choose_providers("rocm", every)
+    trt, cuda, cpu = provider_options(every, "fp16", Path("/run/x"), 1024)
+    assert trt["trt_fp16_enable"] is True and trt["trt_engine_cache_path"] == "/run/x"
+    assert trt["trt_profile_max_shapes"] == "images:1024x32x32x3" and cuda == cpu == {}
+    assert provider_options(every, "fp32", Path("/r"), 64)[0]["trt_fp16_enable"] is False
 
 
 def test_provider_not_installed_names_installed_ones(onnx_plain):
@@ -340,3 +345,11 @@ def test_large_inputs_are_split_into_bounded_calls(onnx_plain, images):
         whole = model.infer(images)
         model.max_batch = 3
         assert np.abs(model.infer(images) - whole).max() < 1e-5
+
+
+def test_fp32_reference_turns_tf32_off(trained_run):
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    with load(trained_run, precision="fp32"):
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+        assert torch.get_float32_matmul_precision() == "highest"

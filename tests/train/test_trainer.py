@@ -58,7 +58,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path):
     assert "\n" not in str(info.value)
     assert good.checkpoint.read_bytes() == before  # other runs untouched
     ckpt = tmp_path / "nan2" / "checkpoint.pt"
-    if ckpt.exists():  # whatever was saved is from a finished, finite epoch
+    # the message says whether an epoch finished; a checkpoint exists exactly then, and holds finite weights
+    assert ckpt.exists() == ("is kept at" in str(info.value)), str(info.value)
+    if ckpt.exists():
         saved = load_checkpoint(ckpt)
         assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
@@ -96,3 +98,41 @@ def test_ema_updates_count_global_steps(image_folder, tmp_path):
     state = load_checkpoint(result.checkpoint)["state"]
     assert state["ema_updates"] == 20 // 5
     assert result.metrics["ema_test_acc"] >= 0.75
+
+
+def test_sync_bn_is_refused_before_any_work(tmp_path):
+    # convert_sync_batchnorm would replace every GhostBatchNorm with plain BN; refused before data is read
+    cfg = config_from_options(data=tmp_path / "no-such-data", sync_bn=True, out=tmp_path)
+    with pytest.raises(DawnpipeError, match="ghost batch norm"):
+        train(cfg, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_nonfinite_step_is_skipped_on_device():
+    from dawnpipe.train.guard import NonFiniteGuard
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    guard = NonFiniteGuard(optimizer, list(model.parameters()))
+    x = torch.randn(8, 4)
+
+    def backward(scale=1.0):
+        optimizer.zero_grad(set_to_none=True)
+        (model(x).square().mean() * scale).backward()
+
+    backward(512.0)
+    assert not guard.step(1 / 512)  # a good step moves the weights
+    before = [p.detach().clone() for p in model.parameters()]
+    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    backward(512.0)
+    model.weight.grad[0, 0] = float("inf")  # the injected overflow
+    assert guard.step(1 / 512)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert all(
+        torch.equal(optimizer.state[p]["momentum_buffer"], m) for p, m in zip(model.parameters(), momentum, strict=True)
+    )
+    assert int(guard.skipped) == 1
+    backward(512.0)
+    guard.step(1 / 512)
+    assert not torch.equal(model.weight, before[0]) and torch.isfinite(model.weight).all()
