@@ -57,6 +57,20 @@ def _default(name: str, config=None):
     return (config or TrainConfig).__dataclass_fields__[name].default
 
 
+def _configs():
+    """The torch-free config dataclasses whose defaults the commands below show (export, engine, eval, report)."""
+    from dawnpipe.costs.report import ReportConfig
+    from dawnpipe.export.config import ExportConfig
+    from dawnpipe.export.tensorrt_build import EngineSpec
+    from dawnpipe.infer.evaluate import EvalConfig
+    from dawnpipe.infer.latency import Protocol
+
+    return ExportConfig, EngineSpec, EvalConfig, Protocol, ReportConfig
+
+
+_EXPORT, _ENGINE, _EVAL, _PROTOCOL, _REPORT = _configs()
+
+
 def _train_options(command):
     """The training options, shared by `train` and `pipeline`; defaults come from TrainConfig/ModelConfig."""
     from dawnpipe.train.config import ModelConfig
@@ -256,38 +270,44 @@ def _modes():
 @click.option(
     "--tta",
     type=click.Choice(_modes()[0]),
-    default="none",
+    default=_default("tta", _EXPORT),
     show_default=True,
     help="TTA views baked into the graph (selective TTA is applied at run time instead).",
 )
-@click.option("--shift", type=click.IntRange(1, 8), default=1, show_default=True, help="Pixels of the translate views.")
+@click.option(
+    "--shift", type=click.IntRange(1, 8), default=_default("shift", _EXPORT), show_default=True, help="Translate px."
+)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16"]),
-    default="fp32",
+    default=_default("precision", _EXPORT),
     show_default=True,
     help="fp32, or fp16 weights and compute (for GPUs; the input stays uint8 and the output float32).",
 )
 @click.option(
     "--weights",
     type=click.Choice(["ema", "raw"]),
-    default="ema",
+    default=_default("weights", _EXPORT),
     show_default=True,
     help="Which weights of the checkpoint to export.",
 )
 @click.option("--trt", is_flag=True, help="Also build a TensorRT engine (needs TensorRT and an NVIDIA GPU).")
 @click.option(
-    "--trt-opt-batch", type=click.IntRange(min=1), default=256, show_default=True, help="Batch the engine is tuned for."
+    "--trt-opt-batch",
+    type=click.IntRange(min=1),
+    default=_default("opt_batch", _ENGINE),
+    show_default=True,
+    help="Batch the engine is tuned for.",
 )
 @click.option(
     "--trt-max-batch",
     type=click.IntRange(min=1),
-    default=1024,
+    default=_default("max_batch", _ENGINE),
     show_default=True,
     help="Largest batch the engine takes.",
 )
 @click.option("--triton", type=click.Path(path_type=Path), default=None, help="Write a Triton model repository here.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset to write.")
+@click.option("--opset", type=int, default=_default("opset", _EXPORT), show_default=True, help="ONNX opset to write.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -332,7 +352,7 @@ def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | 
 @click.option(
     "--tta",
     type=_ModeList(_modes()[1]),
-    default="none,flip,selective-flip",
+    default=",".join(_default("tta", _EVAL)),
     show_default=True,
     help=f"Comma-separated modes from {', '.join(_modes()[1])}, or all. selective-MODE: extra views only for "
     "images whose plain-view confidence is below the artifact's calibrated threshold.",
@@ -352,9 +372,19 @@ def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | 
     help="onnxruntime execution provider.",
 )
 @click.option(
-    "--threads", type=click.IntRange(min=0), default=0, show_default=True, help="CPU threads (0 = all cores)."
+    "--threads",
+    type=click.IntRange(min=0),
+    default=_default("threads", _EVAL),
+    show_default=True,
+    help="CPU threads (0 = all cores).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Images per call.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=_default("batch_size", _EVAL),
+    show_default=True,
+    help="Images per call.",
+)
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Evaluate on N test images (balanced).")
 @click.option(
     "--selective-threshold",
@@ -364,10 +394,18 @@ def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | 
 )
 @click.option("--no-latency", is_flag=True, help="Skip latency and throughput.")
 @click.option(
-    "--latency-rounds", type=click.IntRange(1, 100), default=5, show_default=True, help="Interleaved timing rounds."
+    "--latency-rounds",
+    type=click.IntRange(1, 100),
+    default=_default("rounds", _PROTOCOL),
+    show_default=True,
+    help="Interleaved timing rounds.",
 )
 @click.option(
-    "--latency-calls", type=click.IntRange(1, 10_000), default=20, show_default=True, help="Calls per row per round."
+    "--latency-calls",
+    type=click.IntRange(1, 10_000),
+    default=_default("calls", _PROTOCOL),
+    show_default=True,
+    help="Calls per row per round.",
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Folder for eval.json (default: the artifact's)."
@@ -461,7 +499,7 @@ def _rule_options(command):
         click.option(
             "--accuracy-threshold",
             type=_Finite(0, 100),
-            default=94.0,
+            default=_default("accuracy_threshold", _REPORT),
             show_default=True,
             help="dawnbench rule: accuracy (%) a configuration must reach before its latency counts.",
         ),
@@ -521,7 +559,11 @@ def _rule_config(opts: dict) -> dict:
     help=f"Comma-separated modes to evaluate, from {', '.join(_modes()[1])}, or all.",
 )
 @click.option(
-    "--latency-rounds", type=click.IntRange(1, 100), default=5, show_default=True, help="Interleaved timing rounds."
+    "--latency-rounds",
+    type=click.IntRange(1, 100),
+    default=_default("rounds", _PROTOCOL),
+    show_default=True,
+    help="Interleaved timing rounds.",
 )
 @_rule_options
 def pipeline(widths, seeds, tta_modes, latency_rounds, rules, budget_gflops, budget_ms, accuracy_threshold, **opts):

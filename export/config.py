@@ -1,0 +1,26 @@
+"""The export options as one frozen dataclass (torch-free, so the CLI can show its defaults without torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dawnpipe.export.tensorrt_build import EngineSpec
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how to check it."""
+
+    source: str  # run folder or checkpoint.pt
+    weights: str = "ema"  # ema | raw
+    tta: str = "none"  # none | flip | translate | flip-translate, baked into the graph
+    shift: int = 1  # pixels, for the translate views
+    precision: str = "fp32"  # fp32 | fp16
+    opset: int = 17  # ONNX opset; 17 is read by TensorRT 8.6+ and every current onnxruntime
+    trt: bool = False  # also build a TensorRT engine
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    triton: str | None = None  # folder for a Triton model repository
+    out: str | None = None  # output folder for artifacts and their manifest; None = the checkpoint's run folder
+    check_images: int = 1000  # images (divided by the view count for TTA graphs, at least 128)
+    fp32_tolerance: float = 1e-3  # max |logit difference| onnxruntime vs PyTorch for fp32
+    fp16_min_agreement: float = 0.99  # top-1 agreement of the fp16 graph with fp32 on the check images
