@@ -19,7 +19,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 from dawnpipe.costs.rules import Point
-from dawnpipe.costs.stats import wilson
+from dawnpipe.infer.evaluate import wilson_interval
 
 _PER_RUN = ("seed", "name", "out", "resume", "model")  # config fields allowed to differ between runs of a family
 
@@ -175,7 +175,7 @@ def _pool(width: float, backend: str, precision: str, tta: str, members: list[tu
         seeds=tuple(seed for seed, _ in members),
         accuracy=float(accs.mean()),
         accuracy_std=float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-        ci95=wilson(correct, total),
+        ci95=wilson_interval(correct, total),
         views_per_image=float(np.mean([row["views_per_image"] for _, row in members])),
         gflops_per_image=float(np.mean([row["gflops_per_image"] for _, row in members])),
         latency_ms=mean_of("mean_ms"),

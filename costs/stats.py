@@ -119,16 +119,6 @@ def paired_difference(a_correct: list[np.ndarray], b_correct: list[np.ndarray]) 
     )
 
 
-def wilson(correct: int, total: int) -> tuple[float, float]:
-    """95% Wilson interval of a pooled proportion."""
-    if total == 0:
-        return 0.0, 1.0
-    p, z2 = correct / total, Z95 * Z95
-    centre = (p + z2 / (2 * total)) / (1 + z2 / total)
-    half = Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / (1 + z2 / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def mean_difference(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int):
     """Difference of two means with a normal-approximation 95% interval (latency: hundreds of calls per row)."""
     se = math.sqrt(std_a**2 / max(n_a, 1) + std_b**2 / max(n_b, 1))

@@ -25,7 +25,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json, sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
-from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, TTA_MODES, apply_view, combine, parse_mode, views
+from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, apply_view, combine, parse_mode, views
 from dawnpipe.common.tta import selective_from_views as _selective_from_views
 from dawnpipe.infer.backends import Backend, load
 from dawnpipe.infer.latency import Protocol, measure_rows
@@ -327,5 +327,3 @@ def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Pat
         )
     return path
 
-
-__all__ = ["EvalConfig", "evaluate", "read_eval", "wilson_interval", "pack_bits", "unpack_bits", "TTA_MODES"]
