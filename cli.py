@@ -181,6 +181,9 @@ def _train_options(command):
             help="Continue an interrupted run folder from its checkpoint (other options come from the checkpoint).",
         ),
         click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks."),
+        click.option(
+            "--compile", is_flag=True, help="torch.compile the training step (falls back to eager with a notice)."
+        ),
     ]
     for option in reversed(options):
         command = option(command)

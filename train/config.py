@@ -76,7 +76,8 @@ class TrainConfig:
     eval_every: int = 1  # epochs between EMA test evaluations (the last epoch is always evaluated)
     out: str = "runs"  # parent folder of run folders
     name: str | None = None  # run folder name; None = from time and seed
-    sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics
+    sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics (refused: it drops ghost BN)
+    compile: bool = False  # torch.compile the training forward/backward (inductor); eager with a notice if it fails
     resume: str | None = None  # run folder (or checkpoint) to continue instead of starting over
 
     def to_dict(self) -> dict:

@@ -140,6 +140,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                 f"resume with torchrun --nproc_per_node {saved_world} (or without torchrun for 1)",
             )
     live = model if dist is None else dist.wrap(model)  # after resume: DDP broadcasts the loaded weights
+    if cfg.compile:
+        live = CompiledOrEager(live)
 
     run_id = resume_state.get("run_id") if resume_state is not None else None
     run_id = run_id or uuid.uuid4().hex  # names this run in every artifact made from it
@@ -332,6 +334,38 @@ def accuracy(
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+class CompiledOrEager:
+    """``torch.compile`` of a module for the training step, falling back to eager on the first failure.
+
+    Compilation happens lazily at the first call, so that is where a missing compiler or an unsupported op shows
+    up; the fallback prints one line and the run goes on in eager mode (same weights, same numbers).
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.compiled: Any = None
+        self.notice: str | None = None
+        try:
+            self.compiled = torch.compile(module)
+        except Exception as err:  # torch.compile itself may refuse (unsupported platform, no dynamo)
+            self._fall_back(err)
+
+    def _fall_back(self, err: BaseException) -> None:
+        self.compiled = None
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        self.notice = f"torch.compile failed ({type(err).__name__}: {first}); training continues in eager mode"
+        print(f"notice: {self.notice}", file=sys.stderr, flush=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as err:  # compile errors surface on the first call, before any weight changes
+                self._fall_back(err)
+        return self.module(x)
+
 
 
 def _autocast(dev: DeviceChoice) -> contextlib.AbstractContextManager:
