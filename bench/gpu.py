@@ -1,7 +1,7 @@
 """The one-command GPU check: `python bench/gpu.py [--data PATH] [--out FILE] [--epochs N]`.
 
 On a CUDA machine, in a few minutes, writes one JSON with:
-- 10-epoch fp16 training (training seconds, images/s, EMA accuracy plain and flip), eager;
+- 10-epoch fp16 training (training seconds, images/s, EMA accuracy plain and flip), eager and compiled;
 - torch CUDA inference per TTA mode: batch-1 latency under the shared protocol, throughput at batch 512;
 - fp32 exactness: the CUDA fp32 reference (TF32 off) against the CPU reference on the same images;
 - DDP on one GPU through torchrun (world size 1, NCCL), a 1-epoch run;
@@ -24,11 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(data: str | None, epochs: int, out: Path, name: str) -> dict:
+def _train(data: str | None, epochs: int, out: Path, name: str, compile: bool = False) -> dict:
     from dawnpipe.train.api import config_from_options
     from dawnpipe.train.trainer import train
 
-    cfg = config_from_options(data=data, epochs=epochs, out=out, name=name, device="cuda", eval_every=epochs)
+    cfg = config_from_options(
+        data=data, epochs=epochs, out=out, name=name, device="cuda", eval_every=epochs, compile=compile
+    )
     result = train(cfg, progress=False)
     m = result.metrics
     return {
@@ -154,6 +156,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         report["train_eager"] = _train(args.data, args.epochs, out, "eager")
+        report["train_compiled"] = _train(args.data, args.epochs, out, "compiled", compile=True)
         run = report["train_eager"]["run"]
         images = load_cifar(args.data).test_x
         for name, step in (
