@@ -71,6 +71,16 @@ def _configs():
 _EXPORT, _ENGINE, _EVAL, _PROTOCOL, _REPORT = _configs()
 
 
+def _runtimes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Backend and onnxruntime provider names, from infer.backends (torch-free at import)."""
+    from dawnpipe.infer.backends import BACKENDS, PROVIDERS
+
+    return BACKENDS, tuple(PROVIDERS)
+
+
+_BACKENDS, _PROVIDERS = _runtimes()
+
+
 def _train_options(command):
     """The training options, shared by `train` and `pipeline`; defaults come from TrainConfig/ModelConfig."""
     from dawnpipe.train.config import ModelConfig
@@ -362,14 +372,14 @@ def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | 
 )
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    type=click.Choice(_BACKENDS),
     default="auto",
     show_default=True,
     help="Runtime (auto: from the artifact's kind).",
 )
 @click.option(
     "--provider",
-    type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+    type=click.Choice(["auto", *_PROVIDERS]),
     default="auto",
     show_default=True,
     help="onnxruntime execution provider.",
@@ -448,7 +458,7 @@ def eval_command(
 @click.option("--tta", type=click.Choice(_modes()[1]), default="none", show_default=True, help="TTA mode.")
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+    type=click.Choice(_BACKENDS),
     default="auto",
     show_default=True,
     help="Runtime (auto: from the artifact's kind).",

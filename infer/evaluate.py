@@ -25,7 +25,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json, sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
-from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, apply_view, combine, parse_mode, views
+from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, combine, parse_mode, view_logits, views
 from dawnpipe.common.tta import selective_from_views as _selective_from_views
 from dawnpipe.infer.backends import Backend, load
 from dawnpipe.infer.latency import Protocol, measure_rows
@@ -162,12 +162,7 @@ def _mode_logits(
         for view in views(base, cfg.shift):
             key = (view.flip, view.dy, view.dx)
             if key not in cache:
-                cache[key] = np.concatenate(
-                    [
-                        backend.infer(apply_view(images[i : i + cfg.batch_size], view))
-                        for i in range(0, len(images), cfg.batch_size)
-                    ]
-                )
+                (cache[key],) = view_logits(backend.infer, images, (view,), cfg.batch_size)
             out.append(cache[key])
         return out
 
@@ -326,4 +321,3 @@ def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Pat
             },
         )
     return path
-

@@ -29,7 +29,7 @@ from dawnpipe.common.device import DeviceChoice, choose_device
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import ensure_writable_dir
 from dawnpipe.common.manifest import artifact_entry, update_manifest
-from dawnpipe.common.tta import tta_logits, views
+from dawnpipe.common.tta import softmax_confidence, tta_logits, views
 from dawnpipe.train.augment import augment
 from dawnpipe.train.calibration import calibrate_threshold, describe_holdout, split_holdout
 from dawnpipe.train.checkpoint import CHECKPOINT_NAME, input_contract, load_checkpoint, save_checkpoint
@@ -298,15 +298,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
 def plain_confidence(
     model: ResNet9, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: DeviceChoice, batch: int = 1000
 ) -> np.ndarray:
-    """Top-1 softmax probability of the plain view per image (what selective TTA thresholds)."""
+    """Top-1 softmax probability of the plain view per image, computed by the same function deployment
+    thresholds with (``common.tta.softmax_confidence``)."""
     model.eval()
     compute = dev.autocast_dtype or torch.float32
     out = []
     with _autocast(dev):
         for i in range(0, len(images), batch):
-            logits = model(normalize(images[i : i + batch], mean, std, compute)).float()
-            out.append(torch.softmax(logits, dim=1).amax(dim=1).cpu())
-    return torch.cat(out).numpy()
+            out.append(model(normalize(images[i : i + batch], mean, std, compute)).float().cpu())
+    return softmax_confidence(torch.cat(out).numpy())
 
 
 @torch.no_grad()
@@ -365,7 +365,6 @@ class CompiledOrEager:
             except Exception as err:  # compile errors surface on the first call, before any weight changes
                 self._fall_back(err)
         return self.module(x)
-
 
 
 def _autocast(dev: DeviceChoice) -> contextlib.AbstractContextManager:
