@@ -190,6 +190,17 @@ def _train_options(command):
             default=None,
             help="Continue an interrupted run folder from its checkpoint (other options come from the checkpoint).",
         ),
+        click.option(
+            "--overwrite",
+            is_flag=True,
+            help="Replace a finished or interrupted run of the same --name: its folder's files are deleted first.",
+        ),
+        click.option(
+            "--unofficial-batches",
+            is_flag=True,
+            help="Accept CIFAR pickle batches whose md5 is not the published one (a batch set you made); they are "
+            "still decoded without running any code from the file.",
+        ),
         click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks."),
         click.option(
             "--compile", is_flag=True, help="torch.compile the training step (falls back to eager with a notice)."
@@ -272,6 +283,25 @@ class _NumberList(click.ParamType):
         return items
 
 
+def _trust_options(command):
+    """The two explicit overrides of the artifact checks, shared by export, eval and predict."""
+    options = [
+        click.option(
+            "--allow-foreign",
+            is_flag=True,
+            help="Use an artifact its folder's manifest does not list or recorded differently (marked unchecked).",
+        ),
+        click.option(
+            "--allow-incomplete",
+            is_flag=True,
+            help="Use a model from a training run that was interrupted before its last epoch (marked as such).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _modes():
     from dawnpipe.common.tta import ALL_MODES, TTA_MODES
 
@@ -327,6 +357,7 @@ def _modes():
     default=None,
     help="Folder for the artifacts and the manifest that lists them (default: the run folder).",
 )
+@_trust_options
 def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | None, out: Path | None, **opts) -> None:
     """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine."""
     from dawnpipe.export.api import ExportConfig
@@ -423,6 +454,7 @@ def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | 
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Folder for eval.json (default: the artifact's)."
 )
+@_trust_options
 def eval_command(
     artifact: Path,
     data: Path | None,
@@ -465,7 +497,10 @@ def eval_command(
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Classes to print per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of lines.")
-def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, top_k: int, as_json: bool) -> None:
+@_trust_options
+def predict(
+    artifact: Path, images: tuple[Path, ...], tta: str, backend: str, top_k: int, as_json: bool, **trust
+) -> None:
     """Classify IMAGES (files or folders; any size or mode, converted to 32x32 RGB) with ARTIFACT."""
     import json
     import warnings
@@ -475,7 +510,7 @@ def predict(artifact: Path, images: tuple[Path, ...], tta: str, backend: str, to
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *args, **kwargs: click.echo(f"warning: {message}", err=True)
-        with Predictor(artifact, tta=tta, backend=backend, top_k=top_k) as predictor:
+        with Predictor(artifact, tta=tta, backend=backend, top_k=top_k, **trust) as predictor:
             results = predictor.predict_files(list(images))
     if as_json:
         click.echo(json.dumps({"conversion": CONVERSION, "results": [r.to_dict() for r in results]}, indent=2))

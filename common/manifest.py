@@ -81,14 +81,18 @@ def update_manifest(
     run: tuple[str, dict[str, Any]] | None = None,
     artifacts: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Merge one stage's run record and artifacts into the manifest, written atomically."""
-    data = read_manifest(run_dir)
-    if run is not None:
-        name, record = run
-        data["runs"][name] = {**record, "versions": versions()}
-    for name, entry in (artifacts or {}).items():
-        data["artifacts"][name] = entry
-    return atomic_write_json(Path(run_dir) / MANIFEST_NAME, data)
+    """Merge one stage's run record and artifacts into the manifest, written atomically under the folder's lock
+    (a read-modify-write: two processes updating at once would otherwise lose one update)."""
+    from dawnpipe.common.run_folder import RunFolder
+
+    with RunFolder(run_dir, wait=30.0):
+        data = read_manifest(run_dir)
+        if run is not None:
+            name, record = run
+            data["runs"][name] = {**record, "versions": versions()}
+        for name, entry in (artifacts or {}).items():
+            data["artifacts"][name] = entry
+        return atomic_write_json(Path(run_dir) / MANIFEST_NAME, data)
 
 
 def find_artifact(run_dir: str | Path, sha256: str) -> tuple[str, dict[str, Any]] | None:

@@ -66,7 +66,13 @@ def load_run(run_dir: str | Path) -> Run:
         )
     known = {e.get("sha256") for e in manifest.get("artifacts", {}).values()}
     rows = read_eval(path)["rows"]
+    run_id = train.get("run_id")
     for row in rows:
+        if run_id and row.get("run_id") and row["run_id"] != run_id:
+            raise DawnpipeError(
+                f"{path}: a row describes {row.get('artifact')} of run {row['run_id']}, but {run_dir} is run {run_id}",
+                "evaluate the artifacts of this run, in this run folder",
+            )
         if row.get("artifact_sha256") not in known:
             raise DawnpipeError(
                 f"{path}: a row describes {row.get('artifact')} (sha256 {str(row.get('artifact_sha256'))[:12]}...), "

@@ -75,6 +75,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
     stage = _Stages(say, started)
     base = cfg.train.name or time.strftime("%Y%m%d-%H%M%S")
     family = len(cfg.widths) * len(cfg.seeds) > 1
+    _check_run_folders(cfg, base, family)
     on_gpu = torch.cuda.is_available()
     skipped: list[str] = []
     artifacts: dict[str, Path] = {}
@@ -86,15 +87,23 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
     runs: list[Path] = []
     for width in cfg.widths:
         for seed in cfg.seeds:
-            name = f"{base}-w{width:g}-s{seed}" if family else base
+            name = _run_name(base, width, seed, family)
             tag = f"{name}: " if family else ""
-            run_cfg = replace(cfg.train, model=replace(cfg.train.model, width=width), seed=seed, name=name,
-                              eval_every=cfg.train.epochs)
+            run_cfg = replace(
+                cfg.train,
+                model=replace(cfg.train.model, width=width),
+                seed=seed,
+                name=name,
+                eval_every=cfg.train.epochs,
+            )
             stage("train", f"{tag}width {width:g}, seed {seed}, {run_cfg.epochs} epochs")
             trained = train(run_cfg, progress=True)
             m = trained.metrics
-            stage("train", f"{tag}EMA test accuracy {m['ema_test_acc']:.4f} (flip {m['ema_test_acc_flip']:.4f}), "
-                  f"{m['train_seconds']:.0f} s")
+            stage(
+                "train",
+                f"{tag}EMA test accuracy {m['ema_test_acc']:.4f} (flip {m['ema_test_acc_flip']:.4f}), "
+                f"{m['train_seconds']:.0f} s",
+            )
             run = trained.run_dir
             runs.append(run)
             source = load_source(run)
@@ -104,8 +113,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
                 written.append(export_onnx_model(source, run, precision="fp16"))
             if on_gpu and trt_reason is None:
                 written.append(build_engine_artifact(written[-1], run))
-            record(run, source, written, {"precisions": [a.entry["precision"] for a in written if "precision" in
-                                                         a.entry]})
+            record(
+                run, source, written, {"precisions": [a.entry["precision"] for a in written if "precision" in a.entry]}
+            )
             evals: list[tuple[str, Path, str]] = [("torch", run, "auto"), ("onnxruntime", written[0].path, "cpu")]
             if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
                 evals.append(("onnxruntime", written[1].path, "cuda"))
@@ -136,6 +146,27 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
     for note in skipped:
         say(f"note: skipped {note}")
     return PipelineResult(report_dir, runs, artifacts, skipped, time.perf_counter() - started)
+
+
+def _run_name(base: str, width: float, seed: int, family: bool) -> str:
+    return f"{base}-w{width:g}-s{seed}" if family else base
+
+
+def _check_run_folders(cfg: PipelineConfig, base: str, family: bool) -> None:
+    """Every run folder the family will write is checked before the first training starts: a clash found at
+    run 5 would otherwise cost four trainings."""
+    from dawnpipe.common.run_folder import RunFolder, check_run_name
+
+    check_run_name(base)
+    for width in cfg.widths:
+        for seed in cfg.seeds:
+            folder = RunFolder(Path(cfg.train.out) / _run_name(base, width, seed, family))
+            state = folder.state() if folder.path.is_dir() else "empty"
+            if state != "empty" and not cfg.train.overwrite:
+                raise DawnpipeError(
+                    f"{folder.path} already holds a {state} run; nothing was trained",
+                    "pick another --name, or pass --overwrite to replace it",
+                )
 
 
 class _Stages:

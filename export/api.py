@@ -39,6 +39,7 @@ class Source:
     path: Path
     payload: dict[str, Any]
     sha256: str
+    lineage: str = "unchecked"  # manifest | self-described | override (common.lineage)
 
     @property
     def run_dir(self) -> Path:
@@ -67,10 +68,16 @@ class ExportResult:
     seconds: float = 0.0
 
 
-def load_source(source: str | Path) -> Source:
-    """Resolve, load and hash a checkpoint."""
+def load_source(source: str | Path, *, allow_foreign: bool = False, allow_incomplete: bool = False) -> Source:
+    """Resolve, load and hash a checkpoint; it must be the one its run's manifest recorded and come from a
+    finished run, unless allowed explicitly (the ONNX metadata then says so)."""
+    from dawnpipe.common.lineage import check_complete, check_lineage
+
     ckpt = resolve_checkpoint(source)
-    return Source(ckpt, load_checkpoint(ckpt), sha256_file(ckpt))
+    payload = load_checkpoint(ckpt)
+    lineage = check_lineage(ckpt, payload.get("run_id"), allow_foreign=allow_foreign)
+    check_complete(ckpt, checkpoint_meta(payload)["complete"], allow_incomplete=allow_incomplete)
+    return Source(ckpt, payload, sha256_file(ckpt), lineage)
 
 
 def export_onnx_model(
@@ -116,6 +123,7 @@ def export_onnx_model(
         "selective": meta["selective"],
         "complete": meta["complete"],
         "source_checkpoint_sha256": source.sha256,
+        "lineage": source.lineage,
         "weights": weights,
         "tta_mode": tta,
         "tta_views": len(tta_views),
@@ -155,6 +163,8 @@ def export_onnx_model(
         metrics={"check": check, "model_gflops_per_image": flops.model_flops / 1e9},
         opset=opset,
         run_id=meta["run_id"],
+        lineage=source.lineage,
+        complete=meta["complete"],
     )
     return Artifact(path, entry, check)
 
@@ -208,7 +218,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     if cfg.precision not in PRECISIONS:
         raise DawnpipeError(f"unknown precision {cfg.precision!r}", f"use --precision {' or '.join(PRECISIONS)}")
     check_opset(cfg.opset)
-    source = load_source(cfg.source)
+    source = load_source(cfg.source, allow_foreign=cfg.allow_foreign, allow_incomplete=cfg.allow_incomplete)
     out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else source.run_dir)
     onnx = export_onnx_model(
         source,

@@ -24,3 +24,5 @@ class ExportConfig:
     check_images: int = 1000  # images (divided by the view count for TTA graphs, at least 128)
     fp32_tolerance: float = 1e-3  # max |logit difference| onnxruntime vs PyTorch for fp32
     fp16_min_agreement: float = 0.99  # top-1 agreement of the fp16 graph with fp32 on the check images
+    allow_foreign: bool = False  # export a checkpoint its run's manifest does not list (marked in the metadata)
+    allow_incomplete: bool = False  # export a checkpoint of an interrupted run (marked in the metadata)

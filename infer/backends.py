@@ -42,6 +42,7 @@ class Backend:
         self.selective: dict[str, Any] | None = meta.get("selective")
         self.threads = threads or default_threads()
         self.device = "cpu"
+        self.lineage = "unchecked"  # set by load(): manifest | self-described | override
 
     def check_input(self, images: Any) -> np.ndarray:
         """The uint8 [N, 32, 32, 3] contract, enforced with a one-line error before any runtime sees the data."""
@@ -88,6 +89,8 @@ class Backend:
             "graph_views": self.graph_views,
             "threads": self.threads,
             "run_id": self.meta.get("run_id"),
+            "lineage": self.lineage,
+            "complete": bool(self.meta.get("complete", True)),
         }
 
     def __enter__(self) -> Backend:
@@ -172,6 +175,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
                 "export it with `dawnpipe export`, which records the input contract",
             )
+        _check_onnx_metadata(meta, path)
         super().__init__(path, meta, threads)
         chosen = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
@@ -183,6 +187,7 @@ class OnnxRuntimeBackend(Backend):
             raise DawnpipeError(
                 f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})", "re-export the model"
             ) from None
+        _check_graph_io(self._session, meta, path)
         # get_available_providers() lists CUDA/TensorRT even when their libraries are missing; what the session
         # really runs on is get_providers() after creation
         self.provider = self._session.get_providers()[0]
@@ -198,6 +203,45 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "provider": self.provider}
+
+
+def _check_onnx_metadata(meta: dict[str, Any], path: Path) -> None:
+    """The metadata fields the backends and evaluation rely on, checked by type before anything uses them."""
+    from dawnpipe.common.tta import TTA_MODES
+
+    classes, contract = meta.get("classes"), meta.get("input_contract")
+    problem = None
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        problem = "its metadata 'classes' is not a list of at least 2 names"
+    elif not isinstance(contract, dict) or not isinstance(contract.get("normalization", {}), dict):
+        problem = "its metadata 'input_contract' is not an object"
+    elif meta.get("tta_mode", "none") not in TTA_MODES:
+        problem = f"its metadata names an unknown TTA mode {meta.get('tta_mode')!r}"
+    elif not isinstance(meta.get("tta_views", 1), int) or not 1 <= meta.get("tta_views", 1) <= 64:
+        problem = f"its metadata 'tta_views' is {meta.get('tta_views')!r}"
+    if problem:
+        raise DawnpipeError(f"{path}: {problem}", "re-export it with `dawnpipe export`")
+
+
+def _check_graph_io(session: Any, meta: dict[str, Any], path: Path) -> None:
+    """The real graph must take what the metadata promises: one uint8 [N, 32, 32, 3] input ``images`` and
+    float32 ``logits`` with one column per class. A graph edited after export fails here, not mid-evaluation."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = list(meta["input_contract"].get("shape", [None, 32, 32, 3]))[1:]
+    problem = None
+    if len(inputs) != 1 or inputs[0].name != "images" or inputs[0].type != "tensor(uint8)":
+        got = ", ".join(f"{i.name}: {i.type}" for i in inputs)
+        problem = f"its graph takes ({got}), not the one uint8 input 'images' its metadata describes"
+    elif len(inputs[0].shape) != 4 or list(inputs[0].shape[1:]) != shape:
+        problem = f"its graph input has shape {inputs[0].shape}, not [N, {', '.join(map(str, shape))}]"
+    elif not any(o.name == "logits" and o.type == "tensor(float)" for o in outputs):
+        problem = "its graph has no float32 output 'logits'"
+    else:
+        width = next(o for o in outputs if o.name == "logits").shape[-1]
+        if isinstance(width, int) and width != len(meta["classes"]):
+            problem = f"its graph outputs {width} logits but its metadata names {len(meta['classes'])} classes"
+    if problem:
+        raise DawnpipeError(f"{path}: {problem}", "re-export it with `dawnpipe export`")
 
 
 def choose_providers(provider: str, available: list[str]) -> list[str]:
@@ -310,8 +354,14 @@ def load(
     device: str = "auto",
     precision: str = "auto",
     threads: int = 0,
+    allow_foreign: bool = False,
+    allow_incomplete: bool = False,
 ) -> Backend:
-    """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it)."""
+    """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it).
+
+    The artifact must be the one its folder's manifest recorded (``common.lineage``) and come from a finished
+    training run, unless ``allow_foreign`` / ``allow_incomplete``; ``backend.lineage`` says which check held.
+    """
     path = Path(path).expanduser()
     if backend not in BACKENDS:
         raise DawnpipeError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
@@ -324,11 +374,25 @@ def load(
             f"{path.name} is a {kind}, which the {backend} backend cannot run",
             f"use --backend {wanted} or auto, or pass the matching artifact",
         )
+    if not (path.is_dir() or path.is_file()):
+        raise DawnpipeError(
+            f"artifact {path} is not a regular file", "pass a run folder, checkpoint.pt, .onnx or .engine"
+        )
     if kind == "checkpoint":
-        return TorchBackend(path, device=device, precision=precision, threads=threads)
-    if kind == "onnx":
-        return OnnxRuntimeBackend(path, provider=provider, threads=threads)
-    return TensorRTBackend(path)
+        opened: Backend = TorchBackend(path, device=device, precision=precision, threads=threads)
+    elif kind == "onnx":
+        opened = OnnxRuntimeBackend(path, provider=provider, threads=threads)
+    else:
+        opened = TensorRTBackend(path)
+    try:
+        from dawnpipe.common.lineage import check_complete, check_lineage
+
+        opened.lineage = check_lineage(opened.path, opened.meta.get("run_id"), allow_foreign=allow_foreign)
+        check_complete(opened.path, bool(opened.meta.get("complete", True)), allow_incomplete=allow_incomplete)
+    except DawnpipeError:
+        opened.close()
+        raise
+    return opened
 
 
 def artifact_kind(path: Path) -> str:

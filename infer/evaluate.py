@@ -25,6 +25,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json, sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
+from dawnpipe.common.run_folder import RunFolder
 from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, combine, parse_mode, view_logits, views
 from dawnpipe.common.tta import selective_from_views as _selective_from_views
 from dawnpipe.infer.backends import Backend, load
@@ -55,6 +56,8 @@ class EvalConfig:
     throughput_batch: int = 256  # images per call for the throughput figure
     throughput_calls: int = 1  # calls per round at throughput_batch
     out: str | None = None  # folder for eval.json; None = the artifact's folder
+    allow_foreign: bool = False  # evaluate an artifact its folder's manifest does not list (rows marked)
+    allow_incomplete: bool = False  # evaluate a model from an interrupted training run (rows marked)
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -92,7 +95,16 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
     if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:
         raise DawnpipeError(f"--selective-threshold {cfg.selective_threshold} is outside [0, 1]", "use a probability")
     artifact = Path(cfg.artifact).expanduser()
-    with load(artifact, cfg.backend, provider=cfg.provider, threads=cfg.threads) as backend:
+    if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise DawnpipeError(f"--out {cfg.out} is a file, not a folder", "pass a folder for eval.json")
+    with load(
+        artifact,
+        cfg.backend,
+        provider=cfg.provider,
+        threads=cfg.threads,
+        allow_foreign=cfg.allow_foreign,
+        allow_incomplete=cfg.allow_incomplete,
+    ) as backend:
         modes = _runnable_modes(backend, requested, cfg)
         images, labels, data = _test_data(cfg, backend)
         from dawnpipe.export.flops import artifact_flops
@@ -196,7 +208,7 @@ def _test_data(cfg: EvalConfig, backend: Backend) -> tuple[np.ndarray, np.ndarra
             f"no --data given and {backend.path.name} names no data it was trained on",
             "pass --data PATH to the CIFAR-10 test set",
         )
-    data = load_cifar(source, test_limit=cfg.test_limit)
+    data = load_cifar(source, test_limit=cfg.test_limit, trusted_sha256=own.get("sha256"))
     if list(data.classes) != backend.classes:
         raise DawnpipeError(
             f"the data's classes {list(data.classes)} differ from the model's {backend.classes}",
@@ -294,7 +306,11 @@ def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Pat
     out_dir = Path(cfg.out) if cfg.out else (backend.path if backend.path.is_dir() else backend.path.parent)
     if out_dir.exists() and not out_dir.is_dir():
         raise DawnpipeError(f"--out {out_dir} is a file, not a folder", "pass a folder for eval.json")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunFolder(out_dir, wait=30.0):  # eval.json is merged (read-modify-write): one writer at a time
+        return _merge_and_record(out_dir, rows, backend, cfg)
+
+
+def _merge_and_record(out_dir: Path, rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
     path = out_dir / EVAL_NAME
     existing: list[dict[str, Any]] = []
     if path.exists():

@@ -97,10 +97,19 @@ class Predictor:
         shift: int = DEFAULT_SHIFT,
         threshold: float | None = None,
         threads: int = 0,
+        allow_foreign: bool = False,
+        allow_incomplete: bool = False,
     ) -> None:
         if top_k < 1:
             raise DawnpipeError(f"--top-k {top_k} must be at least 1", "pass --top-k 1 or more")
-        self.backend: Backend = load(artifact, backend, provider=provider, threads=threads)
+        self.backend: Backend = load(
+            artifact,
+            backend,
+            provider=provider,
+            threads=threads,
+            allow_foreign=allow_foreign,
+            allow_incomplete=allow_incomplete,
+        )
         self.tta = self.backend.graph_tta if self.backend.graph_tta != "none" else tta
         self.top_k, self.shift, self.threshold = min(top_k, len(self.backend.classes)), shift, threshold
         self.run(np.zeros((1, 32, 32, 3), np.uint8))  # validate the mode and threshold, and warm up

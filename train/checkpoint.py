@@ -57,8 +57,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise DawnpipeError(
-            f"checkpoint {path} does not exist", "pass a run folder or checkpoint made by `cli.py train`"
+            f"checkpoint {path} does not exist", "pass a run folder or checkpoint made by `dawnpipe train`"
         )
+    if not path.is_file():
+        raise DawnpipeError(f"checkpoint {path} is not a regular file", "pass a checkpoint.pt made by `dawnpipe train`")
     return path
 
 
@@ -87,7 +89,57 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is a version {payload.get('version')} checkpoint; this dawnpipe reads version {VERSION}",
             "retrain with this version, or use the dawnpipe that made it",
         )
+    problem = _schema_problem(payload)
+    if problem:
+        raise DawnpipeError(f"{path} is damaged: {problem}", "retrain, or point at an intact checkpoint.pt")
     return payload
+
+
+def _schema_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a tagged checkpoint's fields, or None: every key the loaders read, checked by type."""
+    import math
+
+    from dawnpipe.train.config import TrainConfig
+
+    for key, kind in (("model_config", dict), ("model", dict), ("ema", dict), ("normalization", dict)):
+        if not isinstance(payload.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    model_config = payload["model_config"]
+    fields = ModelConfig.__dataclass_fields__
+    unknown, missing = sorted(set(model_config) - set(fields)), sorted(set(fields) - set(model_config))
+    if unknown or missing:
+        return f"its model config has unknown keys {unknown} and lacks {missing}"
+    kinds = {"float": float, "int": int, "bool": bool}
+    for name, value in model_config.items():
+        want = kinds[str(fields[name].type)]
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, bool) if want is bool else number and (want is float or isinstance(value, int))
+        if not ok:
+            return f"model config field {name!r} is {value!r}, not a finite {want.__name__}"
+    classes = payload.get("classes")
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        return "'classes' is not a list of at least 2 names"
+    if len(classes) != model_config["num_classes"]:
+        return f"it names {len(classes)} classes but its model has {model_config['num_classes']} outputs"
+    norm = payload["normalization"]
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if not isinstance(values, list) or len(values) != 3 or not all(isinstance(v, int | float) for v in values):
+            return f"normalization {key!r} is not 3 numbers"
+        if not all(math.isfinite(v) for v in values) or (key == "std" and min(values) <= 0):
+            return f"normalization {key!r} holds {values}"
+    for key in ("model", "ema"):
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload[key].items()):
+            return f"{key!r} weights are not a mapping of names to tensors"
+    train_config = payload.get("train_config", {})
+    if not isinstance(train_config, dict):
+        return "'train_config' is not a dict"
+    unknown = sorted(set(train_config) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        return f"its training config has unknown keys {unknown} (made by a newer dawnpipe?)"
+    if not isinstance(payload.get("state", {}), dict):
+        return "'state' is not a dict"
+    return None
 
 
 def model_from_checkpoint(payload: dict[str, Any], weights: str = "ema") -> ResNet9:

@@ -79,6 +79,8 @@ class TrainConfig:
     sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics (refused: it drops ghost BN)
     compile: bool = False  # torch.compile the training forward/backward (inductor); eager with a notice if it fails
     resume: str | None = None  # run folder (or checkpoint) to continue instead of starting over
+    overwrite: bool = False  # replace a finished or interrupted run of the same name (refused otherwise)
+    unofficial_batches: bool = False  # accept CIFAR pickle batches whose md5 is not the published one
 
     def to_dict(self) -> dict:
         """Plain dict for the checkpoint and manifest."""

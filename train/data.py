@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import re
+import stat
 import tarfile
 import urllib.request
 import zlib
@@ -25,10 +25,13 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write, sha256_file
+from dawnpipe.train.cifar_batches import BATCH_FILES, IMAGE_SIZE, MAX_BATCH_BYTES, decode_batches
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published on the CIFAR page
-IMAGE_SIZE = 32  # pixels, height and width
+MAX_IMAGE_FILE_BYTES = 1 << 20  # a 32x32 image file is a few kB; a larger one is refused unread
+MAX_TOTAL_BYTES = 2 << 30  # bytes of accepted archive members, read one at a time (CIFAR-10 is 180 MB)
+MAX_MEMBERS = 1_000_000  # archive entries looked at (CIFAR-10 has 60,000 images)
 _FIX = (
     "pass --data PATH to cifar-10-python.tar.gz, a cifar-10-batches-py/ folder, or an image folder "
     "(train/<class>/*, test/<class>/*) or its .tar/.tar.gz"
@@ -65,23 +68,46 @@ def cache_dir() -> Path:
 
 
 def load_cifar(
-    data: str | Path | None = None, *, train_limit: int | None = None, test_limit: int | None = None
+    data: str | Path | None = None,
+    *,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    verify_md5: bool = True,
+    trusted_sha256: str | None = None,
 ) -> Cifar:
-    """Load CIFAR-10 from ``data`` (or the cached official archive), using the decoded cache when present."""
+    """Load CIFAR-10 from ``data`` (or the cached official archive), using the decoded cache when present.
+
+    Official pickle batches must match their published md5 unless ``verify_md5`` is False or the source's
+    sha256 is ``trusted_sha256`` (the data a checkpoint says it was trained on, accepted at training).
+    """
     path = _official_archive() if data is None else Path(data).expanduser()
-    if not path.exists():
-        raise DawnpipeError(f"data path {path} does not exist", _FIX)
+    check_data_path(path)
     digest = _source_hash(path)
     cached = cache_dir() / f"decoded-{digest[:32]}.npz"
     arrays = _read_cache(cached)
     if arrays is None:
-        arrays = _decode(path)
+        arrays = _decode(path, verify_md5=verify_md5 and digest != trusted_sha256)
         _write_cache(cached, arrays)
     train_x, train_y, test_x, test_y, classes = arrays
+    if len(classes) < 2:
+        raise DawnpipeError(
+            f"{path} has {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2",
+            "give train/ and test/ one sub-folder per class",
+        )
     train_idx, test_idx = balanced_subset(train_y, train_limit), balanced_subset(test_y, test_limit)
     return Cifar(
         train_x[train_idx], train_y[train_idx], test_x[test_idx], test_y[test_idx], tuple(classes), str(path), digest
     )
+
+
+def check_data_path(path: Path) -> None:
+    """Refuse a missing path or one that is neither a regular file nor a folder (a named pipe would hang)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise DawnpipeError(f"data path {path} does not exist", _FIX) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DawnpipeError(f"data path {path} is not a regular file or folder (a pipe or device?)", _FIX)
 
 
 def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
@@ -140,60 +166,78 @@ def _source_hash(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode() + b"\0")
-        digest.update(file.read_bytes())
+        digest.update(bytes.fromhex(sha256_file(file)))  # streamed: a huge stray file costs time, not memory
     return digest.hexdigest()
 
 
-def _decode(path: Path) -> tuple:
+def _decode(path: Path, *, verify_md5: bool = True) -> tuple:
     try:
         if path.is_dir():
             batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
             if (batches / "data_batch_1").exists():
-                return _from_batches({p.name: p.read_bytes() for p in batches.iterdir() if p.is_file()}, str(path))
+                files = {p.name: p for p in batches.iterdir() if p.name in BATCH_FILES and p.is_file()}
+                return decode_batches(_read_limited(files, str(path)), str(path), verify_md5=verify_md5)
             if (path / "train").is_dir() and (path / "test").is_dir():
-                files = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
-                return _from_image_files({k: v.read_bytes for k, v in files.items()}, str(path))
+                found = {str(p.relative_to(path)): p for p in path.rglob("*") if p.is_file()}
+                images = {k: v for k, v in found.items() if _IMAGE_MEMBER.search(k)}
+                _check_sizes({k: v.stat().st_size for k, v in images.items()}, str(path), MAX_IMAGE_FILE_BYTES)
+                return _from_image_files({k: v.read_bytes for k, v in images.items()}, str(path))
             raise DawnpipeError(f"{path} holds neither cifar-10-batches-py files nor train/ and test/ folders", _FIX)
         if not tarfile.is_tarfile(path):
             raise DawnpipeError(f"{path} is neither a folder nor a tar archive", _FIX)
-        with tarfile.open(path) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+        members = _read_archive(path)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise DawnpipeError(
             f"{path} could not be read as an archive ({type(err).__name__}: {err}); "
             "it is probably truncated or corrupt",
             "download or copy it again",
         ) from None
-    batch_files = {Path(k).name: v for k, v in members.items() if "cifar-10-batches-py/" in k or "_batch" in k}
+    batch_files = {Path(k).name: v for k, v in members.items() if Path(k).name in BATCH_FILES}
     if "data_batch_1" in batch_files:
-        return _from_batches(batch_files, str(path))
+        return decode_batches(batch_files, str(path), verify_md5=verify_md5)
     return _from_image_files({k: (lambda b=v: b) for k, v in members.items()}, str(path))
 
 
-def _from_batches(files: dict[str, bytes], where: str) -> tuple:
-    """Official python-pickle batches: data (10000, 3072) uint8 in CHW order, labels list."""
-    needed = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-    missing = [n for n in needed if n not in files]
-    if missing:
-        raise DawnpipeError(f"{where} lacks CIFAR-10 batch files {missing}", "download or extract it again")
+def _read_archive(path: Path) -> dict[str, bytes]:
+    """The archive's batch or image members, read one at a time; each size is checked before it is read."""
+    members: dict[str, bytes] = {}
+    total = 0
+    with tarfile.open(path, mode="r:*") as tar:
+        for count, member in enumerate(tar, start=1):
+            if count > MAX_MEMBERS:
+                raise DawnpipeError(f"{path} has more than {MAX_MEMBERS:,} entries", "pass the CIFAR-10 data only")
+            if not member.isfile():  # links, devices and pipes are never followed or read
+                continue
+            if Path(member.name).name in BATCH_FILES:
+                limit = MAX_BATCH_BYTES
+            elif _IMAGE_MEMBER.search(member.name):
+                limit = MAX_IMAGE_FILE_BYTES
+            else:
+                continue  # not data: never read
+            _check_sizes({member.name: member.size}, str(path), limit)
+            total += member.size
+            if total > MAX_TOTAL_BYTES:
+                raise DawnpipeError(
+                    f"{path} unpacks to more than {MAX_TOTAL_BYTES >> 30} GB of data", "pass the CIFAR-10 data only"
+                )
+            handle = tar.extractfile(member)
+            members[member.name] = handle.read(member.size) if handle else b""
+    return members
 
-    def unpickle(name: str) -> dict:
-        try:
-            return pickle.loads(files[name], encoding="bytes")
-        except Exception as err:  # a damaged pickle can raise almost anything
+
+def _read_limited(files: dict[str, Path], where: str) -> dict[str, bytes]:
+    _check_sizes({k: v.stat().st_size for k, v in files.items()}, where, MAX_BATCH_BYTES)
+    return {k: v.read_bytes() for k, v in files.items()}
+
+
+def _check_sizes(sizes: dict[str, int], where: str, limit: int) -> None:
+    """Refuse any entry larger than ``limit`` before a byte of it is read."""
+    for name, size in sizes.items():
+        if size > limit:
             raise DawnpipeError(
-                f"{where}: batch file {name} is corrupt ({type(err).__name__})", "download or extract it again"
-            ) from None
-
-    def arrays(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        parts = [unpickle(n) for n in names]
-        x = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(x, dtype=np.uint8), np.concatenate([p[b"labels"] for p in parts]).astype(np.int64)
-
-    train_x, train_y = arrays(needed[:5])
-    test_x, test_y = arrays(["test_batch"])
-    classes = [c.decode() for c in unpickle("batches.meta")[b"label_names"]]
-    return train_x, train_y, test_x, test_y, classes
+                f"{where}: {name} is {size:,} bytes, more than any CIFAR-10 file needs ({limit:,}); it was not read",
+                "remove it, or pass the CIFAR-10 data only",
+            )
 
 
 def _from_image_files(files: dict, where: str) -> tuple:
@@ -226,19 +270,18 @@ def _decode_image(name: str, data: bytes, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
             size = image.size
-            rgb = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError):
+            if size != (IMAGE_SIZE, IMAGE_SIZE):  # checked before decoding: a huge image is never decompressed
+                raise DawnpipeError(
+                    f"{where}: {name} is {size[0]}x{size[1]}, not {IMAGE_SIZE}x{IMAGE_SIZE}",
+                    "resize the data set to 32x32 first (training data is never resized silently)",
+                )
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise DawnpipeError(
             f"{where}: {name} is not an image Pillow can read", "remove non-image files from the data folder"
         ) from None
-    if size != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DawnpipeError(
-            f"{where}: {name} is {size[0]}x{size[1]}, not {IMAGE_SIZE}x{IMAGE_SIZE}",
-            "resize the data set to 32x32 first (training data is never resized silently)",
-        )
-    return rgb
 
 
 # ---------------------------------------------------------------------------------------------- cache

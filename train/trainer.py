@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from dawnpipe.common.device import DeviceChoice, choose_device
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import ensure_writable_dir
 from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.common.tta import softmax_confidence, tta_logits, views
 from dawnpipe.train.augment import augment
 from dawnpipe.train.calibration import calibrate_threshold, describe_holdout, split_holdout
@@ -53,7 +53,11 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> TrainResult:
-    """Train ResNet-9 per ``cfg`` and write the run folder. ``dist`` is a train.distributed.Context or None."""
+    """Train ResNet-9 per ``cfg`` and write the run folder. ``dist`` is a train.distributed.Context or None.
+
+    Rank 0 holds the run folder's lock for the whole run, and a new run refuses a folder that already holds a
+    finished or interrupted run unless ``cfg.overwrite``; both are decided before any data is read.
+    """
     started = time.time()
     if cfg.sync_bn and cfg.model.ghost_batch > 0:
         raise DawnpipeError(
@@ -61,6 +65,18 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
             "plain synchronised BatchNorm, silently changing the recipe",
             "drop --sync-bn: each rank's ghost BN already normalises groups of the global batch as one process would",
         )
+    if cfg.name is not None:
+        check_run_name(cfg.name)
+    if dist is not None and dist.rank != 0:
+        return _train(cfg, Path(cfg.out), progress, dist, started)
+    with RunFolder(_run_dir(cfg)) as folder:
+        if not cfg.resume:
+            folder.claim_new(overwrite=cfg.overwrite)
+        return _train(cfg, folder.path, progress, dist, started)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: float) -> TrainResult:
+    """The run itself, top to bottom: data, model, loop, final evaluation, calibration, manifest."""
     rank0 = dist is None or dist.rank == 0
     resume_state: dict[str, Any] | None = None
     if cfg.resume:
@@ -76,7 +92,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     torch.manual_seed(cfg.seed)
 
     # ---- data, on the device as uint8 NHWC
-    data = load_cifar(cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    data = load_cifar(
+        cfg.data, train_limit=cfg.train_limit, test_limit=cfg.test_limit, verify_md5=not cfg.unofficial_batches
+    )
     world = 1 if dist is None else dist.world_size
     if cfg.batch_size > len(data.train_y):
         raise DawnpipeError(
@@ -145,7 +163,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
 
     run_id = resume_state.get("run_id") if resume_state is not None else None
     run_id = run_id or uuid.uuid4().hex  # names this run in every artifact made from it
-    run_dir = _run_dir(cfg) if rank0 else Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME
 
     def checkpoint(
@@ -189,7 +206,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     first_step_unix = None
     epoch, done = start_epoch, skip_steps
     try:
-        with _graceful_interrupt() as interrupt:
+        with _graceful_interrupt() as interrupt, _closing(bar):
             for epoch in range(start_epoch, cfg.epochs):
                 gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + epoch)
                 order = torch.randperm(len(train_y), generator=gen).to(dev.device)
@@ -262,14 +279,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
                 checkpoint(epoch + 1, 0, complete=False)
                 epoch, done = epoch + 1, 0  # a Ctrl-C from here on resumes at the next epoch's start
     except KeyboardInterrupt:
-        bar.close()
         checkpoint(epoch, done, complete=False)
         where = ckpt_path if rank0 else "rank 0's run folder"
         raise DawnpipeError(
-            f"interrupted in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
-            f"continue with `cli.py train --resume {run_dir}`",
+            f"{interrupt['why']} in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
+            f"continue with `dawnpipe train --resume {run_dir}`",
         ) from None
-    bar.close()
 
     # ---- final evaluation: EMA with and without flip TTA, raw weights for comparison
     final: dict[str, Any] = {
@@ -386,7 +401,16 @@ def _run_dir(cfg: TrainConfig) -> Path:
     if cfg.resume:
         return Path(cfg.resume) if Path(cfg.resume).is_dir() else Path(cfg.resume).parent
     name = cfg.name or time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.seed}"
-    return ensure_writable_dir(Path(cfg.out) / name)
+    return Path(cfg.out) / check_run_name(name)
+
+
+@contextlib.contextmanager
+def _closing(bar):
+    """Close the progress bar however the loop ends, so an error line never lands on a half-drawn bar."""
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _stop_on_nan(epoch: int, step: int, ckpt: Path, history: list[dict[str, Any]]) -> None:
@@ -471,9 +495,9 @@ def pixel_statistics(images: np.ndarray) -> dict[str, list[float]]:
 
 @contextlib.contextmanager
 def _graceful_interrupt():
-    """First Ctrl-C sets a flag the loop honours at the next step boundary (so the saved state is whole);
-    a second one interrupts at once."""
-    flag = {"stop": False}
+    """First Ctrl-C or SIGTERM (what schedulers and containers send) sets a flag the loop honours at the next
+    step boundary, so the saved state is whole; a second signal interrupts at once."""
+    flag: dict[str, Any] = {"stop": False, "why": "interrupted"}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -482,9 +506,11 @@ def _graceful_interrupt():
         if flag["stop"]:
             raise KeyboardInterrupt
         flag["stop"] = True
+        flag["why"] = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

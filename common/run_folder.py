@@ -1,0 +1,136 @@
+"""One guard for every folder dawnpipe writes: a safe name, one writer at a time, finished work kept.
+
+    with RunFolder(path) as folder:          # exclusive lock, stale temporaries of killed writers removed
+        folder.claim_new(overwrite=False)    # refuses a folder that holds a finished or interrupted run
+        ...write artifacts...
+
+The lock is an ``fcntl.flock`` on ``<folder>/.lock``: the kernel releases it when the process ends, however it
+ends, so a killed writer never leaves a folder locked. Temporaries are the ``.<name>.<random>.tmp`` files
+``common.files.atomic_write`` makes; under the lock no other writer can own one, so any found then were left by
+a process killed mid-write (kill -9, power loss) and are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import ensure_writable_dir
+
+LOCK_NAME = ".lock"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
+_STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$|^\.probe-[A-Za-z0-9_]{8}$")
+_HELD: dict[str, list[int]] = {}  # resolved folder -> [lock fd, depth]: re-entrant within one process
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one plain path component, so ``--name`` can never reach outside ``--out``."""
+    if not _NAME.match(name) or name in (".", ".."):
+        raise DawnpipeError(
+            f"run name {name!r} is not a plain folder name",
+            "use letters, digits and . _ - + = only (no slashes, no leading dot), at most 128 characters",
+        )
+    return name
+
+
+class RunFolder:
+    """An output folder held exclusively by this process while it writes (context manager, re-entrant).
+
+    ``wait``: seconds to wait for another process's lock (short manifest updates wait; a training run does not).
+    """
+
+    def __init__(self, path: str | Path, wait: float = 0.0) -> None:
+        self.path = Path(path)
+        self.wait = wait
+        self._key: str | None = None
+        self.removed_temporaries: list[str] = []
+
+    def __enter__(self) -> RunFolder:
+        import fcntl
+
+        ensure_writable_dir(self.path)
+        key = str(self.path.resolve())
+        if key in _HELD:  # this process already holds it (e.g. the trainer, then a manifest update)
+            _HELD[key][1] += 1
+            self._key = key
+            return self
+        handle = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                holder = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+                os.close(handle)
+                raise DawnpipeError(
+                    f"{self.path} is being written by another dawnpipe process (pid {holder})",
+                    "wait for it to finish, or write somewhere else (another --name or --out)",
+                ) from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [handle, 1]
+        self._key = key
+        self.removed_temporaries = self._remove_stale_temporaries()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._key is None:
+            return
+        held = _HELD[self._key]
+        held[1] -= 1
+        if held[1] == 0:
+            os.close(held[0])  # closing releases the flock
+            del _HELD[self._key]
+        self._key = None
+
+    def state(self) -> str:
+        """``empty`` (nothing of a run), ``finished``, ``interrupted`` (a checkpoint, training never completed)."""
+        manifest = self.path / "manifest.json"
+        if manifest.is_file():
+            import json
+
+            try:
+                train = json.loads(manifest.read_text()).get("runs", {}).get("train")
+            except (ValueError, OSError, AttributeError):
+                train = None
+            if train:
+                return "finished"
+        if (self.path / "checkpoint.pt").exists():
+            return "interrupted"
+        return "finished" if manifest.exists() else "empty"
+
+    def claim_new(self, *, overwrite: bool = False) -> None:
+        """Make sure a new run may be written here; with ``overwrite``, delete the old run's files first."""
+        state = self.state()
+        if state == "empty":
+            return
+        if not overwrite:
+            fix = (
+                f"continue it with --resume {self.path}, or replace it with --overwrite"
+                if state == "interrupted"
+                else "pick another --name, or pass --overwrite to replace it and every file made from it"
+            )
+            raise DawnpipeError(f"{self.path} already holds a {state} run; it was left untouched", fix)
+        for child in self.path.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    def _remove_stale_temporaries(self) -> list[str]:
+        removed = []
+        for child in self.path.iterdir():
+            if _STALE_TMP.match(child.name) and child.is_file():
+                child.unlink(missing_ok=True)
+                removed.append(child.name)
+        return removed
