@@ -22,6 +22,19 @@ from dawnpipe.infer.backends import Backend, load
 from dawnpipe.infer.modes import run_mode
 
 CONVERSION = "RGBA composited on white / grayscale to RGB, centre square crop, BOX resize to 32x32"
+MAX_IMAGE_PIXELS = 50_000_000  # a 50 MP photo decodes to 150 MB of RGB; larger ones are refused from the header
+MAX_IMAGE_FILE_BYTES = 64 << 20  # bytes; no photo an image classifier is asked about is larger
+
+
+def check_image_size(image, name: str) -> None:
+    """Refuse an image whose header promises more than MAX_IMAGE_PIXELS, before any pixel is decoded."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DawnpipeError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} MP), more than the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP dawnpipe decodes; it was not decoded",
+            "downscale it first (the model sees 32x32 pixels)",
+        )
 
 
 def to_model_input(image, size: int = 32) -> np.ndarray:
@@ -50,13 +63,29 @@ def read_images(paths: list[str | Path]) -> tuple[list[Path], np.ndarray]:
         path = Path(raw).expanduser()
         if not path.exists():
             raise DawnpipeError(f"{path} does not exist", "pass image files or folders of images")
+        if not (path.is_dir() or path.is_file()):
+            raise DawnpipeError(f"{path} is not a regular file or folder (a pipe or device?)", "pass image files")
         files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     kept, arrays = [], []
     for file in files:
+        if file.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise DawnpipeError(
+                f"{file} is {file.stat().st_size >> 20} MB, more than the {MAX_IMAGE_FILE_BYTES >> 20} MB an image "
+                "may be; it was not read",
+                "pass image files only, downscaled if they are huge",
+            )
         try:
-            with Image.open(file) as image:
-                arrays.append(to_model_input(image))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+                with Image.open(file) as image:  # reads the header only
+                    check_image_size(image, str(file))
+                    arrays.append(to_model_input(image))
             kept.append(file)
+        except Image.DecompressionBombError:  # Pillow's own refusal, at twice its limit, before ours is reached
+            raise DawnpipeError(
+                f"{file} has more pixels than Pillow will decode; it was not decoded",
+                "downscale it first (the model sees 32x32 pixels)",
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError):
             warnings.warn(f"skipping {file}: not an image Pillow can read", stacklevel=2)
     if not kept:
