@@ -60,15 +60,15 @@ def _default(name: str, config=None):
 def _configs():
     """The torch-free config dataclasses whose defaults the commands below show (export, engine, eval, report)."""
     from dawnpipe.costs.report import ReportConfig
-    from dawnpipe.export.config import ExportConfig
+    from dawnpipe.export.config import ExportConfig, Int8Spec
     from dawnpipe.export.tensorrt_build import EngineSpec
     from dawnpipe.infer.evaluate import EvalConfig
     from dawnpipe.infer.latency import Protocol
 
-    return ExportConfig, EngineSpec, EvalConfig, Protocol, ReportConfig
+    return ExportConfig, EngineSpec, Int8Spec, EvalConfig, Protocol, ReportConfig
 
 
-_EXPORT, _ENGINE, _EVAL, _PROTOCOL, _REPORT = _configs()
+_EXPORT, _ENGINE, _INT8, _EVAL, _PROTOCOL, _REPORT = _configs()
 
 
 def _runtimes() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -322,11 +322,33 @@ def _modes():
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16"]),
+    type=click.Choice(["fp32", "fp16", "int8"]),
     default=_default("precision", _EXPORT),
     show_default=True,
-    help="fp32, or fp16 weights and compute (for GPUs; the input stays uint8 and the output float32).",
+    help="fp32; fp16 weights and compute (for GPUs); or int8 (static QDQ quantization calibrated on training "
+    "images: the fastest CPU path, and what TensorRT builds INT8 engines from). Input uint8, output float32.",
 )
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(min=1),
+    default=_default("calibration_images", _INT8),
+    show_default=True,
+    help="int8: class-balanced training images the activation ranges are set on (never test images).",
+)
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default=_default("calibration_method", _INT8),
+    show_default=True,
+    help="int8: how ranges are set from the calibration activations.",
+)
+@click.option(
+    "--calibration-data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="int8: CIFAR-10 copy to calibrate on (default: the data the checkpoint was trained on).",
+)
+@click.option("--force", is_flag=True, help="Replace a different model of the same name in the --triton repository.")
 @click.option(
     "--weights",
     type=click.Choice(["ema", "raw"]),
@@ -358,15 +380,31 @@ def _modes():
     help="Folder for the artifacts and the manifest that lists them (default: the run folder).",
 )
 @_trust_options
-def export(source: Path, trt_opt_batch: int, trt_max_batch: int, triton: Path | None, out: Path | None, **opts) -> None:
+def export(
+    source: Path,
+    trt_opt_batch: int,
+    trt_max_batch: int,
+    triton: Path | None,
+    out: Path | None,
+    calibration_images: int,
+    calibration_method: str,
+    calibration_data: Path | None,
+    **opts,
+) -> None:
     """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine."""
     from dawnpipe.export.api import ExportConfig
     from dawnpipe.export.api import export as run_export
+    from dawnpipe.export.config import Int8Spec
     from dawnpipe.export.tensorrt_build import EngineSpec
 
     cfg = ExportConfig(
         source=str(source),
         engine=EngineSpec(opt_batch=min(trt_opt_batch, trt_max_batch), max_batch=trt_max_batch),
+        int8=Int8Spec(
+            calibration_images=calibration_images,
+            calibration_method=calibration_method,
+            calibration_data=str(calibration_data) if calibration_data else None,
+        ),
         triton=str(triton) if triton else None,
         out=str(out) if out else None,
         **opts,

@@ -24,8 +24,8 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.tta import check_mode, views
-from dawnpipe.export.config import ExportConfig
-from dawnpipe.export.graph import PRECISIONS, build_deploy_model
+from dawnpipe.export.config import EXPORT_PRECISIONS, ExportConfig, Int8Spec
+from dawnpipe.export.graph import build_deploy_model
 from dawnpipe.export.onnx_export import check_opset, compare_logits, export_onnx, run_onnxruntime
 from dawnpipe.export.tensorrt_build import EngineSpec
 from dawnpipe.train.checkpoint import checkpoint_meta, load_checkpoint, resolve_checkpoint
@@ -92,15 +92,21 @@ def export_onnx_model(
     check_images: int = 1000,
     fp32_tolerance: float = 1e-3,
     fp16_min_agreement: float = 0.99,
+    int8: Int8Spec | None = None,
 ) -> Artifact:
-    """Write one checked ONNX file (metadata included) into ``out_dir``; refuse it if the checks fail."""
+    """Write one checked ONNX file (metadata included) into ``out_dir``; refuse it if the checks fail.
+
+    ``int8`` (precision int8 only): calibration options; the int8 graph is quantized from this checkpoint's own
+    fp32 export, calibrated on its training images, and checked against the PyTorch fp32 reference.
+    """
     from dawnpipe.export.flops import count_onnx
 
     check_mode(tta)
-    if precision not in PRECISIONS:
-        raise DawnpipeError(f"unknown precision {precision!r}", f"use --precision {' or '.join(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise DawnpipeError(f"unknown precision {precision!r}", f"use --precision {', '.join(EXPORT_PRECISIONS)}")
     check_opset(opset)
     payload = source.payload
+    calibration = _calibration_images(payload, int8 or Int8Spec()) if precision == "int8" else None
     tta_views = views(tta, shift)
     images = _check_images(payload, max(128, check_images // len(tta_views)))
     reference = build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision="fp32")
@@ -108,7 +114,7 @@ def export_onnx_model(
         want = torch.cat([reference(torch.from_numpy(images[i : i + 250])) for i in range(0, len(images), 250)]).numpy()
     module = (
         reference
-        if precision == "fp32"
+        if precision in ("fp32", "int8")
         else build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision=precision)
     )
     meta = checkpoint_meta(payload)
@@ -140,16 +146,20 @@ def export_onnx_model(
                 f"(tolerance {fp32_tolerance:.0e}); the export was not kept",
                 "report this with the checkpoint; try another --opset",
             )
-        if precision != "fp32" and result["top1_agreement"] < fp16_min_agreement:
+        need = fp16_min_agreement if precision == "fp16" else (int8 or Int8Spec()).min_agreement
+        if precision != "fp32" and result["top1_agreement"] < need:
             raise DawnpipeError(
                 f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
-                f"predictions (need {fp16_min_agreement:.0%}); the export was not kept",
-                "use --precision fp32",
+                f"predictions (need {need:.0%}); the export was not kept",
+                "use --precision fp32" + (" or more --calibration-images" if precision == "int8" else ""),
             )
         return result
 
     path = out_dir / f"resnet9-{weights}-{tta}-{precision}.onnx"
-    check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
+    if precision == "int8":
+        check = _export_int8(module, path, opset, metadata, verify, calibration, int8 or Int8Spec())
+    else:
+        check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
     flops = count_onnx(path)
     entry = artifact_entry(
         out_dir,
@@ -215,8 +225,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     """The CLI's export: ONNX at the asked precision, then optionally an engine and a Triton repository."""
     started = time.perf_counter()
     check_mode(cfg.tta)
-    if cfg.precision not in PRECISIONS:
-        raise DawnpipeError(f"unknown precision {cfg.precision!r}", f"use --precision {' or '.join(PRECISIONS)}")
+    if cfg.precision not in EXPORT_PRECISIONS:
+        raise DawnpipeError(f"unknown precision {cfg.precision!r}", f"use --precision {', '.join(EXPORT_PRECISIONS)}")
     check_opset(cfg.opset)
     source = load_source(cfg.source, allow_foreign=cfg.allow_foreign, allow_incomplete=cfg.allow_incomplete)
     out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else source.run_dir)
@@ -231,6 +241,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         check_images=cfg.check_images,
         fp32_tolerance=cfg.fp32_tolerance,
         fp16_min_agreement=cfg.fp16_min_agreement,
+        int8=cfg.int8,
     )
     written = [onnx]
     record(out_dir, source, written, asdict(cfg))  # the ONNX is recorded before anything optional can fail
@@ -241,12 +252,58 @@ def export(cfg: ExportConfig) -> ExportResult:
         written.append(engine)
         result.engine = engine.path
     if cfg.triton:
-        triton = write_triton(onnx, engine, Path(cfg.triton), cfg.engine.max_batch)
+        triton = write_triton(onnx, engine, Path(cfg.triton), cfg.engine.max_batch, force=cfg.force)
         result.triton = [a.path for a in triton]
         record(Path(cfg.triton), source, triton, asdict(cfg))
     if len(written) > 1:
         record(out_dir, source, written, asdict(cfg))
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def _calibration_images(payload: dict[str, Any], spec: Int8Spec) -> np.ndarray:
+    """The class-balanced training images int8 ranges are set on; every option checked before any export work."""
+    from dawnpipe.export.quantize import check_calibration
+    from dawnpipe.train.data import balanced_subset, load_cifar
+
+    check_calibration(spec.calibration_images, spec.calibration_images, spec.calibration_method)
+    own = payload.get("data", {})
+    source = spec.calibration_data or own.get("source")
+    if not source or not Path(source).expanduser().exists():
+        raise DawnpipeError(
+            f"int8 calibration needs the model's training images, and its data {source!r} is not here",
+            "pass --calibration-data PATH to the CIFAR-10 copy it was trained on",
+        )
+    data = load_cifar(source, trusted_sha256=own.get("sha256"))
+    check_calibration(spec.calibration_images, len(data.train_y), spec.calibration_method)
+    return data.train_x[balanced_subset(data.train_y, spec.calibration_images)]
+
+
+def _export_int8(module, path: Path, opset: int, metadata: dict[str, Any], verify, images, spec: Int8Spec) -> dict:
+    """Export fp32 to a scratch folder, quantize it, stamp the metadata, check it, and rename it into place."""
+    import tempfile
+
+    import onnx
+
+    from dawnpipe.common.files import atomic_write
+    from dawnpipe.export.onnx_export import stamp
+    from dawnpipe.export.quantize import quantize_int8
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="dawnpipe-export-") as work:
+        fp32 = Path(work) / "fp32.onnx"
+        fp32_meta = {**metadata, "precision": "fp32"}
+        export_onnx(module, fp32, opset=opset, metadata=fp32_meta, verify=lambda tmp: {})
+
+        def write(tmp: Path) -> None:
+            quantization = quantize_int8(fp32, tmp, images, method=spec.calibration_method)
+            model = onnx.load(str(tmp))
+            stamp(model, {**metadata, "quantization": quantization})
+            onnx.save_model(model, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+            result.update(verify(tmp))
+
+        atomic_write(path, write)
     return result
 
 

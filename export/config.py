@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 
 from dawnpipe.export.tensorrt_build import EngineSpec
 
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Int8Spec:
+    """Static INT8 calibration: how many training images, which range method, from which data."""
+
+    calibration_images: int = 512  # class-balanced training images (never test images)
+    calibration_method: str = "minmax"  # minmax | percentile | entropy
+    calibration_data: str | None = None  # None = the data the checkpoint was trained on
+    min_agreement: float = 0.97  # top-1 agreement with the fp32 reference the int8 graph must reach
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -15,7 +27,7 @@ class ExportConfig:
     weights: str = "ema"  # ema | raw
     tta: str = "none"  # none | flip | translate | flip-translate, baked into the graph
     shift: int = 1  # pixels, for the translate views
-    precision: str = "fp32"  # fp32 | fp16
+    precision: str = "fp32"  # fp32 | fp16 | int8 (static QDQ quantization, calibrated on training images)
     opset: int = 17  # ONNX opset; 17 is read by TensorRT 8.6+ and every current onnxruntime
     trt: bool = False  # also build a TensorRT engine
     engine: EngineSpec = field(default_factory=EngineSpec)
@@ -24,5 +36,7 @@ class ExportConfig:
     check_images: int = 1000  # images (divided by the view count for TTA graphs, at least 128)
     fp32_tolerance: float = 1e-3  # max |logit difference| onnxruntime vs PyTorch for fp32
     fp16_min_agreement: float = 0.99  # top-1 agreement of the fp16 graph with fp32 on the check images
+    int8: Int8Spec = field(default_factory=Int8Spec)
+    force: bool = False  # replace a different model of the same name in the --triton repository
     allow_foreign: bool = False  # export a checkpoint its run's manifest does not list (marked in the metadata)
     allow_incomplete: bool = False  # export a checkpoint of an interrupted run (marked in the metadata)

@@ -21,6 +21,8 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 
 _ELEMENTWISE = {
+    "QuantizeLinear",  # int8 graphs: one scale-and-round per element
+    "DequantizeLinear",
     "Add",
     "Sub",
     "Mul",

@@ -75,23 +75,7 @@ def export_onnx(
                 dynamo=False,
             )
         model = onnx.load(str(tmp))
-        for key, value in metadata.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = META_PREFIX + key, value if isinstance(value, str) else json.dumps(value)
-        from dawnpipe import __version__
-
-        model.producer_name, model.producer_version = "dawnpipe", __version__
-        model.model_version = 1  # the dawnpipe-onnx format version (see the "format" metadata)
-        model.doc_string = (
-            f"dawnpipe ResNet-9: uint8 NHWC RGB images -> float32 logits over {metadata.get('classes')}; "
-            f"TTA {metadata.get('tta_mode', 'none')}, precision {metadata.get('precision', 'fp32')}"
-        )
-        classes = metadata.get("classes")
-        if classes:  # the exporter leaves the class dimension symbolic after the TTA reduction; it is static
-            dim = model.graph.output[0].type.tensor_type.shape.dim
-            if len(dim) == 2:
-                dim[1].Clear()
-                dim[1].dim_value = len(classes)
+        stamp(model, metadata)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
         results.update(verify(tmp))
@@ -106,6 +90,31 @@ def export_onnx(
             "report this with the checkpoint; try another --opset",
         ) from None
     return results
+
+
+def stamp(model: Any, metadata: dict[str, Any]) -> None:
+    """Make an ONNX model describe itself: dawnpipe metadata (replacing any), producer, doc string, and the
+    static class dimension the exporter leaves symbolic after a TTA reduction."""
+    from dawnpipe import __version__
+
+    keep = [p for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value if isinstance(value, str) else json.dumps(value)
+    model.producer_name, model.producer_version = "dawnpipe", __version__
+    model.model_version = 1  # the dawnpipe-onnx format version (see the "format" metadata)
+    model.doc_string = (
+        f"dawnpipe ResNet-9: uint8 NHWC RGB images -> float32 logits over {metadata.get('classes')}; "
+        f"TTA {metadata.get('tta_mode', 'none')}, precision {metadata.get('precision', 'fp32')}"
+    )
+    classes = metadata.get("classes")
+    if classes:
+        dim = model.graph.output[0].type.tensor_type.shape.dim
+        if len(dim) == 2:
+            dim[1].Clear()
+            dim[1].dim_value = len(classes)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -272,6 +272,7 @@ def provider_options(providers: list[str], precision: str, cache_dir: Path, max_
             settings.append(
                 {
                     "trt_fp16_enable": precision == "fp16",
+                    "trt_int8_enable": precision == "int8",  # explicit Q/DQ: no calibration table needed
                     "trt_engine_cache_enable": True,
                     "trt_engine_cache_path": str(cache_dir),
                     "trt_timing_cache_enable": True,
