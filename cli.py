@@ -558,6 +558,59 @@ def predict(
         click.echo(f"{result.source}: {top}")
 
 
+def _serve_config():
+    from dawnpipe.infer.server import ServeConfig
+
+    return ServeConfig
+
+
+_SERVE = _serve_config()
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--host", default=_default("host", _SERVE), show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=_default("port", _SERVE), show_default=True, help="TCP port."
+)
+@click.option(
+    "--tta",
+    type=click.Choice(_modes()[1]),
+    default=_default("tta", _SERVE),
+    show_default=True,
+    help="TTA mode per image (selective modes use the artifact's calibrated threshold).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 4096),
+    default=_default("max_batch", _SERVE),
+    show_default=True,
+    help="Images per model call (dynamic batching across concurrent requests).",
+)
+@click.option(
+    "--max-wait-ms",
+    type=_Finite(0, 1000),
+    default=_default("max_wait_ms", _SERVE),
+    show_default=True,
+    help="How long a batch's first request waits for others, ms.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=_default("threads", _SERVE),
+    show_default=True,
+    help="Backend CPU threads (0 = all cores).",
+)
+def serve(artifact: Path, **opts) -> None:
+    """Serve ARTIFACT over HTTP: POST /v1/predict (image bytes or multipart), GET /healthz, GET /metrics."""
+    from dawnpipe.infer.server import ServeConfig
+    from dawnpipe.infer.server import serve as run_server
+
+    cfg = ServeConfig(artifact=str(artifact), **opts)
+    run_server(cfg, say=lambda line: click.echo(line, err=True))
+    click.echo("server stopped; every in-flight request was answered", err=True)
+
+
 def _rule_options(command):
     """Options that set the rules, shared by `costs` and `pipeline`; defaults come from ReportConfig."""
     from dawnpipe.costs.rules import RULE_NAMES

@@ -73,6 +73,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
     backends = sorted({(p.backend, p.precision) for p in points})
     decisions = [decide(rule, [p for p in points if (p.backend, p.precision) == b]) for rule in rules for b in backends]
     scaling = views_vs_width(points)
+    precisions = precision_vs_fp32(points)
     fronts = {cost: [p.label for p in pareto_front(points, cost)] for cost in ("gflops", "latency")}
     unknown = sorted({op for run in runs for row in run.rows for op in row.get("flops_unknown_ops", [])})
     data = {
@@ -83,6 +84,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "rules": [asdict(r) for r in rules],
         "decisions": [d.to_dict() for d in decisions],
         "views_vs_width": scaling,
+        "precision_vs_fp32": precisions,
         "points": [_point_dict(p) for p in points],
         "verdicts": [asdict(verdict(r, p)) for p in points for r in rules],
         "pareto": fronts,
@@ -92,7 +94,9 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "json": atomic_write_json(out_dir / "report.json", data),
         "csv": atomic_write_text(out_dir / "report.csv", _csv(points, rules)),
         "md": atomic_write_text(
-            out_dir / "report.md", _markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown)
+            out_dir / "report.md",
+            _markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown)
+            + _precision_section(precisions),
         ),
     }
     if cfg.plots:
@@ -140,6 +144,59 @@ def views_vs_width(points: list[Point]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def precision_vs_fp32(points: list[Point]) -> list[dict[str, Any]]:
+    """Each reduced-precision point (int8, fp16, bf16) against the fp32 point of the same width, TTA mode and
+    backend: the same FLOPs, so any difference in accuracy or latency is the precision's alone."""
+    rows = []
+    for p in points:
+        if p.precision == "fp32":
+            continue
+        base = next(
+            (q for q in points if q.precision == "fp32" and (q.width, q.tta, q.backend) == (p.width, p.tta, p.backend)),
+            None,
+        )
+        if base is None:
+            continue
+        ratio = p.latency_ms / base.latency_ms if p.latency_ms and base.latency_ms else None
+        rows.append(
+            {
+                "configuration": p.label,
+                "fp32": base.label,
+                "gflops": p.gflops_per_image,
+                "fp32_gflops": base.gflops_per_image,
+                "accuracy_margin": compare(p, base, "accuracy"),
+                "latency_ms": p.latency_ms,
+                "fp32_latency_ms": base.latency_ms,
+                "latency_ratio": ratio,
+            }
+        )
+    return rows
+
+
+def _precision_section(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## Same FLOPs, another precision",
+        "",
+        "An int8 (or fp16/bf16) model runs exactly the convolutions of its fp32 twin, so a FLOP rule cannot tell "
+        "them apart; their latency and accuracy differ. This is the clearest case of FLOPs and latency "
+        "disagreeing: a rule that caps FLOPs treats them as one entry, a rule that caps latency does not.",
+        "",
+        "| configuration | vs | GFLOP/img (both) | accuracy minus fp32 (95% CI) | batch-1 mean ms | x fp32 latency |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} (fp32 {r['fp32_latency_ms']:.2f})"
+        ratio = "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}"
+        lines.append(
+            f"| {r['configuration']} | {r['fp32']} | {r['gflops']:.3f} | {_interval(r['accuracy_margin'])} | {ms} | "
+            f"{ratio} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _point_dict(p: Point) -> dict[str, Any]:

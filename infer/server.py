@@ -1,0 +1,300 @@
+"""`dawnpipe serve`: the deployed model over HTTP (FastAPI on uvicorn), with dynamic micro-batching.
+
+    POST /v1/predict?top_k=3   body: one image (Content-Type image/jpeg, image/png, ...) or multipart/form-data
+                               with one file part per image  ->  {"predictions": [{"image", "top", "views"}], ...}
+    GET  /healthz              ->  {"status": "ok", the model's description}   (503 while shutting down)
+    GET  /metrics              ->  Prometheus text: requests by status, errors by reason, latency, batch sizes
+
+Images are converted exactly as `dawnpipe predict` converts them (infer.predict.to_model_input), and the
+artifact's TTA mode (selective modes with their calibrated per-image threshold) is applied per image, so an
+answer never depends on which other requests shared its batch. Bad requests get a 4xx JSON error naming the
+problem; a model failure is a 500 for the requests of that batch only. SIGINT/SIGTERM: uvicorn stops accepting,
+finishes in-flight requests, then the batcher answers whatever is queued before the process exits.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
+
+import io
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dawnpipe.common.errors import DawnpipeError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What to serve and how."""
+
+    artifact: str  # run folder, checkpoint, .onnx or .engine
+    host: str = "127.0.0.1"  # loopback by default: expose it deliberately with --host 0.0.0.0
+    port: int = 8000
+    tta: str = "none"  # any mode of common.tta.ALL_MODES (a graph with TTA baked in keeps its own)
+    max_batch: int = 64  # images per model call
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_request_bytes: int = 16 << 20  # body size refused with 413 beyond this
+    max_images: int = 64  # images per request
+    top_k: int = 5  # default classes per image (?top_k= overrides, up to the class count)
+    threads: int = 0  # backend CPU threads; 0 = all cores this process may use
+    backend: str = "auto"
+    provider: str = "auto"
+    graceful_timeout_s: float = 30.0  # longest wait for in-flight requests at shutdown
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, before the model is loaded, naming the port."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise DawnpipeError(
+                f"cannot listen on {host}:{port} ({err.strerror}); another process probably uses port {port}",
+                "pick a free port with --port, or stop the other server",
+            ) from None
+
+
+def create_app(cfg: ServeConfig, predictor: Any = None):
+    """The FastAPI application; loads the model unless a ready Predictor is passed (tests, embedding)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+    from dawnpipe.infer.batching import MicroBatcher
+    from dawnpipe.infer.predict import Predictor
+
+    predictor = predictor or Predictor(
+        cfg.artifact, tta=cfg.tta, backend=cfg.backend, provider=cfg.provider, threads=cfg.threads
+    )
+    registry = CollectorRegistry()
+    requests = Counter("dawnpipe_requests", "Prediction requests by HTTP status", ["status"], registry=registry)
+    errors = Counter("dawnpipe_request_errors", "Refused or failed requests by reason", ["reason"], registry=registry)
+    latency = Histogram(
+        "dawnpipe_request_seconds",
+        "Prediction request latency, body read to response",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        registry=registry,
+    )
+    batch_images = Histogram(
+        "dawnpipe_batch_images",
+        "Images per model call (dynamic batching)",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        registry=registry,
+    )
+    images_total = Counter("dawnpipe_images", "Images classified", registry=registry)
+    batcher = MicroBatcher(
+        predictor.run,
+        max_batch=cfg.max_batch,
+        max_wait_s=cfg.max_wait_ms / 1000,
+        on_batch=lambda n, seconds: batch_images.observe(n),
+    )
+    state = {"ready": False}
+    describe = {
+        **predictor.backend.describe(),
+        "tta": predictor.tta,
+        "classes": predictor.classes,
+        "threshold": (predictor.backend.selective or {}).get("threshold"),
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await batcher.stop()  # answers every queued request first
+            predictor.close()
+
+    app = FastAPI(title="dawnpipe", version=describe.get("run_id") or "dawnpipe", lifespan=lifespan)
+    app.state.batcher, app.state.predictor = batcher, predictor
+
+    @app.get("/healthz")
+    async def healthz():
+        if not state["ready"]:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return {"status": "ok", "model": describe}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/predict")
+    async def predict(request: Request, top_k: int | None = None):
+        started = time.perf_counter()
+        try:
+            k = _top_k(top_k, cfg.top_k, len(predictor.classes))
+            names, images = await _read_images(request, cfg)
+            logits, views = await batcher.submit(images)
+        except _BadRequest as bad:
+            errors.labels(bad.reason).inc()
+            requests.labels(str(bad.status)).inc()
+            return JSONResponse({"error": str(bad), "reason": bad.reason}, status_code=bad.status)
+        except Exception as err:  # the model failed on this batch: a 500 for these requests, the server lives
+            errors.labels("model").inc()
+            requests.labels("500").inc()
+            return JSONResponse({"error": f"model failure: {type(err).__name__}", "reason": "model"}, 500)
+        images_total.inc(len(images))
+        requests.labels("200").inc()
+        latency.observe(time.perf_counter() - started)
+        predictions = _top(names, logits, views, predictor.classes, k)
+        return {"model": {"run_id": describe.get("run_id"), "tta": predictor.tta}, "predictions": predictions}
+
+    return app
+
+
+def serve(cfg: ServeConfig, say=print) -> None:
+    """Check the options and the port, load the model, then serve until SIGINT/SIGTERM."""
+    import uvicorn
+
+    check_serve_config(cfg)
+    check_port_free(cfg.host, cfg.port)
+    app = create_app(cfg)
+    predictor = app.state.predictor
+    say(
+        f"serving {cfg.artifact} ({predictor.backend.name}, {predictor.backend.precision}, TTA {predictor.tta}) on "
+        f"http://{cfg.host}:{cfg.port}: POST /v1/predict, GET /healthz, GET /metrics; Ctrl-C or SIGTERM stops"
+    )
+    config = uvicorn.Config(
+        app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=int(cfg.graceful_timeout_s)
+    )
+    _GracefulServer(config).run()
+
+
+def _graceful_server_class():
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises the stopping signal after its graceful shutdown, so the process would die of it (a
+        KeyboardInterrupt traceback for Ctrl-C); here ``serve`` returns instead and the CLI exits 0."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # uvicorn's list of signals to re-raise after shutdown
+
+    return GracefulServer
+
+
+def _GracefulServer(config):  # noqa: N802 - a class built on first use, so importing this module needs no uvicorn
+    return _graceful_server_class()(config)
+
+
+def check_serve_config(cfg: ServeConfig) -> None:
+    """Every option checked before the model loads."""
+    from dawnpipe.common.tta import ALL_MODES
+
+    if cfg.tta not in ALL_MODES:
+        raise DawnpipeError(f"unknown TTA mode {cfg.tta!r}", f"use one of {', '.join(ALL_MODES)}")
+    if not 0 <= cfg.port <= 65535:
+        raise DawnpipeError(f"--port {cfg.port} is not a TCP port", "pass 1-65535")
+    if cfg.max_batch < 1 or cfg.max_images < 1 or cfg.max_wait_ms < 0 or cfg.max_request_bytes < 1:
+        raise DawnpipeError("--max-batch, --max-images and --max-request-bytes must be positive", "fix the option")
+    if not Path(cfg.artifact).expanduser().exists():
+        raise DawnpipeError(f"artifact {cfg.artifact} does not exist", "pass a run folder, checkpoint.pt or .onnx")
+
+
+def _top_k(asked: int | None, default: int, classes: int) -> int:
+    if asked is None:
+        return min(default, classes)
+    if asked < 1:
+        raise _BadRequest(400, "top_k", f"top_k={asked} must be at least 1")
+    return min(asked, classes)
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BadRequest(413, "too_large", f"the body is {int(declared):,} bytes; the limit is {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BadRequest(413, "too_large", f"the body passed the {limit:,}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_images(request: Any, cfg: ServeConfig) -> tuple[list[str], np.ndarray]:
+    """(names, uint8 [N, 32, 32, 3]) from a raw image body or a multipart form of image files."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (kind.startswith("image/") or kind == "multipart/form-data" or kind == "application/octet-stream"):
+        raise _BadRequest(
+            415, "content_type", f"Content-Type {kind or '(none)'} is not an image or multipart/form-data"
+        )
+    body = await _read_body(request, cfg.max_request_bytes)
+    if not body:
+        raise _BadRequest(400, "empty", "the request has no body; send image bytes")
+    if kind != "multipart/form-data":
+        parts = [("image", body)]
+    else:
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=cfg.max_images, max_fields=cfg.max_images)
+        except Exception as err:  # malformed multipart, too many parts
+            raise _BadRequest(400, "multipart", f"the multipart body could not be read ({err})") from None
+        parts = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
+        if not parts:
+            raise _BadRequest(400, "empty", "the multipart body holds no file parts")
+    if len(parts) > cfg.max_images:
+        raise _BadRequest(413, "too_many", f"{len(parts)} images in one request; the limit is {cfg.max_images}")
+    images = await run_in_threadpool(lambda: [_decode(name, data) for name, data in parts])
+    return [name for name, _ in parts], np.stack(images)
+
+
+def _decode(name: str, data: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    from dawnpipe.infer.predict import check_image_size, to_model_input
+
+    if not data:
+        raise _BadRequest(400, "empty", f"{name} has 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                check_image_size(image, name)
+                return to_model_input(image)
+    except DawnpipeError as err:
+        raise _BadRequest(413, "too_many_pixels", str(err)) from None
+    except Image.DecompressionBombError:
+        raise _BadRequest(413, "too_many_pixels", f"{name} has more pixels than Pillow will decode") from None
+    except UnidentifiedImageError:
+        raise _BadRequest(400, "not_an_image", f"{name} is not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError) as err:  # truncated or damaged data
+        raise _BadRequest(400, "damaged_image", f"{name} could not be decoded ({err})") from None
+
+
+def _top(names: list[str], logits: np.ndarray, views: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [
+        {
+            "image": names[i],
+            "top": [{"class": classes[j], "probability": float(probs[i, j])} for j in order[i]],
+            "views": float(views[i]),
+        }
+        for i in range(len(names))
+    ]
