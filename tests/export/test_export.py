@@ -120,6 +120,7 @@ def test_manifest_lineage(trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     result = export(ExportConfig(source=str(run), check_images=128))
+
     manifest = json.loads((run / "manifest.json").read_text())
     entry = manifest["artifacts"][result.onnx.name]
     assert entry["made_from"]["sha256"] == manifest["artifacts"]["checkpoint"]["sha256"]
@@ -133,6 +134,7 @@ def test_export_out_folder_holds_its_own_manifest_and_evaluates_without_data(tra
 
     before = (trained_run / "manifest.json").read_bytes()
     result = export(ExportConfig(source=str(trained_run), out=str(tmp_path / "deploy"), check_images=128))
+
     manifest = json.loads((tmp_path / "deploy" / "manifest.json").read_text())
     assert result.onnx.name in manifest["artifacts"] and manifest["runs"]["export"]["source_sha256"]
     assert (trained_run / "manifest.json").read_bytes() == before  # the source run is not rewritten
@@ -198,9 +200,28 @@ def test_triton_repository(trained_run, tmp_path):
     run("fp16")  # a second precision keeps its own model
     models = {p.name for p in (tmp_path / "repo").iterdir() if p.is_dir()}
     assert {"resnet9_ema_none_fp32_onnx", "resnet9_ema_none_fp16_onnx"} <= models
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    for model in models:  # Triton's own schema: an unknown or misspelt field raises ParseError
+        parsed = text_format.Parse(
+            (tmp_path / "repo" / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+        )
+        assert parsed.name == model and parsed.input[0].data_type == model_config_pb2.TYPE_UINT8
+        assert list(parsed.input[0].dims) == [32, 32, 3] and list(parsed.output[0].dims) == [4]
+        assert parsed.output[0].label_filename == "labels.txt" and parsed.dynamic_batching.preferred_batch_size
+    import json
+
+    manifest = json.loads((tmp_path / "repo" / "manifest.json").read_text())["artifacts"]
+    assert {k for k in manifest if k.startswith("triton:")} == {
+        f"triton:{tmp_path / 'repo' / m / 'config.pbtxt'}" for m in models
+    }  # keyed by repository path: the second export did not erase the first record
     (config.parent / "1" / "model.onnx").write_bytes(b"someone else's model")
     with pytest.raises(DawnpipeError, match="already holds a different model"):
         run()
+    forced = export(ExportConfig(source=str(trained_run), out=str(tmp_path / "o"), triton=str(tmp_path / "repo"),
+                                 check_images=128, force=True))  # fmt: skip
+    assert (config.parent / "1" / "model.onnx").read_bytes() == forced.onnx.read_bytes()
 
 
 @pytest.mark.skipif(
