@@ -84,8 +84,16 @@ _BACKENDS, _PROVIDERS = _runtimes()
 def _train_options(command):
     """The training options, shared by `train` and `pipeline`; defaults come from TrainConfig/ModelConfig."""
     from dawnpipe.train.config import ModelConfig
+    from dawnpipe.train.presets import PRESETS
 
     options = [
+        click.option(
+            "--preset",
+            type=click.Choice(tuple(PRESETS)),
+            default=None,
+            help="Named recipe: page (post 8 exactly; the default), quick (width 0.5, 3 epochs: a first look), "
+            "fast (page + alternating flip + lookahead EMA). Options given explicitly win over the preset's values.",
+        ),
         click.option(
             "--data",
             type=click.Path(path_type=Path),
@@ -217,7 +225,7 @@ def train(**opts) -> None:
     """Train ResNet-9 with Myrtle.ai's 10-epoch recipe and write runs/<name>/checkpoint.pt + manifest.json."""
     from dawnpipe.train.api import train_command
 
-    result = train_command(**opts)
+    result = train_command(explicit=_explicit(opts), **opts)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 speaks
     click.echo(f"checkpoint: {result.checkpoint}")
@@ -229,6 +237,14 @@ def train(**opts) -> None:
             f"{m['test_images']} images; {m['train_seconds']:.1f} s training, "
             f"{m['train_images_per_s']:.0f} images/s"
         )
+
+
+def _explicit(opts: dict) -> set[str]:
+    """The options the user typed (not defaults): these win over a preset's values."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
 
 
 class _ModeList(click.ParamType):
@@ -711,7 +727,7 @@ def pipeline(widths, seeds, tta_modes, latency_rounds, rules, budget_gflops, bud
     from dawnpipe.costs.report import ReportConfig
     from dawnpipe.train.api import config_from_options
 
-    train_cfg = config_from_options(**opts)
+    train_cfg = config_from_options(explicit=_explicit(opts), **opts)
     cfg = PipelineConfig(
         train=train_cfg,
         widths=widths or (train_cfg.model.width,),

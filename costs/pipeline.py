@@ -1,10 +1,10 @@
 """pipeline(): train a family (widths x seeds, one recipe), export, evaluate every TTA mode on every available
 backend, and write one cost report over the family.
 
-Every option is validated before training starts. Each run is exported once per artifact: the fp32 ONNX
-everywhere; on a GPU also the fp16 ONNX and, where TensorRT is installed, an engine built from that fp16 ONNX.
-Backends: PyTorch (the checkpoint) and onnxruntime (fp32 ONNX, CPU) everywhere; onnxruntime CUDA (fp16 ONNX)
-and TensorRT on a GPU. What is skipped is said, with why.
+Every option is validated before training starts. Each run is exported once per artifact: the fp32 and int8
+ONNX everywhere; on a GPU also the fp16 ONNX and, where TensorRT is installed, an engine built from that fp16
+ONNX. Backends: PyTorch (the checkpoint) and onnxruntime (fp32 and int8 ONNX, CPU) everywhere; onnxruntime CUDA
+(fp16 ONNX) and TensorRT on a GPU. What is skipped is said, with why.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
 
     from dawnpipe.costs.report import build_report
     from dawnpipe.export.api import build_engine_artifact, export_onnx_model, load_source, record
+    from dawnpipe.export.config import Int8Spec
     from dawnpipe.export.onnx_export import onnxruntime_module
     from dawnpipe.export.tensorrt_build import tensorrt_status
     from dawnpipe.infer.evaluate import EvalConfig, evaluate
@@ -107,8 +108,11 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
             run = trained.run_dir
             runs.append(run)
             source = load_source(run)
-            stage("export", f"{tag}fp32 ONNX" + (" and fp16 ONNX" if on_gpu else ""))
+            stage("export", f"{tag}fp32 and int8 ONNX" + (" and fp16 ONNX" if on_gpu else ""))
             written = [export_onnx_model(source, run, precision="fp32")]
+            calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
+            int8 = export_onnx_model(source, run, precision="int8", int8=Int8Spec(calibration_images=calibration))
+            written.append(int8)
             if on_gpu:
                 written.append(export_onnx_model(source, run, precision="fp16"))
             if on_gpu and trt_reason is None:
@@ -116,9 +120,13 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
             record(
                 run, source, written, {"precisions": [a.entry["precision"] for a in written if "precision" in a.entry]}
             )
-            evals: list[tuple[str, Path, str]] = [("torch", run, "auto"), ("onnxruntime", written[0].path, "cpu")]
+            evals: list[tuple[str, Path, str]] = [
+                ("torch", run, "auto"),
+                ("onnxruntime", written[0].path, "cpu"),
+                ("onnxruntime", int8.path, "cpu"),
+            ]
             if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-                evals.append(("onnxruntime", written[1].path, "cuda"))
+                evals.append(("onnxruntime", written[2].path, "cuda"))
             if written[-1].entry.get("kind") == "tensorrt-engine":
                 evals.append(("tensorrt", written[-1].path, "auto"))
             for backend, artifact, provider in evals:

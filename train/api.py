@@ -2,37 +2,68 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from dawnpipe.train.config import ModelConfig, TrainConfig
+from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.trainer import TrainResult, train
 
 _RENAMED = {"lr": "lr_peak"}  # CLI option name -> TrainConfig field
 _PATHS = ("data", "out", "resume")  # stored as strings so configs serialise to JSON
 
 
-def config_from_options(**options: Any) -> TrainConfig:
-    """Build the frozen config from CLI-style options; an option left out keeps the dataclass default.
+def config_from_options(*, preset: str | None = None, explicit: set[str] | None = None, **options: Any) -> TrainConfig:
+    """Build the frozen config from CLI-style options over the named preset (default ``page``).
 
     ``width`` sets ``model.width``; ``lr`` sets ``lr_peak``; every other key is a TrainConfig field name.
+    ``explicit``: the option names the user actually gave (the CLI passes them); the others keep the preset's
+    values where it has one. Python callers leave it out: every option they pass is explicit.
     """
-    model = ModelConfig(width=options.pop("width")) if "width" in options else ModelConfig()
+    return config_and_notes(preset=preset, explicit=explicit, **options)[0]
+
+
+def config_and_notes(
+    *, preset: str | None = None, explicit: set[str] | None = None, **options: Any
+) -> tuple[TrainConfig, list[str]]:
+    """config_from_options, plus a note for each preset value an explicit option replaced."""
+    from dawnpipe.train.presets import DEFAULT_PRESET, check_preset, preset_config
+
+    name = preset or DEFAULT_PRESET
+    preset_values = check_preset(name)
+    given = set(options) if explicit is None else explicit
     fields: dict[str, Any] = {}
     for key, value in options.items():
         if key in _PATHS and value is not None:
             value = str(value)
-        fields[_RENAMED.get(key, key)] = value
-    unknown = sorted(set(fields) - set(TrainConfig.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"unknown training options {unknown}")
-    return TrainConfig(model=model, **fields)
+        if key in preset_values and key not in given:
+            continue  # the preset decides this one
+        fields["width" if key == "width" else _RENAMED.get(key, key)] = value
+    return preset_config(name, fields)
 
 
 def train_command(progress: bool = True, **options: Any) -> TrainResult:
     """Train from CLI options; under torchrun the run is distributed (see train.distributed)."""
     from dawnpipe.train.distributed import launched_by_torchrun, run_distributed
 
-    cfg = config_from_options(**options)
+    notes: list[str] = []
+    cfg, notes = config_and_notes(**options)
+    for note in notes:
+        print(f"notice: {note}", file=sys.stderr, flush=True)
+    if cfg.resume and options.get("preset") is not None:
+        _check_resume_preset(cfg)
     if launched_by_torchrun():
         return run_distributed(cfg, progress=progress)
     return train(cfg, progress=progress)
+
+
+def _check_resume_preset(cfg: TrainConfig) -> None:
+    """A resumed run continues as it was trained; naming another preset is refused, not silently ignored."""
+    from dawnpipe.common.errors import DawnpipeError
+    from dawnpipe.train.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(cfg.resume).get("train_config", {}).get("preset", "page")
+    if saved != cfg.preset:
+        raise DawnpipeError(
+            f"{cfg.resume} was trained with preset {saved}; --preset {cfg.preset} cannot change a run midway",
+            "resume without --preset (it continues as trained), or start a new run with the new preset",
+        )

@@ -16,10 +16,27 @@ def reflect_index(size: int, pad: int, device: torch.device | None = None) -> to
     return torch.where(i >= size, 2 * (size - 1) - i, i)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int, flip: bool, cutout: int) -> torch.Tensor:
+def alternating_flips(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which images to flip in ``epoch`` under alternating flip (airbench; Jordan 2024, arXiv 2404.00498): a
+    seeded random half in the first epoch, then every image flipped in alternate epochs, so each image is seen
+    once flipped and once not in every pair of epochs (random flips repeat a view about half the time)."""
+    first = torch.randint(0, 2, (count,), generator=torch.Generator().manual_seed(seed * 7919 + 17)).bool()
+    return first ^ bool(epoch % 2)
+
+
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    pad: int,
+    flip: bool,
+    cutout: int,
+    flips: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Random crop of the reflect-padded image, optional horizontal flip and cutout, for a whole uint8 NHWC batch.
 
-    The randomness comes from ``generator`` only, so a seeded generator repeats the batch exactly.
+    The randomness comes from ``generator`` only, so a seeded generator repeats the batch exactly. ``flips``
+    (bool per image) replaces the random flip when given (alternating flip).
     """
     n, h, w, _ = images.shape
     dev = images.device
@@ -27,7 +44,9 @@ def augment(images: torch.Tensor, generator: torch.Generator, *, pad: int, flip:
     dy, dx = rand(n, high=2 * pad + 1), rand(n, high=2 * pad + 1)
     rows = reflect_index(h, pad, dev)[dy[:, None] + torch.arange(h, device=dev)]  # (n, h) source rows
     cols = torch.arange(w, device=dev).expand(n, w)
-    if flip:
+    if flips is not None:
+        cols = torch.where(flips.to(dev)[:, None], cols.flip(1), cols)
+    elif flip:
         flipped = rand(n, high=2).bool()
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
     cols = reflect_index(w, pad, dev)[dx[:, None] + cols]

@@ -57,12 +57,17 @@ class TrainConfig:
     # 512 (an implicit x512 scale) and need no dynamic scaler; static scaling keeps the step free of host syncs
     # augmentation (post 2: pad 4 + random crop + flip); cutout is post 4's option, off in post 8's final run
     crop_pad: int = 4  # pixels of reflect padding before the random 32x32 crop
-    flip: bool = True  # random horizontal flip, probability 0.5
+    flip: bool = True  # horizontal flip
+    flip_mode: str = "random"  # random: each image p=0.5 every epoch; alternating: flipped in alternate epochs
+    # (random half in epoch 1; airbench, arXiv 2404.00498 sec. 3.6)
     cutout: int = 0  # side in pixels of a zeroed square; 0 = off (post 4 used 8)
     # EMA of weights and BN buffers (post 8: momentum 0.99 applied every 5 steps)
     ema_every: int = 5  # steps between EMA updates
     ema_decay: float = 0.99  # per step; applied as decay**ema_every every ema_every steps
     ema_warmup: bool = True  # decay min(d, (1+u)/(10+u)) at update u, so short runs are not stuck near init
+    lookahead: bool = False  # every ema_every steps pull the weights back to the EMA (hlb-CIFAR10/airbench), decay
+    # lookahead_decay**ema_every x (progress)**3 rising from 0; at the end the weights become the EMA
+    lookahead_decay: float = 0.95  # per step, at the end of training (airbench94's value)
     # model
     model: ModelConfig = field(default_factory=ModelConfig)
     whitening_images: int = 10_000  # training images whose 3x3 patches set the whitening layer (post 8)
@@ -79,6 +84,7 @@ class TrainConfig:
     sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics (refused: it drops ghost BN)
     compile: bool = False  # torch.compile the training forward/backward (inductor); eager with a notice if it fails
     resume: str | None = None  # run folder (or checkpoint) to continue instead of starting over
+    preset: str = "page"  # the named recipe these values started from (train/presets.py); recorded, not applied
     overwrite: bool = False  # replace a finished or interrupted run of the same name (refused otherwise)
     unofficial_batches: bool = False  # accept CIFAR pickle batches whose md5 is not the published one
 

@@ -29,13 +29,20 @@ class EMA:
         self._other = [(e, m) for e, m in self._pairs if not e.is_floating_point()]
 
     @torch.no_grad()
-    def update(self) -> None:
-        """One EMA step towards the live model."""
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+    def update(self, decay: float | None = None, pull_back: bool = False) -> None:
+        """One EMA step towards the live model (at ``decay``, else the configured one with its warm-up).
+
+        ``pull_back``: then copy the average back into the live model, the lookahead scheme of hlb-CIFAR10 and
+        airbench (Zhang et al. 2019's Lookahead with an EMA as the slow weights).
+        """
+        if decay is None:
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         self.updates += 1
         if self._float:
             ema, live = zip(*self._float, strict=True)
             torch._foreach_lerp_(list(ema), list(live), 1.0 - decay)
+            if pull_back:
+                torch._foreach_copy_(list(live), list(ema))
         for e, m in self._other:
             e.copy_(m)
 

@@ -30,7 +30,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.common.tta import softmax_confidence, tta_logits, views
-from dawnpipe.train.augment import augment
+from dawnpipe.train.augment import alternating_flips, augment
 from dawnpipe.train.calibration import calibrate_threshold, describe_holdout, split_holdout
 from dawnpipe.train.checkpoint import CHECKPOINT_NAME, input_contract, load_checkpoint, save_checkpoint
 from dawnpipe.train.config import TrainConfig
@@ -67,6 +67,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         )
     if cfg.name is not None:
         check_run_name(cfg.name)
+    if cfg.flip_mode not in ("random", "alternating"):
+        raise DawnpipeError(f"unknown flip mode {cfg.flip_mode!r}", "use random or alternating")
     if dist is not None and dist.rank != 0:
         return _train(cfg, Path(cfg.out), progress, dist, started)
     with RunFolder(_run_dir(cfg)) as folder:
@@ -210,7 +212,10 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
             for epoch in range(start_epoch, cfg.epochs):
                 gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + epoch)
                 order = torch.randperm(len(train_y), generator=gen).to(dev.device)
-                epoch_x = augment(train_x[order], gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout)
+                flips = None
+                if cfg.flip and cfg.flip_mode == "alternating":
+                    flips = alternating_flips(len(train_y), cfg.seed, epoch).to(dev.device)[order]
+                epoch_x = augment(train_x[order], gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout, flips=flips)
                 epoch_y = train_y[order]
                 if dist is not None:  # each rank takes its slice of every global batch
                     epoch_x, epoch_y = dist.shard(epoch_x, epoch_y, cfg.batch_size)
@@ -241,8 +246,13 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                     else:
                         loss.backward()
                         optimizer.step()
-                    if (epoch * steps_per_epoch + step + 1) % cfg.ema_every == 0:  # global step: short epochs too
-                        ema.update()
+                    global_step = epoch * steps_per_epoch + step + 1
+                    if global_step % cfg.ema_every == 0:  # global step: short epochs too
+                        if cfg.lookahead:
+                            progress = global_step / (cfg.epochs * steps_per_epoch)
+                            ema.update(decay=cfg.lookahead_decay**cfg.ema_every * progress**3, pull_back=True)
+                        else:
+                            ema.update()
                     done = step + 1
                     loss_sum += loss.detach()
                     correct += (logits.detach().argmax(1) == y).sum()
@@ -285,6 +295,9 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
             f"{interrupt['why']} in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
             f"continue with `dawnpipe train --resume {run_dir}`",
         ) from None
+
+    if cfg.lookahead:
+        ema.update(decay=1.0, pull_back=True)  # the weights become the average (airbench's final lookahead step)
 
     # ---- final evaluation: EMA with and without flip TTA, raw weights for comparison
     final: dict[str, Any] = {

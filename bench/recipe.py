@@ -1,0 +1,90 @@
+"""Recipe ablation: named presets trained side by side, accuracy at equal epochs and at equal time.
+
+    python bench/recipe.py --presets page,fast --width 0.25 --epochs 3 --seeds 0,1 [--data PATH] [--out DIR]
+
+Candidates are interleaved (page s0, fast s0, page s1, fast s1, ...) so drift of a shared machine hits all
+alike. Each run is a normal `dawnpipe train` run folder under --out (default bench/results/recipe-runs), so
+its manifest holds the full config. Reported per preset: mean and spread over seeds of the EMA test accuracy
+without and with flip TTA after the last epoch, the trainer's own training clock, and (from the per-epoch
+history) the plain accuracy each candidate had reached by the time the fastest candidate finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.common import ROOT, data_source, write_result  # noqa: E402
+from dawnpipe.train.api import config_from_options  # noqa: E402
+from dawnpipe.train.checkpoint import load_checkpoint  # noqa: E402
+from dawnpipe.train.trainer import train  # noqa: E402
+
+
+def _accuracy_by(history: list[dict], seconds: float) -> float | None:
+    """Plain EMA test accuracy of the last epoch finished within ``seconds`` of training clock."""
+    clock, reached = 0.0, None
+    for record in history:
+        clock += record["train_seconds"]
+        if clock <= seconds * (1 + 1e-9) and "ema_test_acc" in record:
+            reached = record["ema_test_acc"]
+    return reached
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="page,fast")
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--data", default=data_source())
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recipe-runs")
+    args = parser.parse_args()
+    presets, seeds = args.presets.split(","), [int(s) for s in args.seeds.split(",")]
+    runs: dict[str, list[dict]] = {p: [] for p in presets}
+    for seed in seeds:
+        for preset in presets:  # interleaved: each seed trains every candidate before the next seed
+            cfg = config_from_options(
+                preset=preset,
+                data=args.data,
+                epochs=args.epochs,
+                width=args.width,
+                seed=seed,
+                out=args.out,
+                name=f"{preset}-w{args.width:g}-e{args.epochs}-s{seed}",
+                overwrite=True,
+            )
+            result = train(cfg, progress=False)
+            final = result.metrics
+            history = load_checkpoint(result.checkpoint)["metrics"]["epochs"]
+            runs[preset].append({**final, "seed": seed, "history": history})
+            print(f"{preset} seed {seed}: {final['ema_test_acc']:.4f} plain, {final['ema_test_acc_flip']:.4f} flip, "
+                  f"{final['train_seconds']:.0f} s", flush=True)  # fmt: skip
+    fastest = min(np.mean([r["train_seconds"] for r in rs]) for rs in runs.values())
+    summary = {}
+    for preset, rs in runs.items():
+        plain = np.array([r["ema_test_acc"] for r in rs])
+        flip = np.array([r["ema_test_acc_flip"] for r in rs])
+        by_time = [_accuracy_by(r["history"], fastest) for r in rs]
+        summary[preset] = {
+            "seeds": seeds,
+            "plain_mean": float(plain.mean()),
+            "plain_range": [float(plain.min()), float(plain.max())],
+            "flip_mean": float(flip.mean()),
+            "flip_range": [float(flip.min()), float(flip.max())],
+            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
+            "plain_at_fastest_time": by_time,
+            "per_seed": [{k: r[k] for k in ("seed", "ema_test_acc", "ema_test_acc_flip", "train_seconds")} for r in rs],
+        }
+    write_result(
+        "recipe",
+        {"data": args.data, "width": args.width, "epochs": args.epochs, "equal_time_s": fastest, "presets": summary},
+    )
+
+
+if __name__ == "__main__":
+    main()
