@@ -91,8 +91,8 @@ def _train_options(command):
             "--preset",
             type=click.Choice(tuple(PRESETS)),
             default=None,
-            help="Named recipe: page (post 8 exactly; the default), quick (width 0.5, 3 epochs: a first look), "
-            "fast (page + alternating flip + lookahead EMA). Options given explicitly win over the preset's values.",
+            help="Named recipe: page (post 8 exactly; the default) or quick (width 0.5, 3 epochs: a first look). "
+            "Options given explicitly win over the preset's values.",
         ),
         click.option(
             "--data",

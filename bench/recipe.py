@@ -1,9 +1,9 @@
-"""Recipe ablation: named presets trained side by side, accuracy at equal epochs and at equal time.
+"""Recipe ablation: candidate recipes trained side by side, accuracy at equal epochs and at equal time.
 
-    python bench/recipe.py --presets page,fast --width 0.25 --epochs 3 --seeds 0,1 [--data PATH] [--out DIR]
+    python bench/recipe.py --candidates page,airbench --width 0.25 --epochs 3 --seeds 0,1 [--data PATH] [--out DIR]
 
-Candidates are interleaved (page s0, fast s0, page s1, fast s1, ...) so drift of a shared machine hits all
-alike. Each run is a normal `dawnpipe train` run folder under --out (default bench/results/recipe-runs), so
+A candidate is a preset plus config fields (CANDIDATES below). Candidates are interleaved (page s0, airbench s0,
+page s1, airbench s1, ...) so drift of a shared machine hits all alike. Each run is a normal `dawnpipe train` run folder under --out (default bench/results/recipe-runs), so
 its manifest holds the full config. Reported per preset: mean and spread over seeds of the EMA test accuracy
 without and with flip TTA after the last epoch, the trainer's own training clock, and (from the per-epoch
 history) the plain accuracy each candidate had reached by the time the fastest candidate finished.
@@ -24,6 +24,13 @@ from dawnpipe.train.api import config_from_options  # noqa: E402
 from dawnpipe.train.checkpoint import load_checkpoint  # noqa: E402
 from dawnpipe.train.trainer import train  # noqa: E402
 
+CANDIDATES = {  # name -> (preset, config fields over it)
+    "page": ("page", {}),
+    "airbench": ("page", {"flip_mode": "alternating", "lookahead": True}),  # arXiv 2404.00498; hlb-CIFAR10
+    "alternating-flip": ("page", {"flip_mode": "alternating"}),
+    "lookahead": ("page", {"lookahead": True}),
+}
+
 
 def _accuracy_by(history: list[dict], seconds: float) -> float | None:
     """Plain EMA test accuracy of the last epoch finished within ``seconds`` of training clock."""
@@ -37,19 +44,21 @@ def _accuracy_by(history: list[dict], seconds: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="page,fast")
+    parser.add_argument("--candidates", default="page,airbench", help=f"from {', '.join(CANDIDATES)}")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--data", default=data_source())
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "recipe-runs")
     args = parser.parse_args()
-    presets, seeds = args.presets.split(","), [int(s) for s in args.seeds.split(",")]
+    presets, seeds = args.candidates.split(","), [int(s) for s in args.seeds.split(",")]
     runs: dict[str, list[dict]] = {p: [] for p in presets}
     for seed in seeds:
         for preset in presets:  # interleaved: each seed trains every candidate before the next seed
+            base, fields = CANDIDATES[preset]
             cfg = config_from_options(
-                preset=preset,
+                preset=base,
+                **fields,
                 data=args.data,
                 epochs=args.epochs,
                 width=args.width,

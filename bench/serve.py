@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=120.0)
@@ -130,7 +130,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     write_result(
-        "serve",
+        f"serve-wait{args.max_wait_ms:g}ms",
         {
             "artifact": str(args.artifact),
             "max_wait_ms": args.max_wait_ms,

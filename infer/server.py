@@ -36,7 +36,8 @@ class ServeConfig:
     port: int = 8000
     tta: str = "none"  # any mode of common.tta.ALL_MODES (a graph with TTA baked in keeps its own)
     max_batch: int = 64  # images per model call
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_wait_ms: float = 0.0  # how long a batch's first request waits for others; 0 = take what queued while the
+    # model was busy, which measured best at concurrency 1, 8 and 32 on the 2-core CPU (bench/serve.py, README)
     max_request_bytes: int = 16 << 20  # body size refused with 413 beyond this
     max_images: int = 64  # images per request
     top_k: int = 5  # default classes per image (?top_k= overrides, up to the class count)

@@ -249,8 +249,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                     global_step = epoch * steps_per_epoch + step + 1
                     if global_step % cfg.ema_every == 0:  # global step: short epochs too
                         if cfg.lookahead:
-                            progress = global_step / (cfg.epochs * steps_per_epoch)
-                            ema.update(decay=cfg.lookahead_decay**cfg.ema_every * progress**3, pull_back=True)
+                            through = global_step / (cfg.epochs * steps_per_epoch)  # fraction of training done
+                            ema.update(decay=cfg.lookahead_decay**cfg.ema_every * through**3, pull_back=True)
                         else:
                             ema.update()
                     done = step + 1

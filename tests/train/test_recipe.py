@@ -61,7 +61,7 @@ def test_presets_are_known_and_explicit_options_win_with_a_note():
     assert cfg.epochs == 5 and cfg.model.width == 0.5 and cfg.preset == "quick"  # width not typed: preset's
     assert notes == ["--epochs 5 overrides preset quick's epochs=3"]
     page = config_from_options()
-    assert page == TrainConfig(preset="page") and set(PRESETS) == {"page", "quick", "fast"}
+    assert page == TrainConfig(preset="page") and set(PRESETS) == {"page", "quick"}
 
 
 def _tiny(image_folder, out, **overrides):
@@ -69,23 +69,26 @@ def _tiny(image_folder, out, **overrides):
     return config_from_options(**{**options, **overrides})
 
 
+_AIRBENCH = {"flip_mode": "alternating", "lookahead": True}
+
+
 def test_a_preset_round_trips_through_the_manifest(image_folder, tmp_path):
-    cfg = _tiny(image_folder, tmp_path, name="fast", preset="fast", epochs=1)
+    cfg = _tiny(image_folder, tmp_path, name="quick", preset="quick", epochs=1, **_AIRBENCH)
     result = train(cfg, progress=False)
     recorded = json.loads((result.run_dir / "manifest.json").read_text())["runs"]["train"]["config"]
-    assert recorded["preset"] == "fast" and recorded["flip_mode"] == "alternating" and recorded["lookahead"]
+    assert recorded["preset"] == "quick" and recorded["flip_mode"] == "alternating" and recorded["lookahead"]
     assert TrainConfig.from_dict(recorded) == cfg
 
 
-def test_resume_under_the_fast_recipe_reproduces_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
-    whole = train(_tiny(image_folder, tmp_path, name="whole", preset="fast"), progress=False)
+def test_resume_with_the_airbench_switches_reproduces_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    whole = train(_tiny(image_folder, tmp_path, name="whole", preset="quick", **_AIRBENCH), progress=False)
     monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
     with pytest.raises(DawnpipeError, match="--resume"):
-        train(_tiny(image_folder, tmp_path, name="cut", preset="fast"), progress=False)
+        train(_tiny(image_folder, tmp_path, name="cut", preset="quick", **_AIRBENCH), progress=False)
     monkeypatch.undo()
     resumed = train(_tiny(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
     a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-5) for k in a["ema"])
     assert all(torch.allclose(a["ema"][k].float(), a["model"][k].float()) for k in a["ema"])  # lookahead's end
     result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "cut"), "--preset", "page"])
-    assert result.exit_code == 1 and "trained with preset fast" in result.stderr
+    assert result.exit_code == 1 and "trained with preset quick" in result.stderr
