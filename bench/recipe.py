@@ -3,8 +3,9 @@
     python bench/recipe.py --candidates page,airbench --width 0.25 --epochs 3 --seeds 0,1 [--data PATH] [--out DIR]
 
 A candidate is a preset plus config fields (CANDIDATES below). Candidates are interleaved (page s0, airbench s0,
-page s1, airbench s1, ...) so drift of a shared machine hits all alike. Each run is a normal `dawnpipe train` run folder under --out (default bench/results/recipe-runs), so
-its manifest holds the full config. Reported per preset: mean and spread over seeds of the EMA test accuracy
+page s1, airbench s1, ...) so drift of a shared machine hits all alike. Each run is a normal `dawnpipe train`
+run folder under --out (default bench/results/recipe-runs), so its manifest holds the full config. Reported per
+candidate: mean and spread over seeds of the EMA test accuracy
 without and with flip TTA after the last epoch, the trainer's own training clock, and (from the per-epoch
 history) the plain accuracy each candidate had reached by the time the fastest candidate finished.
 """
