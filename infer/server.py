@@ -173,10 +173,11 @@ def serve(cfg: ServeConfig, say=print) -> None:
     config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=int(cfg.graceful_timeout_s)
     )
-    _GracefulServer(config).run()
+    _graceful_server_class()(config).run()
 
 
 def _graceful_server_class():
+    """Built on first use, so importing this module needs no uvicorn."""
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
@@ -188,10 +189,6 @@ def _graceful_server_class():
             self._captured_signals.clear()  # uvicorn's list of signals to re-raise after shutdown
 
     return GracefulServer
-
-
-def _GracefulServer(config):  # noqa: N802 - a class built on first use, so importing this module needs no uvicorn
-    return _graceful_server_class()(config)
 
 
 def check_serve_config(cfg: ServeConfig) -> None:
