@@ -53,8 +53,10 @@ def test_modules_do_not_import_runtimes():
     code = (
         "import sys, dawnpipe.cli, dawnpipe.export.api, dawnpipe.export.tensorrt_build, dawnpipe.infer.backends, "
         "dawnpipe.infer.evaluate, dawnpipe.infer.predict, dawnpipe.costs.report, dawnpipe.costs.pipeline, "
-        "dawnpipe.train.trainer, dawnpipe.train.distributed; "
-        "bad = [m for m in ('onnxruntime', 'tensorrt', 'matplotlib', 'fastapi', 'uvicorn') if m in sys.modules]; "
+        "dawnpipe.train.trainer, dawnpipe.train.distributed, dawnpipe.infer.server, dawnpipe.infer.batching, "
+        "dawnpipe.export.quantize; "
+        "bad = [m for m in ('onnxruntime', 'tensorrt', 'matplotlib', 'fastapi', 'uvicorn', 'starlette', "
+        "'prometheus_client') if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
@@ -67,7 +69,7 @@ def test_help_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    for command in ("train", "export", "eval", "predict", "costs", "pipeline"):
+    for command in ("train", "export", "eval", "predict", "serve", "costs", "pipeline"):
         assert command in result.stdout
 
 
