@@ -9,8 +9,8 @@
   82.9% plain, 83.6% with flip TTA (README, Results).
 
 Not a preset: airbench's alternating flip and lookahead EMA (Jordan 2024, arXiv 2404.00498; hlb-CIFAR10) are
-config fields (``flip_mode``, ``lookahead``), but together they cost about one point against ``page`` at width
-0.25 and 3 epochs (bench/recipe.py, 2 seeds, README), so no preset turns them on.
+config fields (``flip_mode``, ``lookahead``), but they showed no gain over ``page`` at width 0.25 and 3 epochs
+(bench/recipe.py, 2 seeds; together 1 point lower on average, within seed noise; README), so no preset uses them.
 
 Options given explicitly win over the preset's values; each override is reported so a user sees which won.
 The preset's name is recorded in the run's config (manifest and checkpoint).
