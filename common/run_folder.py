@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import ensure_writable_dir
+from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 
 LOCK_NAME = ".lock"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
@@ -93,13 +94,11 @@ class RunFolder:
 
     def state(self) -> str:
         """``empty`` (nothing of a run), ``finished``, ``interrupted`` (a checkpoint, training never completed)."""
-        manifest = self.path / "manifest.json"
+        manifest = self.path / MANIFEST_NAME
         if manifest.is_file():
-            import json
-
             try:
-                train = json.loads(manifest.read_text()).get("runs", {}).get("train")
-            except (ValueError, OSError, AttributeError):
+                train = read_manifest(self.path).get("runs", {}).get("train")
+            except (DawnpipeError, AttributeError):  # unreadable or foreign: the checkpoint decides, below
                 train = None
             if train:
                 return "finished"

@@ -45,7 +45,6 @@ def train_command(progress: bool = True, **options: Any) -> TrainResult:
     """Train from CLI options; under torchrun the run is distributed (see train.distributed)."""
     from dawnpipe.train.distributed import launched_by_torchrun, run_distributed
 
-    notes: list[str] = []
     cfg, notes = config_and_notes(**options)
     for note in notes:
         print(f"notice: {note}", file=sys.stderr, flush=True)
