@@ -17,10 +17,12 @@ from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 _OVERRIDE = "pass --allow-foreign to use it anyway (the result is marked as unchecked)"
 
 
-def check_lineage(path: str | Path, run_id: str | None, *, allow_foreign: bool = False) -> str:
+def check_lineage(
+    path: str | Path, run_id: str | None, *, allow_foreign: bool = False, sha256: str | None = None
+) -> str:
     """``"manifest"`` when the folder's manifest lists this exact file (sha256 and run id agree),
     ``"self-described"`` when no manifest is beside it, ``"override"`` when a mismatch was allowed;
-    otherwise a one-line error naming both files."""
+    otherwise a one-line error naming both files. ``sha256``: the file's hash, if the caller has it already."""
     path = Path(path)
     manifest_path = path.parent / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -38,7 +40,7 @@ def check_lineage(path: str | Path, run_id: str | None, *, allow_foreign: bool =
     problem = None
     if entry is None:
         problem = f"{path} is not listed in {manifest_path}; it was not made by this run"
-    elif entry.get("sha256") != sha256_file(path):
+    elif entry.get("sha256") != (sha256 or sha256_file(path)):
         problem = f"{path} is not the file {manifest_path} recorded (sha256 differs); it was replaced afterwards"
     elif run_id and entry.get("run_id") and entry["run_id"] != run_id:
         problem = f"{path} says it comes from run {run_id}, but {manifest_path} records run {entry['run_id']}"

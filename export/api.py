@@ -75,9 +75,10 @@ def load_source(source: str | Path, *, allow_foreign: bool = False, allow_incomp
 
     ckpt = resolve_checkpoint(source)
     payload = load_checkpoint(ckpt)
-    lineage = check_lineage(ckpt, payload.get("run_id"), allow_foreign=allow_foreign)
+    digest = sha256_file(ckpt)
+    lineage = check_lineage(ckpt, payload.get("run_id"), allow_foreign=allow_foreign, sha256=digest)
     check_complete(ckpt, checkpoint_meta(payload)["complete"], allow_incomplete=allow_incomplete)
-    return Source(ckpt, payload, sha256_file(ckpt), lineage)
+    return Source(ckpt, payload, digest, lineage)
 
 
 def export_onnx_model(
@@ -106,7 +107,8 @@ def export_onnx_model(
         raise DawnpipeError(f"unknown precision {precision!r}", f"use --precision {', '.join(EXPORT_PRECISIONS)}")
     check_opset(opset)
     payload = source.payload
-    calibration = _calibration_images(payload, int8 or Int8Spec()) if precision == "int8" else None
+    int8 = int8 or Int8Spec()
+    calibration = _calibration_images(payload, int8) if precision == "int8" else None
     tta_views = views(tta, shift)
     images = _check_images(payload, max(128, check_images // len(tta_views)))
     reference = build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision="fp32")
@@ -146,7 +148,7 @@ def export_onnx_model(
                 f"(tolerance {fp32_tolerance:.0e}); the export was not kept",
                 "report this with the checkpoint; try another --opset",
             )
-        need = fp16_min_agreement if precision == "fp16" else (int8 or Int8Spec()).min_agreement
+        need = fp16_min_agreement if precision == "fp16" else int8.min_agreement
         if precision != "fp32" and result["top1_agreement"] < need:
             raise DawnpipeError(
                 f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
@@ -157,7 +159,7 @@ def export_onnx_model(
 
     path = out_dir / f"resnet9-{weights}-{tta}-{precision}.onnx"
     if precision == "int8":
-        check = _export_int8(module, path, opset, metadata, verify, calibration, int8 or Int8Spec())
+        check = _export_int8(module, path, opset, metadata, verify, calibration, int8)
     else:
         check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
     flops = count_onnx(path)
@@ -266,7 +268,7 @@ def _calibration_images(payload: dict[str, Any], spec: Int8Spec) -> np.ndarray:
     from dawnpipe.export.quantize import check_calibration
     from dawnpipe.train.data import balanced_subset, load_cifar
 
-    check_calibration(spec.calibration_images, spec.calibration_images, spec.calibration_method)
+    check_calibration(spec.calibration_images, spec.calibration_method)  # before the data is read
     own = payload.get("data", {})
     source = spec.calibration_data or own.get("source")
     if not source or not Path(source).expanduser().exists():
@@ -275,7 +277,7 @@ def _calibration_images(payload: dict[str, Any], spec: Int8Spec) -> np.ndarray:
             "pass --calibration-data PATH to the CIFAR-10 copy it was trained on",
         )
     data = load_cifar(source, trusted_sha256=own.get("sha256"))
-    check_calibration(spec.calibration_images, len(data.train_y), spec.calibration_method)
+    check_calibration(spec.calibration_images, spec.calibration_method, available=len(data.train_y))
     return data.train_x[balanced_subset(data.train_y, spec.calibration_images)]
 
 

@@ -42,13 +42,13 @@ def check_not_quantized(path: str | Path) -> None:
         )
 
 
-def check_calibration(count: int, available: int, method: str) -> None:
-    """The calibration options, checked before any export work."""
+def check_calibration(count: int, method: str, available: int | None = None) -> None:
+    """The calibration options, checked before any export work (against the data once it is known)."""
     if method not in CALIBRATION_METHODS:
         raise DawnpipeError(f"unknown calibration method {method!r}", f"use one of {', '.join(CALIBRATION_METHODS)}")
     if count < 1:
         raise DawnpipeError(f"--calibration-images {count} leaves nothing to calibrate on", "pass 64 or more")
-    if count > available:
+    if available is not None and count > available:
         raise DawnpipeError(
             f"--calibration-images {count} is more than the {available} training images available",
             f"pass at most {available}",

@@ -43,6 +43,16 @@ class Backend:
         self.threads = threads or default_threads()
         self.device = "cpu"
         self.lineage = "unchecked"  # set by load(): manifest | self-described | override
+        self._sha256: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        """The artifact file's sha256, hashed once (lineage checks and every eval row use it)."""
+        if self._sha256 is None and self.path.is_file():
+            from dawnpipe.common.files import sha256_file
+
+            self._sha256 = sha256_file(self.path)
+        return self._sha256
 
     def check_input(self, images: Any) -> np.ndarray:
         """The uint8 [N, 32, 32, 3] contract, enforced with a one-line error before any runtime sees the data."""
@@ -388,7 +398,9 @@ def load(
     try:
         from dawnpipe.common.lineage import check_complete, check_lineage
 
-        opened.lineage = check_lineage(opened.path, opened.meta.get("run_id"), allow_foreign=allow_foreign)
+        opened.lineage = check_lineage(
+            opened.path, opened.meta.get("run_id"), allow_foreign=allow_foreign, sha256=opened.sha256
+        )
         check_complete(opened.path, bool(opened.meta.get("complete", True)), allow_incomplete=allow_incomplete)
     except DawnpipeError:
         opened.close()

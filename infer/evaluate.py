@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import atomic_write_json, sha256_file
+from dawnpipe.common.files import atomic_write_json
 from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
 from dawnpipe.common.run_folder import RunFolder
 from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, combine, parse_mode, view_logits, views
@@ -232,7 +232,7 @@ def _row(
     }
     return {
         **backend.describe(),
-        "artifact_sha256": sha256_file(backend.path) if backend.path.is_file() else None,
+        "artifact_sha256": backend.sha256,
         "model_config": backend.meta.get("model_config"),
         "tta": mode,
         "views_per_image": float(views_per_image),

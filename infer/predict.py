@@ -54,9 +54,31 @@ def to_model_input(image, size: int = 32) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def decode_to_model_input(source: Any, name: str) -> np.ndarray:
+    """One image (a path or a binary file object) -> uint8 [32, 32, 3], converted per the module's method.
+
+    Raises the one-line DawnpipeError when the header promises too many pixels (nothing is decoded then), and
+    Pillow's own UnidentifiedImageError / OSError / ValueError for data that is not a readable image; callers
+    decide what those mean (predict skips the file, the server answers 400).
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            with Image.open(source) as image:  # reads the header only
+                check_image_size(image, name)
+                return to_model_input(image)
+    except Image.DecompressionBombError:  # Pillow's own refusal, at twice its limit, before ours is reached
+        raise DawnpipeError(
+            f"{name} has more pixels than Pillow will decode; it was not decoded",
+            "downscale it first (the model sees 32x32 pixels)",
+        ) from None
+
+
 def read_images(paths: list[str | Path]) -> tuple[list[Path], np.ndarray]:
     """Expand folders, read every image, skip non-images with a warning; error when nothing is left."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     files: list[Path] = []
     for raw in paths:
@@ -75,17 +97,8 @@ def read_images(paths: list[str | Path]) -> tuple[list[Path], np.ndarray]:
                 "pass image files only, downscaled if they are huge",
             )
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
-                with Image.open(file) as image:  # reads the header only
-                    check_image_size(image, str(file))
-                    arrays.append(to_model_input(image))
+            arrays.append(decode_to_model_input(file, str(file)))
             kept.append(file)
-        except Image.DecompressionBombError:  # Pillow's own refusal, at twice its limit, before ours is reached
-            raise DawnpipeError(
-                f"{file} has more pixels than Pillow will decode; it was not decoded",
-                "downscale it first (the model sees 32x32 pixels)",
-            ) from None
         except (UnidentifiedImageError, OSError, ValueError):
             warnings.warn(f"skipping {file}: not an image Pillow can read", stacklevel=2)
     if not kept:

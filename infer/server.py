@@ -17,7 +17,6 @@ finishes in-flight requests, then the batcher answers whatever is queued before 
 import io
 import socket
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,22 +260,16 @@ async def _read_images(request: Any, cfg: ServeConfig) -> tuple[list[str], np.nd
 
 
 def _decode(name: str, data: bytes) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    from dawnpipe.infer.predict import check_image_size, to_model_input
+    from dawnpipe.infer.predict import decode_to_model_input
 
     if not data:
         raise _BadRequest(400, "empty", f"{name} has 0 bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                check_image_size(image, name)
-                return to_model_input(image)
-    except DawnpipeError as err:
+        return decode_to_model_input(io.BytesIO(data), name)
+    except DawnpipeError as err:  # more pixels than dawnpipe (or Pillow) decodes
         raise _BadRequest(413, "too_many_pixels", str(err)) from None
-    except Image.DecompressionBombError:
-        raise _BadRequest(413, "too_many_pixels", f"{name} has more pixels than Pillow will decode") from None
     except UnidentifiedImageError:
         raise _BadRequest(400, "not_an_image", f"{name} is not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated or damaged data
