@@ -30,6 +30,11 @@ CANDIDATES = {  # name -> (preset, config fields over it)
     "airbench": ("page", {"flip_mode": "alternating", "lookahead": True}),  # arXiv 2404.00498; hlb-CIFAR10
     "alternating-flip": ("page", {"flip_mode": "alternating"}),
     "lookahead": ("page", {"lookahead": True}),
+    "bn-momentum": ("page", {"bn_momentum": 0.4}),  # airbench94's running-statistics momentum
+    "whiten-bias": ("page", {"whiten_bias": True}),  # airbench94: learnable whitening bias, first 3/8 of training
+    "preact": ("page", {"preact": True}),  # pre-activation residual branches (He et al. 2016; CS230 report)
+    "stochastic-depth": ("page", {"stochastic_depth": 0.1}),  # Huang et al. 2016; ResNet-9 has 2 branches to drop
+    "batch-1024": ("page", {"batch_size": 1024}),  # lr scaled linearly to 2x (lr_scaling "linear", Goyal et al.)
 }
 
 

@@ -14,7 +14,7 @@ import torch
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write
-from dawnpipe.train.config import ModelConfig
+from dawnpipe.train.config import MODEL_FIELDS_ADDED, ModelConfig
 from dawnpipe.train.model import ResNet9
 
 FORMAT = "dawnpipe-checkpoint"
@@ -104,7 +104,8 @@ def _schema_problem(payload: dict[str, Any]) -> str | None:
     for key, kind in (("model_config", dict), ("model", dict), ("ema", dict), ("normalization", dict)):
         if not isinstance(payload.get(key), kind):
             return f"{key!r} is missing or not a {kind.__name__}"
-    model_config = payload["model_config"]
+    # fields added since this version was defined take the values the older checkpoint was trained with
+    model_config = payload["model_config"] = {**MODEL_FIELDS_ADDED, **payload["model_config"]}
     fields = ModelConfig.__dataclass_fields__
     unknown, missing = sorted(set(model_config) - set(fields)), sorted(set(fields) - set(model_config))
     if unknown or missing:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# ModelConfig fields added after checkpoint version 1 was defined. A checkpoint that lacks them was made before
+# they existed, i.e. with these values, which reproduce the network it was trained as.
+MODEL_FIELDS_ADDED = {"bn_momentum": 0.1, "whiten_bias": False, "preact": False, "stochastic_depth": 0.0}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -22,6 +26,15 @@ class ModelConfig:
     freeze_bn_scale: bool = True  # BN scales fixed at 1, only biases learn; post 8
     celu_alpha: float = 0.3  # CELU(0.3) instead of ReLU, smooths the loss surface; post 8 (0 = ReLU)
     output_scale: float = 0.125  # logits multiplied by this constant; post 4 "Mul(0.125)"
+    # Recipe switches measured in bench/recipe.py (README "Recipe ablation"); the defaults are post 8's network.
+    bn_momentum: float = 0.1  # running-statistics update per step (PyTorch's convention and default, as in post 8;
+    # airbench94 uses 0.4, written there as momentum 0.6 in the other convention)
+    whiten_bias: bool = False  # learnable bias after the fixed whitening conv (airbench94); it learns only for the
+    # first TrainConfig.whiten_bias_frac of training
+    preact: bool = False  # residual branches as pre-activation BN-act-conv, BN-act-conv (He et al. 2016, "Identity
+    # mappings"; the Stanford CS230 report's switch) instead of conv-BN-act twice
+    stochastic_depth: float = 0.0  # probability of dropping each residual branch per image in training (Huang et
+    # al. 2016); survivors are scaled by 1/(1-p), so the evaluated and exported network is unchanged
 
     def channels(self) -> tuple[int, int, int, int]:
         """Channel counts of prep, layer1, layer2, layer3."""
@@ -68,6 +81,8 @@ class TrainConfig:
     lookahead: bool = False  # every ema_every steps pull the weights back to the EMA (hlb-CIFAR10/airbench), decay
     # lookahead_decay**ema_every x (progress)**3 rising from 0; at the end the weights become the EMA
     lookahead_decay: float = 0.95  # per step, at the end of training (airbench94's value)
+    whiten_bias_frac: float = 0.375  # with model.whiten_bias: fraction of training steps in which that bias learns,
+    # at the BN biases' lr (airbench94: the first 3 of its 8 epochs); afterwards its learning rate is 0
     # model
     model: ModelConfig = field(default_factory=ModelConfig)
     whitening_images: int = 10_000  # training images whose 3x3 patches set the whitening layer (post 8)

@@ -57,8 +57,8 @@ class GhostBatchNorm(nn.BatchNorm2d):
     that do not split into whole groups, use ordinary BatchNorm.
     """
 
-    def __init__(self, num_features: int, ghost: int, freeze_scale: bool) -> None:
-        super().__init__(num_features)
+    def __init__(self, num_features: int, ghost: int, freeze_scale: bool, momentum: float = 0.1) -> None:
+        super().__init__(num_features, momentum=momentum)
         self.ghost = ghost
         self.weight.requires_grad_(not freeze_scale)
 
@@ -76,24 +76,50 @@ class GhostBatchNorm(nn.BatchNorm2d):
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def _bn(channels: int, cfg: ModelConfig) -> GhostBatchNorm:
+    return GhostBatchNorm(channels, cfg.ghost_batch, cfg.freeze_bn_scale, cfg.bn_momentum)
+
+
+def _act(cfg: ModelConfig) -> nn.Module:
+    return nn.CELU(cfg.celu_alpha) if cfg.celu_alpha > 0 else nn.ReLU()
+
+
 def _conv_bn(c_in: int, c_out: int, cfg: ModelConfig, *, pool: bool = False, kernel: int = 3) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False)]
     if pool:  # pool before BN: 4x less normalisation work, same accuracy (post 3)
         layers.append(nn.MaxPool2d(2))
-    layers.append(GhostBatchNorm(c_out, cfg.ghost_batch, cfg.freeze_bn_scale))
-    layers.append(nn.CELU(cfg.celu_alpha) if cfg.celu_alpha > 0 else nn.ReLU(inplace=True))
+    layers += [_bn(c_out, cfg), _act(cfg)]
     return nn.Sequential(*layers)
 
 
-class Residual(nn.Module):
-    """x + f(x)."""
+def _residual(channels: int, cfg: ModelConfig) -> Residual:
+    """Post 8's branch conv-BN-act twice, or with ``cfg.preact`` BN-act-conv twice (He et al. 2016)."""
+    if cfg.preact:
+        conv = lambda: nn.Conv2d(channels, channels, 3, padding=1, bias=False)  # noqa: E731
+        return Residual(_bn(channels, cfg), _act(cfg), conv(), _bn(channels, cfg), _act(cfg), conv(),
+                        drop=cfg.stochastic_depth)  # fmt: skip
+    return Residual(_conv_bn(channels, channels, cfg), _conv_bn(channels, channels, cfg), drop=cfg.stochastic_depth)
 
-    def __init__(self, *layers: nn.Module) -> None:
+
+class Residual(nn.Module):
+    """x + f(x); in training, f(x) is dropped per image with probability ``drop`` (stochastic depth).
+
+    Survivors are scaled by 1/(1-drop) so the expected branch equals the evaluation-time branch: evaluation,
+    export and deployment see the plain x + f(x). The mask comes from torch's global generator, whose state the
+    checkpoint keeps, so a resumed run draws the masks an uninterrupted one would.
+    """
+
+    def __init__(self, *layers: nn.Module, drop: float = 0.0) -> None:
         super().__init__()
         self.body = nn.Sequential(*layers)
+        self.drop = drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        branch = self.body(x)
+        if self.training and self.drop > 0:
+            keep = torch.empty((x.shape[0], 1, 1, 1), device=x.device, dtype=branch.dtype).bernoulli_(1 - self.drop)
+            branch = branch * (keep / (1 - self.drop))
+        return x + branch
 
 
 class ResNet9(nn.Module):
@@ -105,19 +131,18 @@ class ResNet9(nn.Module):
         c0, c1, c2, c3 = cfg.channels()
         if cfg.whitening:
             # Filled by set_whitening() from training patches; frozen (requires_grad False).
-            self.whiten: nn.Conv2d | None = nn.Conv2d(3, 27, 3, padding=1, bias=False)
+            # With cfg.whiten_bias a learnable bias follows it (airbench94); the trainer stops it learning early.
+            self.whiten: nn.Conv2d | None = nn.Conv2d(3, 27, 3, padding=1, bias=cfg.whiten_bias)
             self.whiten.weight.requires_grad_(False)
+            if self.whiten.bias is not None:
+                nn.init.zeros_(self.whiten.bias)
             self.prep = _conv_bn(27, c0, cfg, kernel=1)
         else:
             self.whiten = None
             self.prep = _conv_bn(3, c0, cfg)
-        self.layer1 = nn.Sequential(
-            _conv_bn(c0, c1, cfg, pool=True), Residual(_conv_bn(c1, c1, cfg), _conv_bn(c1, c1, cfg))
-        )
+        self.layer1 = nn.Sequential(_conv_bn(c0, c1, cfg, pool=True), _residual(c1, cfg))
         self.layer2 = _conv_bn(c1, c2, cfg, pool=True)
-        self.layer3 = nn.Sequential(
-            _conv_bn(c2, c3, cfg, pool=True), Residual(_conv_bn(c3, c3, cfg), _conv_bn(c3, c3, cfg))
-        )
+        self.layer3 = nn.Sequential(_conv_bn(c2, c3, cfg, pool=True), _residual(c3, cfg))
         self.linear = nn.Linear(c3, cfg.num_classes, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

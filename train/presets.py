@@ -39,7 +39,7 @@ def check_preset(name: str) -> dict[str, Any]:
 
 
 def preset_config(name: str, explicit: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
-    """TrainConfig from the preset, then ``explicit`` (field names; ``width`` sets model.width) on top.
+    """TrainConfig from the preset, then ``explicit`` on top; names are TrainConfig or ModelConfig fields.
 
     Returns the config and a note per preset value an explicit option replaced.
     """
@@ -50,10 +50,9 @@ def preset_config(name: str, explicit: dict[str, Any]) -> tuple[TrainConfig, lis
         if explicit[k] != values[k]
     ]
     values.update(explicit)
-    width = values.pop("width", None)
-    fields = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - fields)
+    model_fields = set(ModelConfig.__dataclass_fields__) - {"num_classes"}  # the data decides the class count
+    model = replace(ModelConfig(), **{k: values.pop(k) for k in sorted(model_fields & set(values))})
+    unknown = sorted(set(values) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise TypeError(f"unknown training options {unknown}")
-    model = ModelConfig() if width is None else replace(ModelConfig(), width=width)
     return TrainConfig(**{**values, "model": model, "preset": name}), notes

@@ -67,8 +67,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
         )
     if cfg.name is not None:
         check_run_name(cfg.name)
-    if cfg.flip_mode not in ("random", "alternating"):
-        raise DawnpipeError(f"unknown flip mode {cfg.flip_mode!r}", "use random or alternating")
+    _check_switches(cfg)
     if dist is not None and dist.rank != 0:
         return _train(cfg, Path(cfg.out), progress, dist, started)
     with RunFolder(_run_dir(cfg)) as folder:
@@ -125,13 +124,21 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
     model = ResNet9(model_cfg)
     model.set_whitening(normalize(train_x[: cfg.whitening_images], mean, std, torch.float32))
     model = model.to(dev.device, memory_format=torch.channels_last if dev.channels_last else torch.preserve_format)
+    steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
+    whiten_bias = [] if model.whiten is None or model.whiten.bias is None else [model.whiten.bias]
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1 and not any(p is b for b in whiten_bias)]
+    bias_group = {"lr_scale": cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}
+    groups = [
+        {"params": weights, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
+        {"params": biases, **bias_group},
+    ]
+    if whiten_bias:  # learns at the BN biases' rate for the first whiten_bias_frac of the steps, then lr 0
+        groups.append(
+            {"params": whiten_bias, **bias_group, "until_step": cfg.whiten_bias_frac * cfg.epochs * steps_per_epoch}
+        )
     optimizer = torch.optim.SGD(
-        [
-            {"params": weights, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
-            {"params": biases, "lr_scale": cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale},
-        ],
+        groups,
         lr=0.0,
         momentum=cfg.momentum,
         nesterov=True,
@@ -143,7 +150,6 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
     guard = NonFiniteGuard(optimizer, trainable) if loss_scale != 1.0 else None
     if dev.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels once
-    steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     history: list[dict[str, Any]] = []
     start_epoch, skip_steps = 0, 0
@@ -152,6 +158,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
         ema.load(resume_state["ema"], resume_state["state"].get("ema_updates", 0))
         optimizer.load_state_dict(resume_state["state"]["optimizer"])
         start_epoch, skip_steps = resume_state["state"]["epoch"], resume_state["state"]["step_in_epoch"]
+        _restore_rng(resume_state["state"].get("rng"), dev)
         history = list(resume_state["metrics"]["epochs"])
         saved_world = resume_state["state"].get("world_size", 1)
         if saved_world != world:  # the global batch split and the data order depend on it
@@ -197,6 +204,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                     "optimizer": optimizer.state_dict(),
                     "world_size": world,
                     "ema_updates": ema.updates,
+                    "rng": _rng_state(dev),  # stochastic depth draws from it; a resumed run continues the stream
                 },
             },
         )
@@ -233,7 +241,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                         first_step_unix = time.time()
                     lr = float(lrs[epoch * steps_per_epoch + step])
                     for group in optimizer.param_groups:
-                        group["lr"] = lr * group["lr_scale"]
+                        live_group = epoch * steps_per_epoch + step < group.get("until_step", float("inf"))
+                        group["lr"] = lr * group["lr_scale"] if live_group else 0.0
                     x = normalize(epoch_x[step * local_batch : (step + 1) * local_batch], mean, std, compute)
                     y = epoch_y[step * local_batch : (step + 1) * local_batch]
                     with _autocast(dev):
@@ -393,6 +402,36 @@ class CompiledOrEager:
             except Exception as err:  # compile errors surface on the first call, before any weight changes
                 self._fall_back(err)
         return self.module(x)
+
+
+def _check_switches(cfg: TrainConfig) -> None:
+    """The recipe switches' ranges, checked before any data is read."""
+    if cfg.flip_mode not in ("random", "alternating"):
+        raise DawnpipeError(f"unknown flip mode {cfg.flip_mode!r}", "use random or alternating")
+    for name, value, low, high in (
+        ("stochastic_depth", cfg.model.stochastic_depth, 0.0, 0.95),
+        ("bn_momentum", cfg.model.bn_momentum, 1e-6, 1.0),
+        ("whiten_bias_frac", cfg.whiten_bias_frac, 0.0, 1.0),
+    ):
+        if not low <= value <= high:
+            raise DawnpipeError(f"{name} is {value}, outside [{low:g}, {high:g}]", f"set {name} within that range")
+
+
+def _rng_state(dev: DeviceChoice) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if dev.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(dev.device)
+    return state
+
+
+def _restore_rng(state: Any, dev: DeviceChoice) -> None:
+    """Put back the generator state a checkpoint kept (absent in checkpoints from before stochastic depth)."""
+    if not isinstance(state, dict):
+        return
+    if isinstance(state.get("cpu"), torch.Tensor):
+        torch.set_rng_state(state["cpu"])
+    if dev.device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], dev.device)
 
 
 def _autocast(dev: DeviceChoice) -> contextlib.AbstractContextManager:

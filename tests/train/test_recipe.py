@@ -92,3 +92,82 @@ def test_resume_with_the_airbench_switches_reproduces_an_uninterrupted_run(image
     assert all(torch.allclose(a["ema"][k].float(), a["model"][k].float()) for k in a["ema"])  # lookahead's end
     result = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "cut"), "--preset", "page"])
     assert result.exit_code == 1 and "trained with preset quick" in result.stderr
+
+
+_SWITCHES = {"preact": True, "stochastic_depth": 0.25, "whiten_bias": True, "whiten_bias_frac": 0.5, "bn_momentum": 0.4}
+
+
+def test_stochastic_depth_drops_whole_branches_per_image_and_evaluates_plainly():
+    from dawnpipe.train.model import Residual
+
+    block = Residual(torch.nn.Identity(), drop=0.5)
+    x = torch.ones(4000, 1, 1, 1)
+    torch.manual_seed(0)
+    out = block.train()(x).flatten()
+    assert set(out.unique().tolist()) == {1.0, 3.0}  # x + 0, or x + x / (1 - 0.5)
+    assert 0.45 < float((out == 3.0).float().mean()) < 0.55 and abs(float(out.mean()) - 2.0) < 0.1
+    assert torch.equal(block.eval()(x), 2 * x)  # evaluation: the plain x + f(x)
+
+
+def test_switches_reach_the_network():
+    from dawnpipe.train.model import GhostBatchNorm, Residual, ResNet9
+
+    model = ResNet9(config_from_options(**_SWITCHES).model)
+    assert {m.momentum for m in model.modules() if isinstance(m, GhostBatchNorm)} == {0.4}
+    blocks = [m for m in model.modules() if isinstance(m, Residual)]
+    assert len(blocks) == 2 and all(b.drop == 0.25 for b in blocks)
+    assert all(isinstance(b.body[0], GhostBatchNorm) for b in blocks)  # pre-activation: BN first
+    assert model.whiten.bias is not None and model.whiten.bias.requires_grad and not model.whiten.weight.requires_grad
+    plain = ResNet9(config_from_options().model)
+    assert plain.whiten.bias is None and all(isinstance(b.body[0], torch.nn.Sequential) for b in plain.modules()
+                                             if isinstance(b, Residual))  # fmt: skip
+
+
+def test_resume_with_every_new_switch_reproduces_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
+    whole = train(_tiny(image_folder, tmp_path, name="whole", **_SWITCHES), progress=False)
+    monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
+    with pytest.raises(DawnpipeError, match="--resume"):
+        train(_tiny(image_folder, tmp_path, name="cut", **_SWITCHES), progress=False)
+    monkeypatch.undo()
+    cut = load_checkpoint(tmp_path / "cut")
+    resumed = train(_tiny(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
+    # the dropped branches repeat only if the resumed run continues the interrupted run's random stream; the raw
+    # weights show it (the EMA's one update of these 8 steps came at step 5, before the cut)
+    for key in ("model", "ema"):
+        assert all(torch.allclose(a[key][k].float(), b[key][k].float(), atol=1e-5) for k in a[key])
+    # 4 steps per epoch, whiten_bias_frac 0.5 of 8: the bias learned in steps 1-4 and stayed put in 5-8
+    bias = a["model"]["whiten.bias"]
+    assert float(bias.abs().max()) > 0 and torch.equal(cut["model"]["whiten.bias"], bias)
+
+
+def test_whitening_bias_stays_zero_when_it_is_given_no_steps(image_folder, tmp_path):
+    result = train(_tiny(image_folder, tmp_path, name="frozen", epochs=1, whiten_bias=True, whiten_bias_frac=0.0),
+                   progress=False)  # fmt: skip
+    assert not load_checkpoint(result.checkpoint)["model"]["whiten.bias"].any()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("stochastic_depth", 1.0), ("bn_momentum", 0.0), ("whiten_bias_frac", 2.0)]
+)
+def test_out_of_range_switches_are_refused_before_any_data_is_read(tmp_path, field, value):
+    cfg = _tiny(tmp_path / "no-such-data", tmp_path, name="x", **{field: value})
+    with pytest.raises(DawnpipeError, match=f"{field} is {value}"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_from_before_the_new_switches_still_loads(trained_run, tmp_path):
+    from dawnpipe.train.checkpoint import model_from_checkpoint, save_checkpoint
+    from dawnpipe.train.config import MODEL_FIELDS_ADDED
+
+    payload = load_checkpoint(trained_run)
+    for key in ("format", "version"):
+        payload.pop(key)
+    for key in MODEL_FIELDS_ADDED:
+        payload["model_config"].pop(key)
+    old = save_checkpoint(tmp_path / "old.pt", payload)
+    loaded = load_checkpoint(old)
+    assert {k: loaded["model_config"][k] for k in MODEL_FIELDS_ADDED} == MODEL_FIELDS_ADDED
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model_from_checkpoint(loaded)(x), model_from_checkpoint(load_checkpoint(trained_run))(x))
