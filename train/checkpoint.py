@@ -157,3 +157,21 @@ def model_from_checkpoint(payload: dict[str, Any], weights: str = "ema") -> ResN
             "the checkpoint is damaged; retrain",
         ) from None
     return model.eval()
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's generator states (CPU, and CUDA on a GPU run): stochastic depth draws its masks from them."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: Any, device: torch.device) -> None:
+    """Put back the generator state a checkpoint kept (absent in checkpoints from before stochastic depth)."""
+    if not isinstance(state, dict):
+        return
+    if isinstance(state.get("cpu"), torch.Tensor):
+        torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -11,17 +11,13 @@ The step never waits for the host: loss and accuracy accumulate on the device an
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,15 +25,24 @@ from dawnpipe.common.device import DeviceChoice, choose_device
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.run_folder import RunFolder, check_run_name
-from dawnpipe.common.tta import softmax_confidence, tta_logits, views
 from dawnpipe.train.augment import alternating_flips, augment
 from dawnpipe.train.calibration import calibrate_threshold, describe_holdout, split_holdout
-from dawnpipe.train.checkpoint import CHECKPOINT_NAME, input_contract, load_checkpoint, save_checkpoint
+from dawnpipe.train.checkpoint import (
+    CHECKPOINT_NAME,
+    input_contract,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from dawnpipe.train.compiled import CompiledOrEager
 from dawnpipe.train.config import TrainConfig
-from dawnpipe.train.data import Cifar, load_cifar
+from dawnpipe.train.data import Cifar, load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
+from dawnpipe.train.evaluation import accuracy, autocast, plain_confidence
 from dawnpipe.train.guard import NonFiniteGuard
 from dawnpipe.train.model import ResNet9, normalize
+from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
 from dawnpipe.train.schedule import lr_multiplier, lr_table
 
 _CHECK_EVERY = 32  # steps between finite-loss checks (the only host syncs inside an epoch)
@@ -158,7 +163,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
         ema.load(resume_state["ema"], resume_state["state"].get("ema_updates", 0))
         optimizer.load_state_dict(resume_state["state"]["optimizer"])
         start_epoch, skip_steps = resume_state["state"]["epoch"], resume_state["state"]["step_in_epoch"]
-        _restore_rng(resume_state["state"].get("rng"), dev)
+        restore_rng(resume_state["state"].get("rng"), dev.device)
         history = list(resume_state["metrics"]["epochs"])
         saved_world = resume_state["state"].get("world_size", 1)
         if saved_world != world:  # the global batch split and the data order depend on it
@@ -204,19 +209,19 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                     "optimizer": optimizer.state_dict(),
                     "world_size": world,
                     "ema_updates": ema.updates,
-                    "rng": _rng_state(dev),  # stochastic depth draws from it; a resumed run continues the stream
+                    "rng": rng_state(dev.device),  # stochastic depth draws from it; a resumed run continues the stream
                 },
             },
         )
 
     # ---- loop
-    bar = _progress_bar(cfg.epochs * steps_per_epoch, enabled=progress and rank0)
+    bar = progress_bar(cfg.epochs * steps_per_epoch, enabled=progress and rank0)
     bar.update(start_epoch * steps_per_epoch + skip_steps)
     train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
     first_step_unix = None
     epoch, done = start_epoch, skip_steps
     try:
-        with _graceful_interrupt() as interrupt, _closing(bar):
+        with graceful_interrupt() as interrupt, closing(bar):
             for epoch in range(start_epoch, cfg.epochs):
                 gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + epoch)
                 order = torch.randperm(len(train_y), generator=gen).to(dev.device)
@@ -245,7 +250,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                         group["lr"] = lr * group["lr_scale"] if live_group else 0.0
                     x = normalize(epoch_x[step * local_batch : (step + 1) * local_batch], mean, std, compute)
                     y = epoch_y[step * local_batch : (step + 1) * local_batch]
-                    with _autocast(dev):
+                    with autocast(dev):
                         logits = live(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
@@ -292,9 +297,9 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                     record["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
                 record["elapsed_s"] = time.time() - started
                 history.append(record)
-                bar.set_postfix_str(_postfix(record, cfg.epochs), refresh=True)
+                bar.set_postfix_str(epoch_line(record, cfg.epochs), refresh=True)
                 if progress and rank0 and bar.disable:
-                    print(_postfix(record, cfg.epochs), file=sys.stderr, flush=True)
+                    print(epoch_line(record, cfg.epochs), file=sys.stderr, flush=True)
                 checkpoint(epoch + 1, 0, complete=False)
                 epoch, done = epoch + 1, 0  # a Ctrl-C from here on resumes at the next epoch's start
     except KeyboardInterrupt:
@@ -331,77 +336,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
     return TrainResult(run_dir, ckpt_path, final)
 
 
-@torch.no_grad()
-def plain_confidence(
-    model: ResNet9, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dev: DeviceChoice, batch: int = 1000
-) -> np.ndarray:
-    """Top-1 softmax probability of the plain view per image, computed by the same function deployment
-    thresholds with (``common.tta.softmax_confidence``)."""
-    model.eval()
-    compute = dev.autocast_dtype or torch.float32
-    out = []
-    with _autocast(dev):
-        for i in range(0, len(images), batch):
-            out.append(model(normalize(images[i : i + batch], mean, std, compute)).float().cpu())
-    return softmax_confidence(torch.cat(out).numpy())
-
-
-@torch.no_grad()
-def accuracy(
-    model: ResNet9,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    dev: DeviceChoice,
-    tta: str,
-    batch: int = 1000,
-) -> float:
-    """Top-1 accuracy of an eval-mode model on uint8 NHWC images, with the named TTA views."""
-    was_training = model.training
-    model.eval()
-    compute = dev.autocast_dtype or torch.float32
-    run = lambda x: model(normalize(x, mean, std, compute)).float()  # noqa: E731
-    correct = torch.zeros((), dtype=torch.long, device=images.device)
-    with _autocast(dev):
-        for i in range(0, len(labels), batch):
-            correct += (tta_logits(run, images[i : i + batch], views(tta)).argmax(1) == labels[i : i + batch]).sum()
-    model.train(was_training)
-    return correct.item() / max(len(labels), 1)
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-class CompiledOrEager:
-    """``torch.compile`` of a module for the training step, falling back to eager on the first failure.
-
-    Compilation happens lazily at the first call, so that is where a missing compiler or an unsupported op shows
-    up; the fallback prints one line and the run goes on in eager mode (same weights, same numbers).
-    """
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self.compiled: Any = None
-        self.notice: str | None = None
-        try:
-            self.compiled = torch.compile(module)
-        except Exception as err:  # torch.compile itself may refuse (unsupported platform, no dynamo)
-            self._fall_back(err)
-
-    def _fall_back(self, err: BaseException) -> None:
-        self.compiled = None
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        self.notice = f"torch.compile failed ({type(err).__name__}: {first}); training continues in eager mode"
-        print(f"notice: {self.notice}", file=sys.stderr, flush=True)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except Exception as err:  # compile errors surface on the first call, before any weight changes
-                self._fall_back(err)
-        return self.module(x)
 
 
 def _check_switches(cfg: TrainConfig) -> None:
@@ -415,29 +350,6 @@ def _check_switches(cfg: TrainConfig) -> None:
     ):
         if not low <= value <= high:
             raise DawnpipeError(f"{name} is {value}, outside [{low:g}, {high:g}]", f"set {name} within that range")
-
-
-def _rng_state(dev: DeviceChoice) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if dev.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(dev.device)
-    return state
-
-
-def _restore_rng(state: Any, dev: DeviceChoice) -> None:
-    """Put back the generator state a checkpoint kept (absent in checkpoints from before stochastic depth)."""
-    if not isinstance(state, dict):
-        return
-    if isinstance(state.get("cpu"), torch.Tensor):
-        torch.set_rng_state(state["cpu"])
-    if dev.device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
-        torch.cuda.set_rng_state(state["cuda"], dev.device)
-
-
-def _autocast(dev: DeviceChoice) -> contextlib.AbstractContextManager:
-    if dev.autocast_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(dev.device.type, dtype=dev.autocast_dtype)
 
 
 def _sync(dev: DeviceChoice) -> None:
@@ -456,42 +368,11 @@ def _run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.out) / check_run_name(name)
 
 
-@contextlib.contextmanager
-def _closing(bar):
-    """Close the progress bar however the loop ends, so an error line never lands on a half-drawn bar."""
-    try:
-        yield bar
-    finally:
-        bar.close()
-
-
 def _stop_on_nan(epoch: int, step: int, ckpt: Path, history: list[dict[str, Any]]) -> None:
     kept = f"the last good checkpoint (epoch {len(history)}) is kept at {ckpt}" if history else "no epoch finished"
     raise DawnpipeError(
         f"the loss became NaN or infinite in epoch {epoch + 1} near step {step + 1}; training stopped and {kept}",
         "lower the learning rate (--lr) or check the data",
-    )
-
-
-def _progress_bar(total: int, enabled: bool):
-    """A live bar on a terminal; in a log (stderr not a TTY) no carriage-return frames, only the epoch lines."""
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        disable=not (enabled and sys.stderr.isatty()),
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0,
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}",
-    )
-
-
-def _postfix(record: dict[str, Any], epochs: int) -> str:
-    ema = f" ema_test_acc={record['ema_test_acc']:.4f}" if "ema_test_acc" in record else ""
-    return (
-        f"epoch {record['epoch']}/{epochs} loss={record['train_loss']:.3f} "
-        f"train_acc={record['train_acc']:.4f}{ema} {record['elapsed_s']:.0f}s"
     )
 
 
@@ -531,38 +412,3 @@ def _write_manifest(
         "metrics": metrics,
     }
     update_manifest(run_dir, run=("train", record), artifacts={"checkpoint": entry})
-
-
-def pixel_statistics(images: np.ndarray) -> dict[str, list[float]]:
-    """Per-channel mean and std in pixel units, exactly, from 256-bin histograms (no float copy of the data)."""
-    mean, std = [], []
-    values = np.arange(256, dtype=np.float64)
-    for c in range(images.shape[-1]):
-        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
-        m = float(hist @ values / hist.sum())
-        mean.append(m)
-        std.append(float(np.sqrt(hist @ (values - m) ** 2 / (hist.sum() - 1))))
-    return {"mean": mean, "std": std}
-
-
-@contextlib.contextmanager
-def _graceful_interrupt():
-    """First Ctrl-C or SIGTERM (what schedulers and containers send) sets a flag the loop honours at the next
-    step boundary, so the saved state is whole; a second signal interrupts at once."""
-    flag: dict[str, Any] = {"stop": False, "why": "interrupted"}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        flag["why"] = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -81,7 +81,7 @@ class _StopAfter(dict):
 
 def test_ctrl_c_keeps_checkpoint_and_resume_matches_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     whole = train(_cfg(image_folder, tmp_path, name="whole", epochs=2), progress=False)
-    monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
     with pytest.raises(DawnpipeError, match="--resume"):
         train(_cfg(image_folder, tmp_path, name="cut", epochs=2), progress=False)
     state = load_checkpoint(tmp_path / "cut")["state"]
