@@ -59,7 +59,14 @@ def bare_loop(width: float, batch: int, steps: int) -> float:
 def trainer(width: float, batch: int, steps: int, data: str | None, out: Path) -> float:
     """images/s the trainer reports for one epoch of ``steps`` steps."""
     cfg = config_from_options(
-        data=data, epochs=1, batch_size=batch, width=width, train_limit=batch * steps, test_limit=500, out=out
+        data=data,
+        epochs=1,
+        batch_size=batch,
+        width=width,
+        train_limit=batch * steps,
+        test_limit=500,
+        out=out,
+        holdout=0,  # every training image trains: exactly ``steps`` steps
     )
     return train(cfg, progress=False).metrics["train_images_per_s"]
 

@@ -223,6 +223,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
     try:
         with graceful_interrupt() as interrupt, closing(bar):
             for epoch in range(start_epoch, cfg.epochs):
+                _sync(dev)
+                epoch_start = time.perf_counter()  # the epoch's augmentation counts as training time
                 gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + epoch)
                 order = torch.randperm(len(train_y), generator=gen).to(dev.device)
                 flips = None
@@ -237,8 +239,6 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                 correct = torch.zeros((), device=dev.device, dtype=torch.long)
                 seen, steps_run, done = 0, 0, skip_steps
                 model.train()
-                _sync(dev)
-                epoch_start = time.perf_counter()
                 for step in range(skip_steps, steps_per_epoch):
                     if interrupt["stop"]:
                         raise KeyboardInterrupt
