@@ -306,3 +306,22 @@ def test_cli_export_prints_checks(trained_run, tmp_path):
     result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(tmp_path), "--tta", "flip"])
     assert result.exit_code == 0, result.output
     assert "max |logit diff|" in result.output and (tmp_path / "resnet9-ema-flip-fp32.onnx").exists()
+
+
+def test_a_model_with_every_recipe_switch_exports_and_matches_pytorch(image_folder, tmp_path, images):
+    """Pre-activation branches and the whitening bias change the graph; stochastic depth must vanish from it."""
+    from dawnpipe.train.api import config_from_options
+    from dawnpipe.train.trainer import train
+
+    switches = {"preact": True, "stochastic_depth": 0.2, "whiten_bias": True, "bn_momentum": 0.4}
+    cfg = config_from_options(data=image_folder, epochs=2, batch_size=32, lr=2.0, width=0.125, out=tmp_path,
+                              name="switches", device="cpu", **switches)  # fmt: skip
+    run = train(cfg, progress=False).run_dir
+    result = export(ExportConfig(source=str(run), check_images=128))
+    assert result.checks["fp32"]["top1_agreement"] == 1.0 and result.checks["fp32"]["max_abs_diff"] < 1e-3
+    ops = {n.op_type for n in onnx.load(str(result.onnx)).graph.node}
+    assert not ops & {"RandomUniformLike", "Bernoulli", "RandomUniform"}  # evaluation is the plain network
+    assert read_metadata(result.onnx)["model_config"]["preact"] is True
+    session = ort.InferenceSession(str(result.onnx), providers=["CPUExecutionProvider"])
+    twice = [session.run(None, {"images": images})[0] for _ in range(2)]
+    np.testing.assert_array_equal(twice[0], twice[1])  # deterministic
