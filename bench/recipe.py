@@ -47,6 +47,7 @@ CANDIDATES = {  # name -> (preset, config fields over it)
     "preact": ("page", {"preact": True}),  # pre-activation residual branches (He et al. 2016; CS230 report)
     "stochastic-depth": ("page", {"stochastic_depth": 0.1}),  # Huang et al. 2016; ResNet-9 has 2 branches to drop
     "batch-1024": ("page", {"batch_size": 1024}),  # lr scaled linearly to 2x (lr_scaling "linear", Goyal et al.)
+    "whiten-bias+bn-momentum": ("page", {"whiten_bias": True, "bn_momentum": 0.4}),  # the two that paid alone
 }
 
 
