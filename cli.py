@@ -91,7 +91,8 @@ def _train_options(command):
             "--preset",
             type=click.Choice(tuple(PRESETS)),
             default=None,
-            help="Named recipe: page (post 8 exactly; the default) or quick (width 0.5, 3 epochs: a first look). "
+            help="Named recipe: page (post 8 exactly; the default), quick (width 0.5, 3 epochs: a first look) or "
+            "page-bn (page with BN momentum 0.4). "
             "Options given explicitly win over the preset's values.",
         ),
         click.option(

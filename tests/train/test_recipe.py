@@ -61,7 +61,7 @@ def test_presets_are_known_and_explicit_options_win_with_a_note():
     assert cfg.epochs == 5 and cfg.model.width == 0.5 and cfg.preset == "quick"  # width not typed: preset's
     assert notes == ["--epochs 5 overrides preset quick's epochs=3"]
     page = config_from_options()
-    assert page == TrainConfig(preset="page") and set(PRESETS) == {"page", "quick"}
+    assert page == TrainConfig(preset="page") and set(PRESETS) == {"page", "quick", "page-bn"}
 
 
 def _tiny(image_folder, out, **overrides):
@@ -171,3 +171,13 @@ def test_a_checkpoint_from_before_the_new_switches_still_loads(trained_run, tmp_
     assert {k: loaded["model_config"][k] for k in MODEL_FIELDS_ADDED} == MODEL_FIELDS_ADDED
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model_from_checkpoint(loaded)(x), model_from_checkpoint(load_checkpoint(trained_run))(x))
+
+
+def test_the_page_bn_preset_sets_the_networks_batchnorm_momentum():
+    from dawnpipe.train.model import GhostBatchNorm, ResNet9
+
+    cfg = config_from_options(preset="page-bn", seed=3)
+    assert cfg.model.bn_momentum == 0.4 and cfg.preset == "page-bn" and cfg.epochs == TrainConfig().epochs
+    model = ResNet9(cfg.model)
+    assert {m.momentum for m in model.modules() if isinstance(m, GhostBatchNorm)} == {0.4}
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
