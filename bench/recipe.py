@@ -28,13 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import ROOT, data_source, write_result  # noqa: E402
-from dawnpipe.common.tta import tta_logits, views  # noqa: E402
+from dawnpipe.common.device import choose_device  # noqa: E402
 from dawnpipe.costs.stats import paired_difference  # noqa: E402
 from dawnpipe.train.api import config_from_options  # noqa: E402
 from dawnpipe.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dawnpipe.train.config import TrainConfig  # noqa: E402
 from dawnpipe.train.data import load_cifar  # noqa: E402
-from dawnpipe.train.model import normalize  # noqa: E402
+from dawnpipe.train.evaluation import correct  # noqa: E402
 from dawnpipe.train.trainer import train  # noqa: E402
 
 CANDIDATES = {  # name -> (preset, config fields over it)
@@ -61,27 +61,23 @@ def _accuracy_by(history: list[dict], seconds: float) -> float | None:
     return reached
 
 
-def _finished(cfg: TrainConfig) -> Path | None:
-    """The checkpoint of a finished run with exactly this config, if one is there."""
+def _finished(cfg: TrainConfig) -> dict | None:
+    """The loaded checkpoint of a finished run with exactly this config, if one is there."""
     ckpt = Path(cfg.out) / str(cfg.name) / "checkpoint.pt"
     if not ckpt.is_file():
         return None
     payload = load_checkpoint(ckpt)
     recorded = TrainConfig.from_dict(payload["train_config"])
     same = replace(recorded, overwrite=cfg.overwrite, out=cfg.out) == cfg  # found in this folder: out is the same
-    return ckpt if payload["state"].get("complete") and same else None
+    return payload if payload["state"].get("complete") and same else None
 
 
-@torch.no_grad()
-def _correct(ckpt: Path, test_x: torch.Tensor, test_y: torch.Tensor, tta: str) -> np.ndarray:
-    """Per test image: does the run's EMA model get it right with these TTA views (fp32, batches of 1000)."""
-    payload = load_checkpoint(ckpt)
+def _correct(payload: dict, test_x: torch.Tensor, test_y: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per test image and TTA mode (none, flip): does the run's EMA model get it right (train.evaluation)."""
     model = model_from_checkpoint(payload, "ema")
     mean, std = (torch.tensor(payload["normalization"][k]) for k in ("mean", "std"))
-    run = lambda x: model(normalize(x, mean, std, torch.float32)).float()  # noqa: E731
-    hits = [tta_logits(run, test_x[i : i + 1000], views(tta)).argmax(1) == test_y[i : i + 1000]
-            for i in range(0, len(test_y), 1000)]  # fmt: skip
-    return torch.cat(hits).numpy()
+    dev = choose_device("cpu")
+    return {tta: correct(model, test_x, test_y, mean, std, dev, tta).numpy() for tta in ("none", "flip")}
 
 
 def main() -> None:
@@ -98,25 +94,25 @@ def main() -> None:
     unknown = sorted(set(presets) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown candidates {unknown}; use names from {', '.join(CANDIDATES)}")
+    data = load_cifar(args.data)
+    test_x, test_y = torch.from_numpy(data.test_x), torch.from_numpy(data.test_y)
     runs: dict[str, list[dict]] = {p: [] for p in presets}
+    hits: dict[tuple[str, int, str], np.ndarray] = {}
     for seed in seeds:
         for preset in presets:  # interleaved: each seed trains every candidate before the next seed
             base, fields = CANDIDATES[preset]
             name = f"{preset}-w{args.width:g}-e{args.epochs}-s{seed}"
             cfg = config_from_options(preset=base, **fields, data=args.data, epochs=args.epochs, width=args.width,
                                       seed=seed, out=args.out, name=name, overwrite=args.retrain)  # fmt: skip
-            ckpt = None if args.retrain else _finished(cfg)
-            reused = ckpt is not None
-            ckpt = ckpt or train(cfg, progress=False).checkpoint
-            payload = load_checkpoint(ckpt)
+            payload = None if args.retrain else _finished(cfg)
+            reused = payload is not None
+            payload = payload or load_checkpoint(train(cfg, progress=False).checkpoint)
             final, history = payload["metrics"]["final"], payload["metrics"]["epochs"]
-            runs[preset].append({**final, "seed": seed, "history": history, "checkpoint": ckpt, "reused": reused})
+            runs[preset].append({**final, "seed": seed, "history": history, "reused": reused})
+            for tta, correct_per_image in _correct(payload, test_x, test_y).items():
+                hits[preset, seed, tta] = correct_per_image
             print(f"{preset} seed {seed}: {final['ema_test_acc']:.4f} plain, {final['ema_test_acc_flip']:.4f} flip, "
                   f"{final['train_seconds']:.0f} s{' (reused)' if reused else ''}", flush=True)  # fmt: skip
-    data = load_cifar(args.data)
-    test_x, test_y = torch.from_numpy(data.test_x), torch.from_numpy(data.test_y)
-    correct = {(p, r["seed"], tta): _correct(r["checkpoint"], test_x, test_y, tta)
-               for p, rs in runs.items() for r in rs for tta in ("none", "flip")}  # fmt: skip
     fastest = min(np.mean([r["train_seconds"] for r in rs]) for rs in runs.values())
     summary = {}
     for preset, rs in runs.items():
@@ -135,7 +131,7 @@ def main() -> None:
             ],  # fmt: skip
             f"minus_{presets[0]}": {
                 tta: paired_difference(
-                    [correct[preset, s, tta] for s in seeds], [correct[presets[0], s, tta] for s in seeds]
+                    [hits[preset, s, tta] for s in seeds], [hits[presets[0], s, tta] for s in seeds]
                 ).to_dict()
                 for tta in ("none", "flip")
             },  # fmt: skip

@@ -36,6 +36,29 @@ def plain_confidence(
 
 
 @torch.no_grad()
+def correct(
+    model: ResNet9,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dev: DeviceChoice,
+    tta: str,
+    batch: int = 1000,
+) -> torch.Tensor:
+    """Per image, on the images' device: is the eval-mode model's top-1 with the named TTA views the label."""
+    was_training = model.training
+    model.eval()
+    compute = dev.autocast_dtype or torch.float32
+    run = lambda x: model(normalize(x, mean, std, compute)).float()  # noqa: E731
+    hits = torch.zeros(len(labels), dtype=torch.bool, device=images.device)
+    with autocast(dev):
+        for i in range(0, len(labels), batch):
+            hits[i : i + batch] = tta_logits(run, images[i : i + batch], views(tta)).argmax(1) == labels[i : i + batch]
+    model.train(was_training)
+    return hits
+
+
 def accuracy(
     model: ResNet9,
     images: torch.Tensor,
@@ -46,14 +69,5 @@ def accuracy(
     tta: str,
     batch: int = 1000,
 ) -> float:
-    """Top-1 accuracy of an eval-mode model on uint8 NHWC images, with the named TTA views."""
-    was_training = model.training
-    model.eval()
-    compute = dev.autocast_dtype or torch.float32
-    run = lambda x: model(normalize(x, mean, std, compute)).float()  # noqa: E731
-    correct = torch.zeros((), dtype=torch.long, device=images.device)
-    with autocast(dev):
-        for i in range(0, len(labels), batch):
-            correct += (tta_logits(run, images[i : i + batch], views(tta)).argmax(1) == labels[i : i + batch]).sum()
-    model.train(was_training)
-    return correct.item() / max(len(labels), 1)
+    """Top-1 accuracy of an eval-mode model on uint8 NHWC images, with the named TTA views (one host sync)."""
+    return correct(model, images, labels, mean, std, dev, tta, batch).sum().item() / max(len(labels), 1)

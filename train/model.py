@@ -81,7 +81,7 @@ def _bn(channels: int, cfg: ModelConfig) -> GhostBatchNorm:
 
 
 def _act(cfg: ModelConfig) -> nn.Module:
-    return nn.CELU(cfg.celu_alpha) if cfg.celu_alpha > 0 else nn.ReLU()
+    return nn.CELU(cfg.celu_alpha) if cfg.celu_alpha > 0 else nn.ReLU(inplace=True)
 
 
 def _conv_bn(c_in: int, c_out: int, cfg: ModelConfig, *, pool: bool = False, kernel: int = 3) -> nn.Sequential:

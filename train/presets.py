@@ -13,8 +13,8 @@
   (width 0.25, 3 epochs, paired over 30,000 predictions; README, "Recipe ablation"). Not the default: measured
   only at that reduced scale, and far short of buying an epoch.
 
-Not a preset: the other recipe switches in TrainConfig/ModelConfig (airbench's alternating flip, lookahead EMA, BN
-momentum and whitening bias; pre-activation branches; stochastic depth; a larger batch). bench/recipe.py measured
+Not a preset: the other recipe switches in TrainConfig/ModelConfig (airbench's alternating flip, lookahead EMA and
+whitening bias; pre-activation branches; stochastic depth; a larger batch). bench/recipe.py measured
 each against ``page`` at width 0.25 and 3 epochs, 2 seeds (README, "Recipe ablation"): none gained, while one epoch
 fewer costs about 6.6 points, so no preset turns one on.
 

@@ -130,17 +130,17 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
     model.set_whitening(normalize(train_x[: cfg.whitening_images], mean, std, torch.float32))
     model = model.to(dev.device, memory_format=torch.channels_last if dev.channels_last else torch.preserve_format)
     steps_per_epoch = len(train_y) // cfg.batch_size  # partial batches dropped (post 1)
-    whiten_bias = [] if model.whiten is None or model.whiten.bias is None else [model.whiten.bias]
+    whiten_bias = None if model.whiten is None else model.whiten.bias
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1 and not any(p is b for b in whiten_bias)]
+    biases = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1 and p is not whiten_bias]
     bias_group = {"lr_scale": cfg.bias_lr_scale, "weight_decay": cfg.weight_decay / cfg.bias_lr_scale}
     groups = [
         {"params": weights, "lr_scale": 1.0, "weight_decay": cfg.weight_decay},
         {"params": biases, **bias_group},
     ]
-    if whiten_bias:  # learns at the BN biases' rate for the first whiten_bias_frac of the steps, then lr 0
+    if whiten_bias is not None:  # learns at the BN biases' rate for the first whiten_bias_frac of the steps, then lr 0
         groups.append(
-            {"params": whiten_bias, **bias_group, "until_step": cfg.whiten_bias_frac * cfg.epochs * steps_per_epoch}
+            {"params": [whiten_bias], **bias_group, "until_step": cfg.whiten_bias_frac * cfg.epochs * steps_per_epoch}
         )
     optimizer = torch.optim.SGD(
         groups,
@@ -244,9 +244,10 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                         raise KeyboardInterrupt
                     if first_step_unix is None:
                         first_step_unix = time.time()
-                    lr = float(lrs[epoch * steps_per_epoch + step])
+                    step_index = epoch * steps_per_epoch + step  # steps done before this one
+                    lr = float(lrs[step_index])
                     for group in optimizer.param_groups:
-                        live_group = epoch * steps_per_epoch + step < group.get("until_step", float("inf"))
+                        live_group = step_index < group.get("until_step", float("inf"))
                         group["lr"] = lr * group["lr_scale"] if live_group else 0.0
                     x = normalize(epoch_x[step * local_batch : (step + 1) * local_batch], mean, std, compute)
                     y = epoch_y[step * local_batch : (step + 1) * local_batch]
