@@ -23,7 +23,7 @@ class DeviceChoice:
         """What the manifest records about the device."""
         info: dict[str, Any] = {
             "type": self.device.type,
-            "precision": _dtype_name(self.autocast_dtype),
+            "precision": dtype_name(self.autocast_dtype),
             "channels_last": self.channels_last,
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
@@ -34,7 +34,8 @@ class DeviceChoice:
         return info
 
 
-def _dtype_name(dtype: torch.dtype | None) -> str:
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """fp32 | fp16 | bf16: how manifests and checkpoints name an autocast dtype (None = fp32)."""
     return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 

@@ -42,17 +42,59 @@ def config_and_notes(
 
 
 def train_command(progress: bool = True, **options: Any) -> TrainResult:
-    """Train from CLI options; under torchrun the run is distributed (see train.distributed)."""
+    """Train from CLI options (``explicit``: the names the user typed); under torchrun the run is distributed.
+
+    With ``resume``, options the user typed must match the checkpoint, except RESUME_MAY_CHANGE (resume_changes).
+    """
     from dawnpipe.train.distributed import launched_by_torchrun, run_distributed
 
-    cfg, notes = config_and_notes(**options)
+    explicit = options.pop("explicit", None)
+    cfg, notes = config_and_notes(explicit=explicit, **options)
     for note in notes:
         print(f"notice: {note}", file=sys.stderr, flush=True)
-    if cfg.resume and options.get("preset") is not None:
-        _check_resume_preset(cfg)
+    changes: dict[str, Any] = {}
+    if cfg.resume:
+        if options.get("preset") is not None:
+            _check_resume_preset(cfg)
+        given = set(options) if explicit is None else set(explicit)
+        changes = resume_changes(cfg, given - {"resume", "preset"})
     if launched_by_torchrun():
-        return run_distributed(cfg, progress=progress)
-    return train(cfg, progress=progress)
+        return run_distributed(cfg, progress=progress, resume_changes=changes)
+    return train(cfg, progress=progress, resume_changes=changes)
+
+
+def resume_changes(cfg: TrainConfig, given: set[str]) -> dict[str, Any]:
+    """The options a resumed run takes from the command line instead of its checkpoint; the others must agree.
+
+    A resumed run continues as it was trained: an option that would change the trajectory (``--width``,
+    ``--epochs``, ``--lr``, the data, ...) and differs from the checkpoint is refused by name, never silently
+    ignored. The few that only decide what happens around the steps (RESUME_MAY_CHANGE: the selective target,
+    calibrated after the last step; how often the progress line evaluates; the device) win, with a notice.
+    """
+    from dawnpipe.common.errors import DawnpipeError
+    from dawnpipe.train.checkpoint import load_checkpoint
+    from dawnpipe.train.trainer import RESUME_MAY_CHANGE
+
+    saved = TrainConfig.from_dict(load_checkpoint(cfg.resume)["train_config"])
+    fields = {"width" if key == "width" else _RENAMED.get(key, key) for key in given}
+    differ, changes = [], {}
+    for name in sorted(fields):
+        ours = cfg.model.width if name == "width" else getattr(cfg, name, None)
+        theirs = saved.model.width if name == "width" else getattr(saved, name, None)
+        if name in ("out", "name", "overwrite") or ours == theirs:
+            continue
+        if name in RESUME_MAY_CHANGE:
+            changes[name] = ours
+            print(f"notice: --{name.replace('_', '-')} {ours} replaces the run's {theirs} from here on",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        else:
+            differ.append(f"--{'lr' if name == 'lr_peak' else name.replace('_', '-')} {ours} (run: {theirs})")
+    if differ:
+        raise DawnpipeError(
+            f"{cfg.resume} was trained with other options than {', '.join(differ)}; a resumed run continues as trained",
+            "drop those options to continue the run, or start a new run with them",
+        )
+    return changes
 
 
 def _check_resume_preset(cfg: TrainConfig) -> None:

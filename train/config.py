@@ -89,7 +89,8 @@ class TrainConfig:
     # selective TTA calibration: a class-balanced hold-out of the training images, never trained on and never
     # test images, on which the per-image confidence threshold is set so `selective_target` of them fall below
     holdout: int | None = None  # images; None = 1000 (100 per class) or a tenth of a smaller training set; 0 = none
-    selective_target: float = 0.2  # fraction of held-out images that selective TTA gives extra views
+    selective_target: float | str = 0.2  # fraction of held-out images that selective TTA gives extra views, or
+    # "auto": per run, the smallest fraction keeping 90% of full flip's hold-out gain, at most 0.5 (train.calibration)
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

@@ -105,13 +105,13 @@ def init_context(cfg: TrainConfig) -> Context:
     return Context(rank, world, local, dev, cfg.sync_bn)
 
 
-def run_distributed(cfg: TrainConfig, *, progress: bool = True):
+def run_distributed(cfg: TrainConfig, *, progress: bool = True, resume_changes: dict | None = None):
     """Train under torchrun; a lost peer becomes a one-line error naming the surviving checkpoint."""
     from dawnpipe.train.trainer import train
 
     ctx = init_context(cfg)
     try:
-        return train(cfg, progress=progress, dist=ctx)
+        return train(cfg, progress=progress, dist=ctx, resume_changes=resume_changes)
     except (RuntimeError, tdist.DistBackendError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DawnpipeError(

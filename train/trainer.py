@@ -21,12 +21,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dawnpipe.common.device import DeviceChoice, choose_device
+from dawnpipe.common.device import DeviceChoice, choose_device, dtype_name
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.train.augment import alternating_flips, augment
-from dawnpipe.train.calibration import calibrate_threshold, describe_holdout, split_holdout
+from dawnpipe.train.calibration import (
+    AUTO,
+    auto_target,
+    calibrate_threshold,
+    check_selective_target,
+    describe_holdout,
+    split_holdout,
+)
 from dawnpipe.train.checkpoint import (
     CHECKPOINT_NAME,
     input_contract,
@@ -39,13 +46,15 @@ from dawnpipe.train.compiled import CompiledOrEager
 from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.data import Cifar, load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
-from dawnpipe.train.evaluation import accuracy, autocast, plain_confidence
+from dawnpipe.train.evaluation import accuracy, autocast, correct, plain_confidence
 from dawnpipe.train.guard import NonFiniteGuard
 from dawnpipe.train.model import ResNet9, normalize
 from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
 from dawnpipe.train.schedule import lr_multiplier, lr_table
 
 _CHECK_EVERY = 32  # steps between finite-loss checks (the only host syncs inside an epoch)
+# Fields a resumed run may take from the caller instead of its checkpoint: none changes a training step.
+RESUME_MAY_CHANGE = ("selective_target", "eval_every", "device")
 
 
 @dataclass
@@ -57,8 +66,13 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, progress: bool = True, dist: Any = None, resume_changes: dict[str, Any] | None = None
+) -> TrainResult:
     """Train ResNet-9 per ``cfg`` and write the run folder. ``dist`` is a train.distributed.Context or None.
+
+    With ``cfg.resume`` the run continues with its checkpoint's config, ``cfg.device`` and ``resume_changes``
+    (only RESUME_MAY_CHANGE fields; train.api.resume_changes decides them from the options a user typed).
 
     Rank 0 holds the run folder's lock for the whole run, and a new run refuses a folder that already holds a
     finished or interrupted run unless ``cfg.overwrite``; both are decided before any data is read.
@@ -73,15 +87,23 @@ def train(cfg: TrainConfig, *, progress: bool = True, dist: Any = None) -> Train
     if cfg.name is not None:
         check_run_name(cfg.name)
     _check_switches(cfg)
+    changes = dict(resume_changes or {})
+    unknown = sorted(set(changes) - set(RESUME_MAY_CHANGE))
+    if unknown:
+        raise DawnpipeError(f"a resumed run cannot change {unknown}", f"change only {', '.join(RESUME_MAY_CHANGE)}")
+    if changes.get("selective_target") is not None:
+        check_selective_target(changes["selective_target"])
     if dist is not None and dist.rank != 0:
-        return _train(cfg, Path(cfg.out), progress, dist, started)
+        return _train(cfg, Path(cfg.out), progress, dist, started, changes)
     with RunFolder(_run_dir(cfg)) as folder:
         if not cfg.resume:
             folder.claim_new(overwrite=cfg.overwrite)
-        return _train(cfg, folder.path, progress, dist, started)
+        return _train(cfg, folder.path, progress, dist, started, changes)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: float) -> TrainResult:
+def _train(
+    cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: float, changes: dict[str, Any]
+) -> TrainResult:
     """The run itself, top to bottom: data, model, loop, final evaluation, calibration, manifest."""
     rank0 = dist is None or dist.rank == 0
     resume_state: dict[str, Any] | None = None
@@ -93,8 +115,10 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                 f"the run in {cfg.resume} already finished all {saved.epochs} epochs",
                 "start a new run without --resume",
             )
-        cfg = replace(saved, resume=cfg.resume, device=cfg.device)
+        cfg = replace(saved, **{"resume": cfg.resume, "device": cfg.device, **changes})
     dev = choose_device(cfg.device) if dist is None else dist.device_choice
+    if resume_state is not None:
+        dev = _resumed_precision(dev, resume_state["state"].get("precision"))
     torch.manual_seed(cfg.seed)
 
     # ---- data, on the device as uint8 NHWC
@@ -115,6 +139,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
     keep, held = split_holdout(data.train_y, cfg.holdout, cfg.batch_size)
     holdout = describe_holdout(held, len(data.train_y))
     holdout_x = torch.from_numpy(data.train_x[held]).to(dev.device)
+    holdout_y = torch.from_numpy(data.train_y[held]).to(dev.device)
     train_x = torch.from_numpy(data.train_x[keep]).to(dev.device)
     train_y = torch.from_numpy(data.train_y[keep]).to(dev.device)
     test_x = torch.from_numpy(data.test_x).to(dev.device)
@@ -209,6 +234,7 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
                     "optimizer": optimizer.state_dict(),
                     "world_size": world,
                     "ema_updates": ema.updates,
+                    "precision": {"device": dev.device.type, "autocast": dtype_name(dev.autocast_dtype)},
                     "rng": rng_state(dev.device),  # stochastic depth draws from it; a resumed run continues the stream
                 },
             },
@@ -329,8 +355,8 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
         final["test_images"] = len(test_y)
         selective = None
         if len(holdout_x):
-            confidence = plain_confidence(ema.module, holdout_x, mean, std, dev)
-            selective = {**calibrate_threshold(confidence, cfg.selective_target), "holdout": holdout}
+            selective = _calibrate(ema.module, holdout_x, holdout_y, mean, std, dev, cfg.selective_target)
+            selective["holdout"] = holdout
             final["selective_threshold"] = selective["threshold"]
         checkpoint(cfg.epochs, 0, complete=True, final=final, selective=selective)
         _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world, holdout, selective, run_id)
@@ -340,8 +366,29 @@ def _train(cfg: TrainConfig, run_dir: Path, progress: bool, dist: Any, started: 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _calibrate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dev: DeviceChoice,
+    target: float | str,
+) -> dict[str, Any]:
+    """Selective TTA's per-image threshold on the hold-out: at the fixed ``target`` fraction, or with ``auto`` at
+    the fraction train.calibration.auto_target fits to this run's own hold-out (recorded beside the threshold)."""
+    confidence = plain_confidence(model, images, mean, std, dev)
+    if target != AUTO:
+        return calibrate_threshold(confidence, float(target))
+    plain = correct(model, images, labels, mean, std, dev, "none").cpu().numpy()
+    flip = correct(model, images, labels, mean, std, dev, "flip").cpu().numpy()
+    fitted = auto_target(confidence, plain, flip)
+    return {**calibrate_threshold(confidence, fitted["target_fraction"]), "target": AUTO, "auto": fitted}
+
+
 def _check_switches(cfg: TrainConfig) -> None:
     """The recipe switches' ranges, checked before any data is read."""
+    check_selective_target(cfg.selective_target)
     if cfg.flip_mode not in ("random", "alternating"):
         raise DawnpipeError(f"unknown flip mode {cfg.flip_mode!r}", "use random or alternating")
     for name, value, low, high in (
@@ -351,6 +398,27 @@ def _check_switches(cfg: TrainConfig) -> None:
     ):
         if not low <= value <= high:
             raise DawnpipeError(f"{name} is {value}, outside [{low:g}, {high:g}]", f"set {name} within that range")
+
+
+def _resumed_precision(dev: DeviceChoice, saved: dict[str, Any] | None) -> DeviceChoice:
+    """A resumed run keeps the autocast precision it started with on the same kind of device.
+
+    The machines differ from day to day (one CPU has native bf16, the next does not), and a run trained half in
+    fp32 and half in bf16 could not be described by one precision. bf16 on a CPU without it is emulated (slow) but
+    exact to the recipe; the notice says so.
+    """
+    if not saved or saved.get("device") != dev.device.type:
+        return dev
+    want = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(saved.get("autocast"), dev.autocast_dtype)
+    if want == dev.autocast_dtype:
+        return dev
+    print(
+        f"notice: the run started in {saved['autocast']} and continues in it (this machine alone would choose "
+        f"{dtype_name(dev.autocast_dtype)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return replace(dev, autocast_dtype=want)
 
 
 def _sync(dev: DeviceChoice) -> None:
