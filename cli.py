@@ -342,6 +342,12 @@ def _trust_options(command):
     return command
 
 
+def _export_precisions() -> tuple[str, ...]:
+    from dawnpipe.export.config import EXPORT_PRECISIONS
+
+    return EXPORT_PRECISIONS
+
+
 def _modes():
     from dawnpipe.common.tta import ALL_MODES, TTA_MODES
 
@@ -362,11 +368,19 @@ def _modes():
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(_export_precisions()),
     default=_default("precision", _EXPORT),
     show_default=True,
-    help="fp32; fp16 weights and compute (for GPUs); or int8 (static QDQ quantization calibrated on training "
-    "images: the fastest CPU path, and what TensorRT builds INT8 engines from). Input uint8, output float32.",
+    help="fp32; fp16 weights and compute (for GPUs); int8 (static QDQ calibrated on training images, signed int8 "
+    "with zero points 0: what TensorRT builds INT8 engines from); or int8-asym (uint8 activations, for onnxruntime "
+    "on CPUs only). Input uint8, output float32.",
+)
+@click.option(
+    "--no-fold-bn",
+    "fold_bn",
+    flag_value=False,
+    default=True,
+    help="Keep every BatchNorm as trained (default: folded into the convolution before it where exact).",
 )
 @click.option(
     "--calibration-images",
@@ -460,7 +474,32 @@ def export(
         click.echo(f"engine:   {result.engine}")
     for config in result.triton:
         click.echo(f"triton:   {config}")
+    for note in result.notes:
+        click.echo(f"notice: {note}", err=True)
     click.echo(f"manifest: {result.out_dir / 'manifest.json'} ({result.seconds:.1f} s)")
+
+
+@main.command(name="check-trt")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+def check_trt(models: tuple[Path, ...]) -> None:
+    """Hold ONNX files to TensorRT 10's ONNX rules (operators, opset, Q/DQ, uint8), statically, no GPU needed."""
+    from dawnpipe.export.trt_rules import require_tensorrt
+
+    failed = []
+    for model in models:
+        try:
+            result = require_tensorrt(model)
+        except DawnpipeError as err:
+            if len(models) == 1:
+                raise
+            failed.append(model)
+            click.echo(f"error: {err}", err=True)
+            continue
+        click.echo(
+            f"{model}: passes TensorRT 10's ONNX rules ({result['nodes']} nodes; TensorRT parser: {result['parser']})"
+        )
+    if failed:
+        raise DawnpipeError(f"{len(failed)} of {len(models)} file(s) break TensorRT's rules", "see the lines above")
 
 
 @main.command(name="eval")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+
+from dawnpipe.common.machine import cpu_features, cpu_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -27,7 +28,8 @@ def write_result(name: str, result: dict) -> Path:
     result = {
         "benchmark": name,
         "unix_time": time.time(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_summary(),
+        "cpu": cpu_features(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         **result,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.machine import cpu_features
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class DeviceChoice:
             "type": self.device.type,
             "precision": dtype_name(self.autocast_dtype),
             "channels_last": self.channels_last,
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_features(),
             "threads": torch.get_num_threads(),
         }
         if self.device.type == "cuda":
@@ -41,12 +41,7 @@ def dtype_name(dtype: torch.dtype | None) -> str:
 
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(cpu_features().get("bf16_native"))
 
 
 def choose_device(name: str = "auto") -> DeviceChoice:

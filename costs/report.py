@@ -89,6 +89,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "verdicts": [asdict(verdict(r, p)) for p in points for r in rules],
         "pareto": fronts,
         "unknown_ops": unknown,
+        "machines": machines(runs),
     }
     out = {
         "json": atomic_write_json(out_dir / "report.json", data),
@@ -96,7 +97,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "md": atomic_write_text(
             out_dir / "report.md",
             _markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown)
-            + _precision_section(precisions),
+            + _precision_section(precisions)
+            + "\n".join(["", *_machine_lines(data["machines"])]),
         ),
     }
     if cfg.plots:
@@ -115,6 +117,42 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         },
     )
     return out
+
+
+def machines(runs: list[Run]) -> list[dict[str, Any]]:
+    """Which CPU each backend and precision was measured on, and whether it ran on native instructions: a figure
+    without its machine cannot be compared (rows written before dawnpipe recorded it say unknown)."""
+    from dawnpipe.common.machine import cpu_summary
+    from dawnpipe.costs.family import backend_label
+
+    seen: dict[tuple, dict[str, Any]] = {}
+    for run in runs:
+        for row in run.rows:
+            cpu = row.get("cpu")
+            summary = cpu_summary(cpu) if isinstance(cpu, dict) else "unknown (not recorded)"
+            key = (backend_label(row), row["precision"], row.get("device"), summary)
+            seen.setdefault(
+                key,
+                {
+                    "backend": key[0],
+                    "precision": key[1],
+                    "device": key[2],
+                    "cpu": summary,
+                    "native_instructions": row.get("native_instructions"),
+                },
+            )
+    return sorted(seen.values(), key=lambda m: (m["backend"], m["precision"], m["cpu"]))
+
+
+def _machine_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Machine", ""]
+    for m in rows:
+        native = {True: "native instructions", False: "not native (emulated or widened in software)", None: "-"}
+        lines.append(
+            f"- {m['backend']} {m['precision']} on {m['device'] or '?'}: host CPU {m['cpu']}; "
+            f"{m['precision']} arithmetic: {native.get(m['native_instructions'], '-')}"
+        )
+    return lines + [""]
 
 
 def views_vs_width(points: list[Point]) -> list[dict[str, Any]]:

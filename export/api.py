@@ -26,7 +26,7 @@ from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.tta import check_mode, views
 from dawnpipe.export.config import EXPORT_PRECISIONS, ExportConfig, Int8Spec
 from dawnpipe.export.graph import build_deploy_model
-from dawnpipe.export.onnx_export import check_opset, compare_logits, export_onnx, run_onnxruntime
+from dawnpipe.export.onnx_export import check_opset, compare_logits, export_onnx, read_metadata, run_onnxruntime
 from dawnpipe.export.tensorrt_build import EngineSpec
 from dawnpipe.train.checkpoint import checkpoint_meta, load_checkpoint, resolve_checkpoint
 from dawnpipe.train.data import cached_test_images
@@ -65,6 +65,7 @@ class ExportResult:
     engine: Path | None = None
     triton: list[Path] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know: BatchNorms kept, TensorRT rules
     seconds: float = 0.0
 
 
@@ -94,13 +95,19 @@ def export_onnx_model(
     fp32_tolerance: float = 1e-3,
     fp16_min_agreement: float = 0.99,
     int8: Int8Spec | None = None,
+    fold_bn: bool = True,
 ) -> Artifact:
     """Write one checked ONNX file (metadata included) into ``out_dir``; refuse it if the checks fail.
 
-    ``int8`` (precision int8 only): calibration options; the int8 graph is quantized from this checkpoint's own
-    fp32 export, calibrated on its training images, and checked against the PyTorch fp32 reference.
+    ``int8`` (precisions int8 and int8-asym): calibration options; the int8 graph is quantized from this
+    checkpoint's own fp32 export, calibrated on its training images, and checked against the PyTorch fp32
+    reference. ``fold_bn``: BatchNorms folded into their convolutions (export/fold.py); the reference the export
+    is checked against is always the unfolded network as trained. Every file is also held to TensorRT 10's ONNX
+    rules (export/trt_rules.py) and the result recorded; only int8-asym is expected to break them.
     """
     from dawnpipe.export.flops import count_onnx
+    from dawnpipe.export.quantize import INT8_SCHEMES
+    from dawnpipe.export.trt_rules import check_tensorrt
 
     check_mode(tta)
     if precision not in EXPORT_PRECISIONS:
@@ -108,16 +115,15 @@ def export_onnx_model(
     check_opset(opset)
     payload = source.payload
     int8 = int8 or Int8Spec()
-    calibration = _calibration_images(payload, int8) if precision == "int8" else None
+    calibration = _calibration_images(payload, int8) if precision in INT8_SCHEMES else None
     tta_views = views(tta, shift)
     images = _check_images(payload, max(128, check_images // len(tta_views)))
-    reference = build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision="fp32")
+    reference = build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision="fp32", fold_bn=False)
     with torch.no_grad():
         want = torch.cat([reference(torch.from_numpy(images[i : i + 250])) for i in range(0, len(images), 250)]).numpy()
-    module = (
-        reference
-        if precision in ("fp32", "int8")
-        else build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision=precision)
+    graph_precision = "fp16" if precision == "fp16" else "fp32"  # int8 is quantized from the fp32 graph
+    module = build_deploy_model(
+        payload, weights=weights, tta=tta, shift=shift, precision=graph_precision, fold_bn=fold_bn
     )
     meta = checkpoint_meta(payload)
     metadata = {
@@ -138,6 +144,7 @@ def export_onnx_model(
         "tta_shift": shift,
         "tta_weights": [v.weight for v in tta_views],
         "precision": precision,
+        "batchnorm_folding": module.folding if fold_bn else "not folded (--no-fold-bn)",
     }
 
     def verify(tmp: Path) -> dict[str, Any]:
@@ -153,15 +160,23 @@ def export_onnx_model(
             raise DawnpipeError(
                 f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
                 f"predictions (need {need:.0%}); the export was not kept",
-                "use --precision fp32" + (" or more --calibration-images" if precision == "int8" else ""),
+                "use --precision fp32" + (" or more --calibration-images" if precision in INT8_SCHEMES else ""),
             )
         return result
 
     path = out_dir / f"resnet9-{weights}-{tta}-{precision}.onnx"
-    if precision == "int8":
-        check = _export_int8(module, path, opset, metadata, verify, calibration, int8)
+    if precision in INT8_SCHEMES:
+        check = _export_int8(module, path, opset, metadata, verify, calibration, int8, INT8_SCHEMES[precision])
     else:
         check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
+    rules = check_tensorrt(path)
+    check["tensorrt_rules"] = {
+        "passed": rules["passed"],
+        "rules": rules["rules"],
+        "violations": rules["violations"][:5],
+        "violation_count": len(rules["violations"]),
+        "parser": rules["parser"],
+    }
     flops = count_onnx(path)
     entry = artifact_entry(
         out_dir,
@@ -177,18 +192,37 @@ def export_onnx_model(
         run_id=meta["run_id"],
         lineage=source.lineage,
         complete=meta["complete"],
+        batchnorm_folding=metadata["batchnorm_folding"],
+        quantization=read_metadata(path).get("quantization") if precision in INT8_SCHEMES else None,
     )
     return Artifact(path, entry, check)
+
+
+def export_notes(onnx: Artifact) -> list[str]:
+    """What an export's user should hear about: BatchNorms left unfolded (and why), TensorRT rules broken."""
+    notes = []
+    folding = onnx.entry.get("batchnorm_folding")
+    for kept in folding.get("kept", []) if isinstance(folding, dict) else []:
+        notes.append(f"BatchNorm {kept['batchnorm']} was not folded into {kept['conv']}: {kept['reason']}")
+    rules = onnx.check.get("tensorrt_rules", {})
+    if rules and not rules["passed"]:
+        notes.append(
+            f"{onnx.path.name} breaks TensorRT 10's ONNX rules in {rules['violation_count']} place(s), first "
+            f"{rules['violations'][0]}; onnxruntime runs it, TensorRT would refuse it"
+        )
+    return notes
 
 
 def build_engine_artifact(onnx: Artifact, out_dir: Path, spec: EngineSpec = EngineSpec()) -> Artifact:
     """A TensorRT engine from an exported ONNX (its precision comes from that ONNX), with its JSON sidecar.
 
-    Raises the one-line "TensorRT/GPU missing" error when they are absent; the ONNX is already written then.
+    The ONNX is held to TensorRT's rules first (a one-line error names the node, op and rule). Raises the one-line
+    "TensorRT/GPU missing" error when they are absent; the ONNX is already written then.
     """
-    from dawnpipe.export.onnx_export import read_metadata
     from dawnpipe.export.tensorrt_build import build_engine, engine_record, write_sidecar
+    from dawnpipe.export.trt_rules import require_tensorrt
 
+    require_tensorrt(onnx.path, parse=False)  # the engine build below runs TensorRT's own parser
     meta = read_metadata(onnx.path)
     engine, build = build_engine(onnx.path, out_dir, onnx.path.stem, meta["precision"], spec)
     record = engine_record(meta, build, onnx.path.name, sha256_file(onnx.path))
@@ -201,7 +235,6 @@ def write_triton(
     onnx: Artifact, engine: Artifact | None, repo: Path, max_batch: int, *, force: bool = False
 ) -> list[Artifact]:
     """Triton model repository entries for the ONNX (and engine); names carry weights, TTA and precision."""
-    from dawnpipe.export.onnx_export import read_metadata
     from dawnpipe.export.triton import write_repository
 
     meta = read_metadata(onnx.path)
@@ -230,6 +263,11 @@ def export(cfg: ExportConfig) -> ExportResult:
     if cfg.precision not in EXPORT_PRECISIONS:
         raise DawnpipeError(f"unknown precision {cfg.precision!r}", f"use --precision {', '.join(EXPORT_PRECISIONS)}")
     check_opset(cfg.opset)
+    if cfg.precision == "int8-asym" and cfg.trt:
+        raise DawnpipeError(
+            "int8-asym (uint8 activations) is an onnxruntime CPU graph; TensorRT refuses uint8 Q/DQ",
+            "use --precision int8 (symmetric, zero points 0) with --trt",
+        )
     source = load_source(cfg.source, allow_foreign=cfg.allow_foreign, allow_incomplete=cfg.allow_incomplete)
     out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else source.run_dir)
     onnx = export_onnx_model(
@@ -244,10 +282,12 @@ def export(cfg: ExportConfig) -> ExportResult:
         fp32_tolerance=cfg.fp32_tolerance,
         fp16_min_agreement=cfg.fp16_min_agreement,
         int8=cfg.int8,
+        fold_bn=cfg.fold_bn,
     )
     written = [onnx]
     record(out_dir, source, written, asdict(cfg))  # the ONNX is recorded before anything optional can fail
     result = ExportResult(out_dir=out_dir, onnx=onnx.path, checks={cfg.precision: onnx.check})
+    result.notes = export_notes(onnx)
     engine = None
     if cfg.trt:
         engine = build_engine_artifact(onnx, out_dir, cfg.engine)
@@ -281,7 +321,9 @@ def _calibration_images(payload: dict[str, Any], spec: Int8Spec) -> np.ndarray:
     return data.train_x[balanced_subset(data.train_y, spec.calibration_images)]
 
 
-def _export_int8(module, path: Path, opset: int, metadata: dict[str, Any], verify, images, spec: Int8Spec) -> dict:
+def _export_int8(
+    module, path: Path, opset: int, metadata: dict[str, Any], verify, images, spec: Int8Spec, scheme: str
+) -> dict:
     """Export fp32 to a scratch folder, quantize it, stamp the metadata, check it, and rename it into place."""
     import tempfile
 
@@ -298,7 +340,7 @@ def _export_int8(module, path: Path, opset: int, metadata: dict[str, Any], verif
         export_onnx(module, fp32, opset=opset, metadata=fp32_meta, verify=lambda tmp: {})
 
         def write(tmp: Path) -> None:
-            quantization = quantize_int8(fp32, tmp, images, method=spec.calibration_method)
+            quantization = quantize_int8(fp32, tmp, images, method=spec.calibration_method, scheme=scheme)
             model = onnx.load(str(tmp))
             stamp(model, {**metadata, "quantization": quantization})
             onnx.save_model(model, str(tmp), save_as_external_data=False)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from dawnpipe.export.tensorrt_build import EngineSpec
 
-EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int8-asym")  # int8: symmetric, TensorRT-ready; int8-asym: uint8 CPU
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class ExportConfig:
     weights: str = "ema"  # ema | raw
     tta: str = "none"  # none | flip | translate | flip-translate, baked into the graph
     shift: int = 1  # pixels, for the translate views
-    precision: str = "fp32"  # fp32 | fp16 | int8 (static QDQ quantization, calibrated on training images)
+    precision: str = "fp32"  # fp32 | fp16 | int8 | int8-asym (static QDQ, calibrated on training images; quantize.py)
+    fold_bn: bool = True  # BatchNorm merged into the convolution before it where exact (export/fold.py)
     opset: int = 17  # ONNX opset; 17 is read by TensorRT 8.6+ and every current onnxruntime
     trt: bool = False  # also build a TensorRT engine
     engine: EngineSpec = field(default_factory=EngineSpec)

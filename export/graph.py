@@ -48,6 +48,7 @@ class DeployModel(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
         self.register_buffer("weights", torch.tensor([v.weight for v in tta_views], dtype=torch.float32))
         self.views = tta_views
+        self.folding: dict[str, Any] | None = None  # what export/fold.py folded (None: not folded)
         for i, view in enumerate(tta_views):
             self.register_buffer(f"rows{i}", torch.as_tensor(view.rows(32), dtype=torch.long))
             self.register_buffer(f"cols{i}", torch.as_tensor(view.cols(32), dtype=torch.long))
@@ -70,12 +71,28 @@ class DeployModel(nn.Module):
 
 
 def build_deploy_model(
-    payload: dict[str, Any], *, weights: str = "ema", tta: str = "none", shift: int = 1, precision: str = "fp32"
+    payload: dict[str, Any],
+    *,
+    weights: str = "ema",
+    tta: str = "none",
+    shift: int = 1,
+    precision: str = "fp32",
+    fold_bn: bool = True,
 ) -> DeployModel:
-    """The eval-mode deployable module for a loaded checkpoint."""
+    """The eval-mode deployable module for a loaded checkpoint.
+
+    ``fold_bn``: BatchNorms merged into their convolutions where exact (export/fold.py); ``.folding`` on the
+    result says what was folded and what was kept. False gives the network exactly as trained (the reference).
+    """
+    from dawnpipe.export.fold import describe, fold_batchnorm
+
     if precision not in PRECISIONS:
         raise DawnpipeError(f"unknown precision {precision!r}", "use --precision fp32 or fp16")
     classifier = model_from_checkpoint(payload, weights)
+    folding = None
+    if fold_bn:
+        classifier, notes = fold_batchnorm(classifier)
+        folding = describe(notes)
     dtype = torch.float32
     if precision == "fp16":
         for module in list(classifier.modules()):
@@ -85,4 +102,6 @@ def build_deploy_model(
         classifier = classifier.half()
         dtype = torch.float16
     norm = payload["normalization"]
-    return DeployModel(classifier, norm["mean"], norm["std"], views(tta, shift), dtype).eval()
+    model = DeployModel(classifier, norm["mean"], norm["std"], views(tta, shift), dtype).eval()
+    model.folding = folding
+    return model

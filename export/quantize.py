@@ -1,12 +1,20 @@
-"""INT8 ONNX by static quantization (onnxruntime.quantization), in the QDQ format TensorRT 10/11 also reads.
+"""INT8 ONNX by static quantization (onnxruntime.quantization) in the QDQ format, in two schemes.
 
-    onnx_int8 = quantize_int8(fp32_onnx, target, calibration_images, method="minmax")
+    onnx_int8 = quantize_int8(fp32_onnx, target, calibration_images, method="minmax", scheme="symmetric")
+
+Schemes (INT8_SCHEMES):
+- ``symmetric`` (precision ``int8``, the default and the one TensorRT builds): signed int8 activations and weights,
+  every zero point 0, weights per output channel, activations per tensor, biases left in float. TensorRT 10/11
+  reads Q/DQ only in this form (onnx-tensorrt's operator list: QuantizeLinear "y_zero_point must be 0",
+  DequantizeLinear INT8/FP8/INT4 only, UINT8 only at the network's edges), so ``--trt`` and Triton's ``_trt``
+  model always take this graph; export/trt_rules.py holds every export to those rules.
+- ``asymmetric`` (precision ``int8-asym``): uint8 activations with per-tensor zero points, the U8S8 form
+  onnxruntime's x86 kernels were written for. Kept beside the symmetric graph only for onnxruntime on CPUs where
+  it measures faster (README "INT8"); TensorRT refuses it.
 
 What is quantized and why:
-- Weights per output channel (symmetric int8), activations per tensor (asymmetric uint8): onnxruntime's
-  recommended U8S8 form for x86 CPUs.
-- Conv, MatMul, MaxPool and Add. CELU and BatchNormalization have no integer kernels and stay fp32 between
-  dequantize/quantize pairs.
+- Conv, MatMul, MaxPool and Add. CELU has no integer kernel and stays fp32 between dequantize/quantize pairs.
+  BatchNormalization is folded into the convolutions at export (export/fold.py), so none is left to dequantize.
 - The first convolution (the fixed PCA-whitening layer, under 1% of the FLOPs) stays fp32: its filters scale
   whitened directions by 1/sqrt(eigenvalue) and span too wide a range for 8 bits; quantizing it cost 20 points
   of accuracy on the JPEG copy of CIFAR-10 (3-epoch width-0.5 model), keeping it fp32 costs 0.2.
@@ -26,6 +34,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+INT8_SCHEMES = {"int8": "symmetric", "int8-asym": "asymmetric"}  # export precision -> quantization scheme
 QUANTIZED_OPS = ("Conv", "MatMul", "MaxPool", "Add")
 _QUANT_OP_PREFIXES = ("QuantizeLinear", "DequantizeLinear", "QLinear", "ConvInteger", "MatMulInteger")
 
@@ -56,11 +65,18 @@ def check_calibration(count: int, method: str, available: int | None = None) -> 
 
 
 def quantize_int8(
-    fp32_path: Path, target: Path, images: np.ndarray, *, method: str = "minmax", batch: int = 64
+    fp32_path: Path,
+    target: Path,
+    images: np.ndarray,
+    *,
+    method: str = "minmax",
+    scheme: str = "symmetric",
+    batch: int = 64,
 ) -> dict[str, Any]:
     """Write the QDQ int8 version of ``fp32_path`` to ``target`` (a temporary path the caller renames).
 
-    ``images``: uint8 [N, 32, 32, 3] training images. Returns what the metadata records about the calibration.
+    ``images``: uint8 [N, 32, 32, 3] training images; ``scheme``: symmetric | asymmetric (module docstring).
+    Returns what the metadata records about the quantization.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -72,6 +88,9 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if scheme not in INT8_SCHEMES.values():
+        raise DawnpipeError(f"unknown int8 scheme {scheme!r}", f"use one of {', '.join(INT8_SCHEMES.values())}")
+    symmetric = scheme == "symmetric"
     check_not_quantized(fp32_path)
     chunks = [np.ascontiguousarray(images[i : i + batch]) for i in range(0, len(images), batch)]
 
@@ -98,18 +117,29 @@ def quantize_int8(
             _Reader(),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=[first_conv],
             calibrate_method=methods[method],
+            extra_options={
+                "ActivationSymmetric": symmetric,
+                "WeightSymmetric": True,
+                # TensorRT dequantizes only int8/fp8/int4: an int32 bias DQ would stop it; it fuses a float bias
+                "QuantizeBias": not symmetric,
+            },
         )
     return {
         "format": "QDQ",
-        "weights": "int8, symmetric, per output channel",
-        "activations": "uint8, asymmetric, per tensor",
+        "scheme": scheme,
+        "weights": "int8, symmetric (zero point 0), per output channel",
+        "activations": "int8, symmetric (zero point 0), per tensor"
+        if symmetric
+        else "uint8, asymmetric (per-tensor zero point), per tensor",
+        "bias": "float" if symmetric else "int32",
+        "tensorrt": "buildable (signed int8, zero points 0)" if symmetric else "not buildable (uint8 activations)",
         "ops": list(QUANTIZED_OPS),
-        "kept_fp32": ["first convolution (whitening)", "Celu", "BatchNormalization"],
+        "kept_fp32": ["first convolution (whitening)", "Celu"],
         "calibration_method": method,
         "calibration_images": int(len(images)),
         "calibration_source": "training images (class-balanced, never test images)",

@@ -89,8 +89,12 @@ class Backend:
         """Release sessions and device memory."""
 
     def describe(self) -> dict[str, Any]:
-        """Backend, device, precision, artifact: what a report row needs to say what was measured."""
+        """Backend, device, precision, artifact and the CPU: what a report row needs to say what was measured."""
+        from dawnpipe.common.machine import cpu_features, runs_natively
+
         return {
+            "cpu": cpu_features(),  # the host's CPU, also for GPU rows (it prepares every batch)
+            "native_instructions": runs_natively(self.device, self.precision),
             "backend": self.name,
             "device": self.device,
             "precision": self.precision,

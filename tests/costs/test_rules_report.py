@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from dawnpipe.cli import main
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json
+from dawnpipe.common.machine import parse_cpuinfo
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.costs.report import ReportConfig, build_report
 from dawnpipe.costs.rules import Point, decide, make_rules, pareto_front, verdict
@@ -181,6 +182,9 @@ def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False):
             }
         },
         "flops_unknown_ops": [],
+        "device": "cpu",
+        "cpu": parse_cpuinfo("model name\t: Test CPU\nflags\t: avx2 avx512f avx512_vnni\n"),
+        "native_instructions": True,
     }
 
 
@@ -242,6 +246,9 @@ def test_family_report_decides_and_draws(family, tmp_path):
     text = (out / "report.md").read_text()
     assert text.index("## Decisions") < text.index("## Extra views") < text.index("## Points")
     assert "0.76" in text and "selective-flip" in text and "spread: w0.5 selective-flip" in text
+    machine = text[text.index("## Machine") :]
+    assert "onnxruntime/CPU fp32 on cpu: host CPU Test CPU (avx2, avx512f, avx512_vnni; int8 native (VNNI)" in machine
+    assert data["machines"][0]["native_instructions"] is True
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 5 and {r["seeds"] for r in rows} == {"2"}
     manifest = json.loads((out / "manifest.json").read_text())
