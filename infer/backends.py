@@ -114,65 +114,6 @@ class Backend:
         self.close()
 
 
-class TorchBackend(Backend):
-    """The checkpoint in PyTorch eager, channels_last. Precision ``auto``: fp16 on CUDA, bf16 autocast on a
-    CPU with native bf16, else fp32; ``fp32`` gives the exact reference the export checks use."""
-
-    name = "torch"
-
-    def __init__(
-        self, path: Path, device: str = "auto", weights: str = "ema", precision: str = "auto", threads: int = 0
-    ) -> None:
-        import torch
-
-        from dawnpipe.common.device import choose_device
-        from dawnpipe.export.graph import build_deploy_model
-        from dawnpipe.train.checkpoint import checkpoint_meta, load_checkpoint, resolve_checkpoint
-
-        ckpt = resolve_checkpoint(path)
-        payload = load_checkpoint(ckpt)
-        choice = choose_device(device)
-        if precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise DawnpipeError(f"unknown precision {precision!r}", "use auto, fp32, fp16 or bf16")
-        if precision == "auto":
-            precision = {torch.float16: "fp16", torch.bfloat16: "bf16", None: "fp32"}[choice.autocast_dtype]
-        if precision == "bf16" and choice.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DawnpipeError(
-                f"bf16 was asked for but {torch.cuda.get_device_name()} has no bf16 support", "use fp16 or fp32"
-            )
-        if precision == "fp32":
-            use_ieee_fp32()
-        super().__init__(ckpt, {**checkpoint_meta(payload), "precision": precision}, threads)
-        if choice.device.type == "cpu":
-            torch.set_num_threads(self.threads)
-        self.device = choice.device.type
-        self._torch = torch
-        graph_precision = "fp16" if precision == "fp16" else "fp32"
-        self._model = build_deploy_model(payload, weights=weights, precision=graph_precision).to(self.device)
-        self._model.classifier.to(memory_format=torch.channels_last)
-        self._autocast = precision == "bf16"
-
-    def _run(self, images: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode(), torch.autocast(self.device, torch.bfloat16, enabled=self._autocast):
-            x = torch.from_numpy(images).to(self.device, non_blocking=True)
-            return self._model(x).float().cpu().numpy()
-
-    def synchronize(self) -> None:
-        if self.device == "cuda":
-            self._torch.cuda.synchronize()
-
-
-def use_ieee_fp32() -> None:
-    """fp32 means IEEE fp32: PyTorch runs cuDNN convolutions (and may run matmuls) in TF32 on Ampere and later
-    by default, which breaks the exact-reference comparisons; turn that off for the process."""
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-
-
 class OnnxRuntimeBackend(Backend):
     """An exported ONNX file in onnxruntime with the chosen execution provider."""
 
@@ -371,11 +312,13 @@ def load(
     threads: int = 0,
     allow_foreign: bool = False,
     allow_incomplete: bool = False,
+    graphs: bool = False,
 ) -> Backend:
     """Open an artifact with the backend its kind calls for (or the one asked for, if it can read it).
 
     The artifact must be the one its folder's manifest recorded (``common.lineage``) and come from a finished
     training run, unless ``allow_foreign`` / ``allow_incomplete``; ``backend.lineage`` says which check held.
+    ``graphs``: a checkpoint runs graph-captured (infer.torch_backend: CUDA graphs, or torch.compile on a CPU).
     """
     path = Path(path).expanduser()
     if backend not in BACKENDS:
@@ -394,7 +337,9 @@ def load(
             f"artifact {path} is not a regular file", "pass a run folder, checkpoint.pt, .onnx or .engine"
         )
     if kind == "checkpoint":
-        opened: Backend = TorchBackend(path, device=device, precision=precision, threads=threads)
+        from dawnpipe.infer.torch_backend import TorchBackend
+
+        opened: Backend = TorchBackend(path, device=device, precision=precision, threads=threads, graphs=graphs)
     elif kind == "onnx":
         opened = OnnxRuntimeBackend(path, provider=provider, threads=threads)
     else:

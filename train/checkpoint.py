@@ -7,11 +7,14 @@ error instead of a traceback.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dawnpipe.common.device import DeviceChoice, dtype_name
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write
 from dawnpipe.train.config import MODEL_FIELDS_ADDED, ModelConfig
@@ -175,3 +178,24 @@ def restore_rng(state: Any, device: torch.device) -> None:
         torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resumed_precision(dev: DeviceChoice, saved: dict[str, Any] | None) -> DeviceChoice:
+    """A resumed run keeps the autocast precision it started with on the same kind of device.
+
+    The machines differ from day to day (one CPU has native bf16, the next does not), and a run trained half in
+    fp32 and half in bf16 could not be described by one precision. bf16 on a CPU without it is emulated (slow) but
+    exact to the recipe; the notice says so.
+    """
+    if not saved or saved.get("device") != dev.device.type:
+        return dev
+    want = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(saved.get("autocast"), dev.autocast_dtype)
+    if want == dev.autocast_dtype:
+        return dev
+    print(
+        f"notice: the run started in {saved['autocast']} and continues in it (this machine alone would choose "
+        f"{dtype_name(dev.autocast_dtype)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return replace(dev, autocast_dtype=want)

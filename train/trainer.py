@@ -11,6 +11,7 @@ The step never waits for the host: loss and accuracy accumulate on the device an
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import uuid
@@ -21,32 +22,26 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dawnpipe.common.device import DeviceChoice, choose_device, dtype_name
+from dawnpipe.common.device import DeviceChoice, choose_device
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.train.augment import alternating_flips, augment
-from dawnpipe.train.calibration import (
-    AUTO,
-    auto_target,
-    calibrate_threshold,
-    check_selective_target,
-    describe_holdout,
-    split_holdout,
-)
+from dawnpipe.train.calibration import check_selective_target, describe_holdout, split_holdout
 from dawnpipe.train.checkpoint import (
     CHECKPOINT_NAME,
     input_contract,
     load_checkpoint,
     restore_rng,
+    resumed_precision,
     rng_state,
     save_checkpoint,
 )
 from dawnpipe.train.compiled import CompiledOrEager
 from dawnpipe.train.config import TrainConfig
-from dawnpipe.train.data import Cifar, load_cifar, pixel_statistics
+from dawnpipe.train.data import load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
-from dawnpipe.train.evaluation import accuracy, autocast, correct, plain_confidence
+from dawnpipe.train.evaluation import accuracy, autocast
+from dawnpipe.train.finish import calibrate, clocks, write_manifest
 from dawnpipe.train.guard import NonFiniteGuard
 from dawnpipe.train.model import ResNet9, normalize
 from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
@@ -118,7 +113,7 @@ def _train(
         cfg = replace(saved, **{"resume": cfg.resume, "device": cfg.device, **changes})
     dev = choose_device(cfg.device) if dist is None else dist.device_choice
     if resume_state is not None:
-        dev = _resumed_precision(dev, resume_state["state"].get("precision"))
+        dev = resumed_precision(dev, resume_state["state"].get("precision"))
     torch.manual_seed(cfg.seed)
 
     # ---- data, on the device as uint8 NHWC
@@ -178,8 +173,9 @@ def _train(
     trainable = weights + biases
     loss_scale = cfg.fp16_loss_scale if compute == torch.float16 else 1.0
     guard = NonFiniteGuard(optimizer, trainable) if loss_scale != 1.0 else None
-    if dev.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels once
+    benchmark_before = torch.backends.cudnn.benchmark
+    if dev.device.type == "cuda":  # fixed shapes every step: let cuDNN pick the fastest kernels once (restored
+        torch.backends.cudnn.benchmark = True  # after the loop: inference in this process must not autotune)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     history: list[dict[str, Any]] = []
     start_epoch, skip_steps = 0, 0
@@ -197,8 +193,8 @@ def _train(
                 f"resume with torchrun --nproc_per_node {saved_world} (or without torchrun for 1)",
             )
     live = model if dist is None else dist.wrap(model)  # after resume: DDP broadcasts the loaded weights
-    if cfg.compile:
-        live = CompiledOrEager(live)
+    compiled = CompiledOrEager(live) if cfg.compile else None
+    live = compiled or live
 
     run_id = resume_state.get("run_id") if resume_state is not None else None
     run_id = run_id or uuid.uuid4().hex  # names this run in every artifact made from it
@@ -234,11 +230,19 @@ def _train(
                     "optimizer": optimizer.state_dict(),
                     "world_size": world,
                     "ema_updates": ema.updates,
-                    "precision": {"device": dev.device.type, "autocast": dtype_name(dev.autocast_dtype)},
+                    "precision": {"device": dev.device.type, "autocast": dev.describe()["precision"]},
                     "rng": rng_state(dev.device),  # stochastic depth draws from it; a resumed run continues the stream
                 },
             },
         )
+
+    def forward_backward(net: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(dev):
+            out = net(x)
+            value = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        (value * loss_scale).backward()  # fp16: scaled (the guard unscales); otherwise a scale of 1
+        return out, value
 
     # ---- loop
     bar = progress_bar(cfg.epochs * steps_per_epoch, enabled=progress and rank0)
@@ -277,15 +281,13 @@ def _train(
                         group["lr"] = lr * group["lr_scale"] if live_group else 0.0
                     x = normalize(epoch_x[step * local_batch : (step + 1) * local_batch], mean, std, compute)
                     y = epoch_y[step * local_batch : (step + 1) * local_batch]
-                    with autocast(dev):
-                        logits = live(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    if guard is not None:  # fp16: scaled loss; unscale, and skip an overflowing step, on device
-                        (loss * loss_scale).backward()
+                    if compiled is not None and not compiled.proven:  # the backward compiles here: same fallback
+                        logits, loss = compiled.first_step(functools.partial(forward_backward, x=x, y=y), model)
+                    else:
+                        logits, loss = forward_backward(live, x, y)
+                    if guard is not None:  # fp16: unscale, and skip an overflowing step, on device
                         guard.step(1.0 / loss_scale)
                     else:
-                        loss.backward()
                         optimizer.step()
                     global_step = epoch * steps_per_epoch + step + 1
                     if global_step % cfg.ema_every == 0:  # global step: short epochs too
@@ -337,6 +339,8 @@ def _train(
             f"continue with `dawnpipe train --resume {run_dir}`",
         ) from None
 
+    finally:
+        torch.backends.cudnn.benchmark = benchmark_before
     if cfg.lookahead:
         ema.update(decay=1.0, pull_back=True)  # the weights become the average (airbench's final lookahead step)
 
@@ -345,9 +349,13 @@ def _train(
         "train_seconds": train_seconds,
         "wall_seconds": time.time() - started,
         "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
+        **clocks(history),
+        "compiled": None if compiled is None else {"ran_compiled": compiled.compiled_ran, "notice": compiled.notice},
         "first_step_unix": first_step_unix,
         "started_unix": started,
     }
+    if guard is not None:
+        final["skipped_nonfinite_steps"] = int(guard.skipped.item())
     if rank0:
         final["ema_test_acc"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "none")
         final["ema_test_acc_flip"] = accuracy(ema.module, test_x, test_y, mean, std, dev, "flip")
@@ -355,35 +363,15 @@ def _train(
         final["test_images"] = len(test_y)
         selective = None
         if len(holdout_x):
-            selective = _calibrate(ema.module, holdout_x, holdout_y, mean, std, dev, cfg.selective_target)
+            selective = calibrate(ema.module, holdout_x, holdout_y, mean, std, dev, cfg.selective_target)
             selective["holdout"] = holdout
             final["selective_threshold"] = selective["threshold"]
         checkpoint(cfg.epochs, 0, complete=True, final=final, selective=selective)
-        _write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world, holdout, selective, run_id)
+        write_manifest(run_dir, ckpt_path, cfg, dev, data, norm, final, world, holdout, selective, run_id)
     return TrainResult(run_dir, ckpt_path, final)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _calibrate(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    dev: DeviceChoice,
-    target: float | str,
-) -> dict[str, Any]:
-    """Selective TTA's per-image threshold on the hold-out: at the fixed ``target`` fraction, or with ``auto`` at
-    the fraction train.calibration.auto_target fits to this run's own hold-out (recorded beside the threshold)."""
-    confidence = plain_confidence(model, images, mean, std, dev)
-    if target != AUTO:
-        return calibrate_threshold(confidence, float(target))
-    plain = correct(model, images, labels, mean, std, dev, "none").cpu().numpy()
-    flip = correct(model, images, labels, mean, std, dev, "flip").cpu().numpy()
-    fitted = auto_target(confidence, plain, flip)
-    return {**calibrate_threshold(confidence, fitted["target_fraction"]), "target": AUTO, "auto": fitted}
 
 
 def _check_switches(cfg: TrainConfig) -> None:
@@ -398,27 +386,6 @@ def _check_switches(cfg: TrainConfig) -> None:
     ):
         if not low <= value <= high:
             raise DawnpipeError(f"{name} is {value}, outside [{low:g}, {high:g}]", f"set {name} within that range")
-
-
-def _resumed_precision(dev: DeviceChoice, saved: dict[str, Any] | None) -> DeviceChoice:
-    """A resumed run keeps the autocast precision it started with on the same kind of device.
-
-    The machines differ from day to day (one CPU has native bf16, the next does not), and a run trained half in
-    fp32 and half in bf16 could not be described by one precision. bf16 on a CPU without it is emulated (slow) but
-    exact to the recipe; the notice says so.
-    """
-    if not saved or saved.get("device") != dev.device.type:
-        return dev
-    want = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(saved.get("autocast"), dev.autocast_dtype)
-    if want == dev.autocast_dtype:
-        return dev
-    print(
-        f"notice: the run started in {saved['autocast']} and continues in it (this machine alone would choose "
-        f"{dtype_name(dev.autocast_dtype)})",
-        file=sys.stderr,
-        flush=True,
-    )
-    return replace(dev, autocast_dtype=want)
 
 
 def _sync(dev: DeviceChoice) -> None:
@@ -443,41 +410,3 @@ def _stop_on_nan(epoch: int, step: int, ckpt: Path, history: list[dict[str, Any]
         f"the loss became NaN or infinite in epoch {epoch + 1} near step {step + 1}; training stopped and {kept}",
         "lower the learning rate (--lr) or check the data",
     )
-
-
-def _write_manifest(
-    run_dir: Path,
-    ckpt: Path,
-    cfg: TrainConfig,
-    dev: DeviceChoice,
-    data: Cifar,
-    norm: dict[str, list[float]],
-    final: dict[str, Any],
-    world: int,
-    holdout: dict[str, Any],
-    selective: dict[str, Any] | None,
-    run_id: str,
-) -> None:
-    metrics = {k: v for k, v in final.items() if not k.endswith("_unix")}
-    entry = artifact_entry(
-        run_dir,
-        ckpt,
-        made_from={"data": data.source, "data_sha256": data.source_sha256},
-        input_contract=input_contract(norm),
-        metrics=metrics,
-        kind="checkpoint",
-        classes=list(data.classes),
-        selective=selective,
-        run_id=run_id,
-    )
-    record = {
-        "run_id": run_id,
-        "config": cfg.to_dict(),
-        "device": dev.describe(),
-        "data": data.describe(),
-        "holdout": holdout,
-        "world_size": world,
-        "global_batch": cfg.batch_size,
-        "metrics": metrics,
-    }
-    update_manifest(run_dir, run=("train", record), artifacts={"checkpoint": entry})

@@ -16,7 +16,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.train import trainer as trainer_mod
 from dawnpipe.train.api import config_from_options
 from dawnpipe.train.calibration import auto_target, calibrate_threshold, check_selective_target
-from dawnpipe.train.checkpoint import load_checkpoint
+from dawnpipe.train.checkpoint import load_checkpoint, resumed_precision
 from dawnpipe.train.trainer import train
 
 
@@ -120,8 +120,8 @@ def test_resume_refuses_options_that_change_training_and_takes_the_selective_tar
 
 def test_a_resumed_run_keeps_the_precision_it_started_in(capsys):
     cpu_fp32 = DeviceChoice(torch.device("cpu"), None, channels_last=True)
-    kept = trainer_mod._resumed_precision(cpu_fp32, {"device": "cpu", "autocast": "bf16"})
+    kept = resumed_precision(cpu_fp32, {"device": "cpu", "autocast": "bf16"})
     assert kept.autocast_dtype == torch.bfloat16 and "started in bf16" in capsys.readouterr().err
-    assert trainer_mod._resumed_precision(cpu_fp32, {"device": "cpu", "autocast": "fp32"}) is cpu_fp32
-    assert trainer_mod._resumed_precision(cpu_fp32, None) is cpu_fp32  # older checkpoints: today's choice
-    assert trainer_mod._resumed_precision(cpu_fp32, {"device": "cuda", "autocast": "fp16"}) is cpu_fp32
+    assert resumed_precision(cpu_fp32, {"device": "cpu", "autocast": "fp32"}) is cpu_fp32
+    assert resumed_precision(cpu_fp32, None) is cpu_fp32  # older checkpoints: today's choice
+    assert resumed_precision(cpu_fp32, {"device": "cuda", "autocast": "fp16"}) is cpu_fp32

@@ -1,0 +1,70 @@
+"""Honest training clocks, and torch.compile failures (forward or backward) that fall back to the eager step."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from dawnpipe.train.api import config_from_options
+from dawnpipe.train.checkpoint import load_checkpoint
+from dawnpipe.train.trainer import train
+
+
+def _cfg(image_folder, out, **overrides):
+    options = dict(data=image_folder, epochs=3, batch_size=64, lr=2.0, width=0.125, out=out, device="cpu", holdout=0)
+    options.update(overrides)
+    return config_from_options(**options)
+
+
+def test_the_first_epoch_is_reported_apart_from_the_steady_state(image_folder, tmp_path):
+    result = train(_cfg(image_folder, tmp_path, name="clock"), progress=False)
+    epochs = load_checkpoint(result.checkpoint)["metrics"]["epochs"]
+    final = result.metrics
+    assert final["first_epoch_seconds"] == epochs[0]["train_seconds"]
+    assert final["steady_images_per_s"] == statistics.median(e["train_images_per_s"] for e in epochs[1:])
+    assert final["steady_epochs"] == 2 and final["compiled"] is None  # not asked to compile
+
+
+class _BackwardFails(torch.autograd.Function):
+    """The identity forward; a backward that fails as an AOTAutograd backward compile would, at .backward()."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        raise RuntimeError("backward compiler failed (simulated)")
+
+
+def _fake_compile(fail: str):
+    def compile_(module, **_options):
+        def run(x):
+            if fail == "forward":
+                raise RuntimeError("forward compiler failed (simulated)")
+            return _BackwardFails.apply(module(x))
+
+        return run
+
+    return compile_
+
+
+@pytest.mark.parametrize("fail", ["forward", "backward"])
+def test_a_compile_failure_falls_back_to_the_eager_step_exactly(image_folder, tmp_path, monkeypatch, capsys, fail):
+    eager = train(_cfg(image_folder, tmp_path, name="eager", epochs=1), progress=False)
+    monkeypatch.setattr(torch, "compile", _fake_compile(fail))
+    fallen = train(_cfg(image_folder, tmp_path, name=fail, epochs=1, compile=True), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("notice: torch.compile failed") == 1 and f"{fail} compiler failed" in err
+    assert fallen.metrics["compiled"] == {"ran_compiled": False, "notice": err.split("notice: ")[1].strip()}
+    a, b = load_checkpoint(eager.checkpoint), load_checkpoint(fallen.checkpoint)
+    # the failed compiled forward updated BatchNorm statistics; they were restored, so the runs agree exactly
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_compiled_step_that_runs_says_so(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, **_: module)  # "compiles" to itself: every call succeeds
+    result = train(_cfg(image_folder, tmp_path, name="ok", epochs=1, compile=True), progress=False)
+    assert result.metrics["compiled"] == {"ran_compiled": True, "notice": None}

@@ -1,0 +1,89 @@
+"""What a finished run records: honest clocks, the selective-TTA calibration, and the run folder's manifest."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dawnpipe.common.device import DeviceChoice
+from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.train.calibration import AUTO, auto_target, calibrate_threshold
+from dawnpipe.train.checkpoint import input_contract
+from dawnpipe.train.config import TrainConfig
+from dawnpipe.train.data import Cifar
+from dawnpipe.train.evaluation import correct, plain_confidence
+
+
+def clocks(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first epoch's seconds apart from the steady state (median images/s of epochs 2..N).
+
+    The first epoch pays for compilation, cuDNN autotuning and CUDA's start; folding it into one average would
+    make a compiled run look slower than it runs and a short run slower than a long one.
+    """
+    steady = [h["train_images_per_s"] for h in history[1:] if "train_images_per_s" in h]
+    return {
+        "first_epoch_seconds": history[0]["train_seconds"] if history else None,
+        "steady_images_per_s": statistics.median(steady) if steady else None,
+        "steady_epochs": len(steady),
+    }
+
+
+def calibrate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dev: DeviceChoice,
+    target: float | str,
+) -> dict[str, Any]:
+    """Selective TTA's per-image threshold on the hold-out: at the fixed ``target`` fraction, or with ``auto`` at
+    the fraction train.calibration.auto_target fits to this run's own hold-out (recorded beside the threshold)."""
+    confidence = plain_confidence(model, images, mean, std, dev)
+    if target != AUTO:
+        return calibrate_threshold(confidence, float(target))
+    plain = correct(model, images, labels, mean, std, dev, "none").cpu().numpy()
+    flip = correct(model, images, labels, mean, std, dev, "flip").cpu().numpy()
+    fitted = auto_target(confidence, plain, flip)
+    return {**calibrate_threshold(confidence, fitted["target_fraction"]), "target": AUTO, "auto": fitted}
+
+
+def write_manifest(
+    run_dir: Path,
+    ckpt: Path,
+    cfg: TrainConfig,
+    dev: DeviceChoice,
+    data: Cifar,
+    norm: dict[str, list[float]],
+    final: dict[str, Any],
+    world: int,
+    holdout: dict[str, Any],
+    selective: dict[str, Any] | None,
+    run_id: str,
+) -> None:
+    metrics = {k: v for k, v in final.items() if not k.endswith("_unix")}
+    entry = artifact_entry(
+        run_dir,
+        ckpt,
+        made_from={"data": data.source, "data_sha256": data.source_sha256},
+        input_contract=input_contract(norm),
+        metrics=metrics,
+        kind="checkpoint",
+        classes=list(data.classes),
+        selective=selective,
+        run_id=run_id,
+    )
+    record = {
+        "run_id": run_id,
+        "config": cfg.to_dict(),
+        "device": dev.describe(),
+        "data": data.describe(),
+        "holdout": holdout,
+        "world_size": world,
+        "global_batch": cfg.batch_size,
+        "metrics": metrics,
+    }
+    update_manifest(run_dir, run=("train", record), artifacts={"checkpoint": entry})
