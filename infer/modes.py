@@ -1,8 +1,10 @@
 """Running a TTA mode on a backend: plain, full TTA, or selective TTA with the artifact's per-image threshold.
 
 ``run_mode`` is what evaluation's latency rows, ``predict``, ``Predictor`` and a server call, so every consumer
-makes the same per-image decision. Views are applied on the host through ``dawnpipe.common.tta``; a graph that
-already holds TTA is recognised and run once under its own mode (views are never applied twice).
+makes the same per-image decision. Views are applied through ``dawnpipe.common.tta``: on the host for onnxruntime
+and TensorRT, on the device for torch (``TorchBackend.run_tta``, one copy in, the same index maps and the same
+float64 confidence); a graph that already holds TTA is recognised and run once under its own mode (views are never
+applied twice).
 """
 
 from __future__ import annotations
@@ -62,9 +64,16 @@ def run_mode(
         logits = tta_logits(backend.infer, images, views("none"), batch)
         return ModeResult(logits, np.ones(len(images), bool), float(backend.graph_views))
     tta_views = views(base, shift)
+    on_device = getattr(backend, "run_tta", None)  # torch builds the views on its device (infer.torch_backend)
     if not selective:
-        logits = tta_logits(backend.infer, images, tta_views, batch)
+        if on_device is not None:
+            logits, _ = on_device(images, tta_views)
+        else:
+            logits = tta_logits(backend.infer, images, tta_views, batch)
         return ModeResult(logits, np.full(len(images), len(tta_views) > 1), float(len(tta_views)))
     value, _ = resolve_threshold(backend, threshold)
-    logits, chosen = selective_logits(backend.infer, images, tta_views, value, batch)
+    if on_device is not None:
+        logits, chosen = on_device(images, tta_views, value)
+    else:
+        logits, chosen = selective_logits(backend.infer, images, tta_views, value, batch)
     return ModeResult(logits, chosen, 1.0 + (len(tta_views) - 1) * float(chosen.mean()) if len(chosen) else 1.0)

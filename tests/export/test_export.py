@@ -17,8 +17,9 @@ from dawnpipe.common.tta import TTA_MODES
 from dawnpipe.export.api import ExportConfig, export
 from dawnpipe.export.onnx_export import read_metadata
 from dawnpipe.export.triton import config_pbtxt
-from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend
+from dawnpipe.infer.backends import OnnxRuntimeBackend
 from dawnpipe.infer.modes import run_mode
+from dawnpipe.infer.torch_backend import TorchBackend
 from tests.conftest import make_images
 
 

@@ -25,10 +25,11 @@ from dawnpipe.common.tta import (
     views,
 )
 from dawnpipe.export.api import ExportConfig, export
-from dawnpipe.infer.backends import OnnxRuntimeBackend, TorchBackend, choose_providers, load, provider_options
+from dawnpipe.infer.backends import OnnxRuntimeBackend, choose_providers, load, provider_options
 from dawnpipe.infer.evaluate import EvalConfig, evaluate, unpack_bits, wilson_interval
 from dawnpipe.infer.latency import Protocol, measure_rows
 from dawnpipe.infer.modes import run_mode
+from dawnpipe.infer.torch_backend import TorchBackend
 from dawnpipe.train.calibration import calibrate_threshold, split_holdout
 from tests.conftest import make_images, write_image_folder
 
