@@ -102,7 +102,12 @@ def _runtimes() -> tuple[tuple[str, ...], tuple[str, ...]]:
 _BACKENDS, _PROVIDERS = _runtimes()
 
 
-def _train_options(command):
+def _pipeline_train_options(command):
+    """`pipeline`'s training options: `train`'s, with --resume continuing a whole family instead of one run."""
+    return _train_options(command, pipeline=True)
+
+
+def _train_options(command, pipeline: bool = False):
     """The training options, shared by `train` and `pipeline`; defaults come from TrainConfig/ModelConfig."""
     from dawnpipe.train.config import ModelConfig
     from dawnpipe.train.presets import PRESETS
@@ -218,9 +223,17 @@ def _train_options(command):
         ),
         click.option(
             "--resume",
+            is_flag=True,
+            help="Continue the family of this --name with the same options: finished trainings, exports and "
+            "evaluations are reused after their sha256 and lineage are checked, an interrupted training resumes.",
+        )
+        if pipeline
+        else click.option(
+            "--resume",
             type=click.Path(path_type=Path),
             default=None,
-            help="Continue an interrupted run folder from its checkpoint (other options come from the checkpoint).",
+            help="Continue an interrupted run folder from its checkpoint; options that would change training must "
+            "match it (the selective target and --eval-every may change).",
         ),
         click.option(
             "--overwrite",
@@ -321,6 +334,20 @@ class _NumberList(click.ParamType):
         if len(set(items)) != len(items):
             self.fail(f"{value!r} repeats a value", param, ctx)
         return items
+
+
+class _NameList(click.ParamType):
+    """Comma-separated names (checked by the API, which knows what is available on this machine)."""
+
+    name = "names"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+        if not names:
+            self.fail("no name given", param, ctx)
+        return names
 
 
 def _trust_options(command):
@@ -755,7 +782,16 @@ def _rule_config(opts: dict) -> dict:
 
 
 @main.command()
-@_train_options
+@_pipeline_train_options
+@click.option(
+    "--backends",
+    type=_NameList(),
+    default="auto",
+    show_default=True,
+    help="Comma-separated backends to evaluate: torch, torch-graphs, onnxruntime, onnxruntime-int8, "
+    "onnxruntime-int8-asym, onnxruntime-cuda, tensorrt, or auto (the machine's default set; the others are "
+    "recorded as skipped with the reason).",
+)
 @click.option(
     "--widths",
     type=_NumberList(float, 0.0, 16.0),
@@ -784,8 +820,20 @@ def _rule_config(opts: dict) -> dict:
     help="Interleaved timing rounds.",
 )
 @_rule_options
-def pipeline(widths, seeds, tta_modes, latency_rounds, rules, budget_gflops, budget_ms, accuracy_threshold, **opts):
-    """Train (a family), export, evaluate every TTA mode on every available backend, and write the cost report."""
+def pipeline(
+    widths,
+    seeds,
+    tta_modes,
+    latency_rounds,
+    backends,
+    resume,
+    rules,
+    budget_gflops,
+    budget_ms,
+    accuracy_threshold,
+    **opts,
+):
+    """Train (a family), export, evaluate every TTA mode on the chosen backends, and write the cost report."""
     from dawnpipe.costs.pipeline import PipelineConfig, run_pipeline
     from dawnpipe.costs.report import ReportConfig
     from dawnpipe.train.api import config_from_options
@@ -797,6 +845,8 @@ def pipeline(widths, seeds, tta_modes, latency_rounds, rules, budget_gflops, bud
         seeds=seeds or (train_cfg.seed,),
         tta=tta_modes,
         latency_rounds=latency_rounds,
+        backends=backends,
+        resume=resume,
         report=ReportConfig(
             runs=(),
             **_rule_config(
@@ -810,6 +860,8 @@ def pipeline(widths, seeds, tta_modes, latency_rounds, rules, budget_gflops, bud
         ),
     )
     result = run_pipeline(cfg, say=lambda line: click.echo(line, err=True))
+    if result.reused:
+        click.echo(f"reused (checked): {len(result.reused)} piece(s): {', '.join(result.reused)}", err=True)
     for kind, path in result.artifacts.items():
         click.echo(f"{kind + ':':<14}{path}")
     click.echo(f"pipeline finished in {result.seconds:.0f} s; report: {result.report_dir / 'report.md'}")

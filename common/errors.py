@@ -12,3 +12,12 @@ class DawnpipeError(Exception):
     def __init__(self, problem: str, fix: str | None = None) -> None:
         message = problem if fix is None else f"{problem}; {fix}"
         super().__init__(" ".join(message.split()))  # always a single line
+
+
+class Interrupted(DawnpipeError):
+    """A run stopped by Ctrl-C or SIGTERM at a safe point; ``problem`` and ``fix`` kept apart so a caller (the
+    pipeline) can restate how to continue."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        super().__init__(problem, fix)
+        self.problem, self.fix = problem, fix

@@ -35,6 +35,7 @@ class Run:
     data_sha256: str
     classes: tuple[str, ...]
     rows: list[dict[str, Any]]
+    skipped: tuple[dict[str, str], ...] = ()  # backends its evaluation could not run, with the reason
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -65,7 +66,8 @@ def load_run(run_dir: str | Path) -> Run:
             "rerun `dawnpipe eval` in this run folder instead of copying results in",
         )
     known = {e.get("sha256") for e in manifest.get("artifacts", {}).values()}
-    rows = read_eval(path)["rows"]
+    evaluation = read_eval(path)
+    rows = evaluation["rows"]
     run_id = train.get("run_id")
     for row in rows:
         if run_id and row.get("run_id") and row["run_id"] != run_id:
@@ -89,6 +91,7 @@ def load_run(run_dir: str | Path) -> Run:
         str(data.get("sha256")),
         tuple(data.get("classes", [])),
         rows,
+        tuple(evaluation.get("skipped", [])),
     )
 
 

@@ -1,53 +1,66 @@
-"""pipeline(): train a family (widths x seeds, one recipe), export, evaluate every TTA mode on every available
-backend, and write one cost report over the family.
+"""pipeline(): train a family (widths x seeds, one recipe), export, evaluate every TTA mode on the chosen backends,
+and write one cost report over the family; stop it anywhere and continue it with ``resume``.
 
-Every option is validated before training starts. Each run is exported once per artifact: the fp32 and int8
-ONNX everywhere; on a GPU also the fp16 ONNX and, where TensorRT is installed, an engine built from that fp16
-ONNX. Backends: PyTorch (the checkpoint) and onnxruntime (fp32 and int8 ONNX, CPU) everywhere; onnxruntime CUDA
-(fp16 ONNX) and TensorRT on a GPU. What is skipped is said, with why.
+Every option is validated before training starts. Each run is exported once per artifact its backends need (the
+fp32 and int8 ONNX on a CPU; the fp16 ONNX and a TensorRT engine on a GPU that has them). Backends come from
+``costs.targets`` (``--backends``); those that cannot run here are recorded as skipped with the reason.
+
+Interruptions: Ctrl-C or SIGTERM during training stops at a step boundary with a checkpoint; during an export or
+an evaluation the stage is abandoned (its files are written under temporary names, so nothing half-written is
+kept). ``resume=True`` with the same options reuses every finished training, export and evaluation after
+checking its sha256 and lineage (``costs.resume``), resumes an interrupted training from its checkpoint, and
+redoes only what is missing.
 """
 
 from __future__ import annotations
 
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError, Interrupted
 from dawnpipe.costs.report import ReportConfig
 from dawnpipe.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The training recipe, the family to train with it, and what to evaluate and judge."""
+    """The training recipe, the family to train with it, what to evaluate it on, and how to judge it."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
     widths: tuple[float, ...] = (1.0,)  # channel multipliers trained with the one recipe
     seeds: tuple[int, ...] = (0,)  # seeds per width
     tta: tuple[str, ...] = ("all",)  # modes evaluated on every backend
     latency_rounds: int = 5  # interleaved timing rounds per backend
+    backends: tuple[str, ...] = ("auto",)  # costs.targets names; auto = the machine's default set
+    resume: bool = False  # continue the family of this --name, reusing every finished piece
     report: ReportConfig = field(default_factory=lambda: ReportConfig(runs=()))
 
 
 @dataclass
 class PipelineResult:
-    """Where everything went."""
+    """Where everything went, and what was reused rather than redone."""
 
     report_dir: Path
     runs: list[Path]
     artifacts: dict[str, Path]
     skipped: list[str]
     seconds: float
+    reused: list[str] = field(default_factory=list)
 
 
 def check_pipeline(cfg: PipelineConfig) -> None:
     """Every option checked before any work starts (a bad one costs a second, not a training run)."""
     from dawnpipe.common.tta import ALL_MODES
     from dawnpipe.costs.report import check_config
+    from dawnpipe.train.calibration import check_selective_target
 
     check_config(cfg.report)
+    check_selective_target(cfg.train.selective_target)
     unknown = [m for m in cfg.tta if m not in (*ALL_MODES, "all")]
     if unknown or not cfg.tta:
         raise DawnpipeError(f"unknown TTA mode(s) {unknown or '(none given)'}", f"use {', '.join(ALL_MODES)} or all")
@@ -55,126 +68,217 @@ def check_pipeline(cfg: PipelineConfig) -> None:
         raise DawnpipeError(f"widths {list(cfg.widths)} must each lie in (0, 16]", "pass e.g. --widths 0.5,0.75,1.0")
     if not cfg.seeds or any(s < 0 for s in cfg.seeds):
         raise DawnpipeError(f"seeds {list(cfg.seeds)} must be non-negative", "pass e.g. --seeds 0,1")
+    if cfg.resume and not cfg.train.name:
+        raise DawnpipeError("--resume needs the --name of the pipeline to continue", "pass --name NAME --resume")
+    if cfg.resume and cfg.train.overwrite:
+        raise DawnpipeError("--resume keeps finished work and --overwrite replaces it", "pass one of them")
 
 
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineResult:
-    """Run all stages for every (width, seed); optional parts (fp16, TensorRT, GPU providers) are reported."""
-    import torch
-
+    """Run (or continue) every stage for every (width, seed), then the report over the family."""
+    from dawnpipe.common.run_folder import RunFolder, check_run_name
     from dawnpipe.costs.report import build_report
-    from dawnpipe.export.api import build_engine_artifact, export_onnx_model, load_source, record
-    from dawnpipe.export.config import Int8Spec
-    from dawnpipe.export.onnx_export import onnxruntime_module
-    from dawnpipe.export.tensorrt_build import tensorrt_status
-    from dawnpipe.infer.evaluate import EvalConfig, evaluate
-    from dawnpipe.infer.latency import Protocol
-    from dawnpipe.train.trainer import train
+    from dawnpipe.costs.resume import RECORD_KEY, check_family, check_strays, family_record
+    from dawnpipe.costs.targets import choose_targets
 
     check_pipeline(cfg)
-    ort = onnxruntime_module()
+    targets, skipped = choose_targets(cfg.backends)
     started = time.perf_counter()
     stage = _Stages(say, started)
-    base = cfg.train.name or time.strftime("%Y%m%d-%H%M%S")
+    base = check_run_name(cfg.train.name or time.strftime("%Y%m%d-%H%M%S"))
     family = len(cfg.widths) * len(cfg.seeds) > 1
-    _check_run_folders(cfg, base, family)
-    on_gpu = torch.cuda.is_available()
-    skipped: list[str] = []
-    artifacts: dict[str, Path] = {}
-    trt_reason = None
-    try:
-        tensorrt_status()
-    except DawnpipeError as err:
-        trt_reason = str(err)
-    runs: list[Path] = []
-    for width in cfg.widths:
-        for seed in cfg.seeds:
-            name = _run_name(base, width, seed, family)
-            tag = f"{name}: " if family else ""
-            run_cfg = replace(
-                cfg.train,
-                model=replace(cfg.train.model, width=width),
-                seed=seed,
-                name=name,
-                eval_every=cfg.train.epochs,
-            )
-            stage("train", f"{tag}width {width:g}, seed {seed}, {run_cfg.epochs} epochs")
-            trained = train(run_cfg, progress=True)
-            m = trained.metrics
-            stage(
-                "train",
-                f"{tag}EMA test accuracy {m['ema_test_acc']:.4f} (flip {m['ema_test_acc_flip']:.4f}), "
-                f"{m['train_seconds']:.0f} s",
-            )
-            run = trained.run_dir
-            runs.append(run)
-            source = load_source(run)
-            stage("export", f"{tag}fp32 and int8 ONNX" + (" and fp16 ONNX" if on_gpu else ""))
-            written = [export_onnx_model(source, run, precision="fp32")]
-            calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
-            int8 = export_onnx_model(source, run, precision="int8", int8=Int8Spec(calibration_images=calibration))
-            written.append(int8)
-            if on_gpu:
-                written.append(export_onnx_model(source, run, precision="fp16"))
-            if on_gpu and trt_reason is None:
-                written.append(build_engine_artifact(written[-1], run))
-            record(
-                run, source, written, {"precisions": [a.entry["precision"] for a in written if "precision" in a.entry]}
-            )
-            evals: list[tuple[str, Path, str]] = [
-                ("torch", run, "auto"),
-                ("onnxruntime", written[0].path, "cpu"),
-                ("onnxruntime", int8.path, "cpu"),
-            ]
-            if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-                evals.append(("onnxruntime", written[2].path, "cuda"))
-            if written[-1].entry.get("kind") == "tensorrt-engine":
-                evals.append(("tensorrt", written[-1].path, "auto"))
-            for backend, artifact, provider in evals:
-                stage("eval", f"{tag}{backend} ({artifact.name}, provider {provider})")
-                evaluate(
-                    EvalConfig(
-                        artifact=str(artifact),
-                        data=cfg.train.data,
-                        tta=cfg.tta,
-                        backend=backend,
-                        provider=provider,
-                        test_limit=cfg.train.test_limit,
-                        protocol=Protocol(rounds=cfg.latency_rounds),
-                    ),
-                    progress=lambda message, tag=tag: stage("eval", tag + message),
-                )
-    if not on_gpu:
-        skipped.append("fp16 ONNX and onnxruntime CUDA: no GPU (CPU fp16 kernels are emulated, so they would mislead)")
-    if trt_reason is not None:
-        skipped.append(f"TensorRT engine: {trt_reason}")
-    report_dir = runs[0] if not family else Path(cfg.train.out) / f"{base}-report"
-    stage("costs", f"FLOPs, rule decisions, report and plots over {len(runs)} run(s)")
-    report = replace(cfg.report, runs=tuple(str(r) for r in runs), out=str(report_dir))
-    artifacts.update(build_report(report))
-    for note in skipped:
+    out = Path(cfg.train.out)
+    names = {(w, s): _run_name(base, w, s, family) for w in cfg.widths for s in cfg.seeds}
+    family_dir = out / f"{base}-report" if family else out / base
+    record = family_record(cfg, [t.name for t in targets])
+    with RunFolder(family_dir):
+        other = out / base if family else out / f"{base}-report"  # the other layout, for a resume that changed it
+        if (other / "manifest.json").is_file():
+            check_family(other, record, cfg.resume)
+        members = check_family(family_dir, record, cfg.resume)
+        if family:
+            check_strays(out, base, set(names.values()))
+        expected = {key: _run_config(cfg, name, *key) for key, name in names.items()}
+        for key, name in names.items():
+            _check_member(out / name, expected[key], members.get(name), cfg)
+        if family:  # a single run's record goes into its own folder once it has trained (a record alone there
+            _record(family_dir, RECORD_KEY, record, members)  # would read as a finished run)
+        result = PipelineResult(family_dir, [], {}, [f"{s['backend']}: {s['reason']}" for s in skipped], 0.0)
+        with _abandon_on_sigterm():
+            for key, name in names.items():
+                tag = f"{name}: " if family else ""
+                run = _train_member(expected[key], out / name, members.get(name), stage, tag, result)
+                members[name] = _member(run)
+                _record(family_dir, RECORD_KEY, record, members)
+                result.runs.append(run)
+                _export_and_evaluate(cfg, run, targets, skipped, stage, tag, result)
+        stage("costs", f"FLOPs, rule decisions, report and plots over {len(result.runs)} run(s)")
+        report = replace(cfg.report, runs=tuple(str(r) for r in result.runs), out=str(family_dir))
+        result.artifacts.update(build_report(report))
+    for note in result.skipped:
         say(f"note: skipped {note}")
-    return PipelineResult(report_dir, runs, artifacts, skipped, time.perf_counter() - started)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_config(cfg: PipelineConfig, name: str, width: float, seed: int) -> TrainConfig:
+    return replace(
+        cfg.train, model=replace(cfg.train.model, width=width), seed=seed, name=name, eval_every=cfg.train.epochs
+    )
+
+
+def _check_member(run_dir: Path, expected: TrainConfig, member: dict[str, Any] | None, cfg: PipelineConfig) -> None:
+    """Before any work: a folder of this family that holds something is continued only with --resume (and then
+    only if it holds this family's run), or replaced with --overwrite."""
+    from dawnpipe.costs.resume import training_state
+
+    if not run_dir.is_dir() or cfg.train.overwrite:
+        return
+    if not cfg.resume:
+        from dawnpipe.common.run_folder import RunFolder
+
+        state = RunFolder(run_dir).state()
+        if state != "empty":
+            raise DawnpipeError(
+                f"{run_dir} already holds a {state} run; nothing was trained",
+                "continue the family with the same options and --resume, pick another --name, or pass --overwrite",
+            )
+        return
+    training_state(run_dir, expected.to_dict(), member)
+
+
+def _train_member(
+    run_cfg: TrainConfig, run_dir: Path, member: dict | None, stage, tag: str, result: PipelineResult
+) -> Path:
+    from dawnpipe.costs.resume import training_state
+    from dawnpipe.train.trainer import train
+
+    state = "new" if run_cfg.overwrite else training_state(run_dir, run_cfg.to_dict(), member)
+    if state == "finished":
+        stage("train", f"{tag}finished earlier; reused after its config and checkpoint sha256 were checked")
+        result.reused.append(f"{run_dir.name}: training")
+        return run_dir
+    what = "continues from its checkpoint" if state == "interrupted" else "starts"
+    stage("train", f"{tag}width {run_cfg.model.width:g}, seed {run_cfg.seed}, {run_cfg.epochs} epochs; {what}")
+    resume_cfg = replace(run_cfg, resume=str(run_dir)) if state == "interrupted" else run_cfg
+    try:
+        trained = train(resume_cfg, progress=True)
+    except Interrupted as err:
+        raise Interrupted(f"{err.problem}; the family's finished work is kept", _CONTINUE) from None
+    m = trained.metrics
+    stage(
+        "train",
+        f"{tag}EMA test accuracy {m['ema_test_acc']:.4f} (flip {m['ema_test_acc_flip']:.4f}), "
+        f"{m['train_seconds']:.0f} s",
+    )
+    return trained.run_dir
+
+
+_CONTINUE = "continue with the same command and --resume"
+
+
+def _member(run_dir: Path) -> dict[str, Any]:
+    from dawnpipe.common.files import sha256_file
+    from dawnpipe.common.manifest import read_manifest
+
+    train = read_manifest(run_dir)["runs"]["train"]
+    return {"run_id": train.get("run_id"), "checkpoint_sha256": sha256_file(run_dir / "checkpoint.pt")}
+
+
+def _record(family_dir: Path, key: str, record: dict[str, Any], members: dict[str, Any]) -> None:
+    from dawnpipe.common.manifest import update_manifest
+
+    update_manifest(family_dir, run=(key, {"config": record, "members": members}))
+
+
+def _export_and_evaluate(
+    cfg: PipelineConfig, run: Path, targets: list, skipped: list[dict[str, str]], stage, tag: str, result
+) -> None:
+    """The exports the backends need (reused when checked), then one evaluation per backend (reused when done)."""
+    from dawnpipe.common.files import sha256_file
+    from dawnpipe.common.tta import ALL_MODES
+    from dawnpipe.costs.resume import evaluated, reusable_export
+    from dawnpipe.export.api import Artifact, build_engine_artifact, export_onnx_model, load_source, record
+    from dawnpipe.export.config import Int8Spec
+    from dawnpipe.infer.evaluate import EvalConfig, evaluate
+    from dawnpipe.infer.latency import Protocol
+
+    source = load_source(run)
+    needed = list(dict.fromkeys(t.artifact for t in targets if t.artifact != "checkpoint"))
+    if "engine" in needed and "fp16" not in needed:
+        needed.insert(needed.index("engine"), "fp16")
+    files: dict[str, Path] = {"checkpoint": run}
+    written = []
+    for precision in needed:
+        if precision == "engine":
+            engine = build_engine_artifact(Artifact(files["fp16"], {}), run)
+            files["engine"] = engine.path
+            written.append(engine)
+            continue
+        filename = f"resnet9-ema-none-{precision}.onnx"
+        if reusable_export(run, filename, source.sha256) is not None:
+            result.reused.append(f"{run.name}: {filename}")
+            files[precision] = run / filename
+            continue
+        stage("export", f"{tag}{precision} ONNX")
+        calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
+        artifact = export_onnx_model(source, run, precision=precision, int8=Int8Spec(calibration_images=calibration))
+        files[precision] = artifact.path
+        written.append(artifact)
+    if written:
+        record(run, source, written, {"precisions": [a.entry.get("precision") for a in written]})
+    modes = list(ALL_MODES) if "all" in cfg.tta else list(cfg.tta)
+    if "threshold" not in (source.payload.get("selective") or {}):  # no hold-out: no selective rows to expect
+        modes = [m for m in modes if not m.startswith("selective-")]
+    reasons = tuple((s["backend"], s["reason"]) for s in skipped)
+    for target in targets:
+        artifact = files[target.artifact]
+        sha = source.sha256 if target.artifact == "checkpoint" else sha256_file(artifact)
+        if evaluated(run, sha, "torch-graphs" if target.graphs else target.backend, modes):
+            result.reused.append(f"{run.name}: eval {target.name}")
+            continue
+        stage("eval", f"{tag}{target.name} ({artifact.name})")
+        evaluate(
+            EvalConfig(
+                artifact=str(artifact),
+                data=cfg.train.data,
+                tta=cfg.tta,
+                backend=target.backend,
+                provider=target.provider,
+                graphs=target.graphs,
+                test_limit=cfg.train.test_limit,
+                protocol=Protocol(rounds=cfg.latency_rounds),
+                skipped=reasons,
+            ),
+            progress=lambda message, tag=tag: stage("eval", tag + message),
+        )
+
+
+@contextmanager
+def _abandon_on_sigterm() -> Iterator[None]:
+    """SIGTERM (what schedulers and containers send) ends an export or evaluation like Ctrl-C does: the stage is
+    abandoned, its temporaries removed at the next lock, and the one line says how to continue. Training installs
+    its own handler (a clean stop at the next step) while it runs."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted("the pipeline was interrupted during an export or evaluation", _CONTINUE) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_name(base: str, width: float, seed: int, family: bool) -> str:
     return f"{base}-w{width:g}-s{seed}" if family else base
-
-
-def _check_run_folders(cfg: PipelineConfig, base: str, family: bool) -> None:
-    """Every run folder the family will write is checked before the first training starts: a clash found at
-    run 5 would otherwise cost four trainings."""
-    from dawnpipe.common.run_folder import RunFolder, check_run_name
-
-    check_run_name(base)
-    for width in cfg.widths:
-        for seed in cfg.seeds:
-            folder = RunFolder(Path(cfg.train.out) / _run_name(base, width, seed, family))
-            state = folder.state() if folder.path.is_dir() else "empty"
-            if state != "empty" and not cfg.train.overwrite:
-                raise DawnpipeError(
-                    f"{folder.path} already holds a {state} run; nothing was trained",
-                    "pick another --name, or pass --overwrite to replace it",
-                )
 
 
 class _Stages:

@@ -90,6 +90,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "pareto": fronts,
         "unknown_ops": unknown,
         "machines": machines(runs),
+        "skipped": skipped_backends(runs),
     }
     out = {
         "json": atomic_write_json(out_dir / "report.json", data),
@@ -98,7 +99,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
             out_dir / "report.md",
             _markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown)
             + _precision_section(precisions)
-            + "\n".join(["", *_machine_lines(data["machines"])]),
+            + "\n".join(["", *_machine_lines(data["machines"]), *_skipped_lines(data["skipped"])]),
         ),
     }
     if cfg.plots:
@@ -142,6 +143,21 @@ def machines(runs: list[Run]) -> list[dict[str, Any]]:
                 },
             )
     return sorted(seen.values(), key=lambda m: (m["backend"], m["precision"], m["cpu"]))
+
+
+def skipped_backends(runs: list[Run]) -> list[dict[str, str]]:
+    """Backends the evaluations could not run (or were not asked to), each once with its reason."""
+    seen: dict[str, dict[str, str]] = {}
+    for run in runs:
+        for entry in run.skipped:
+            seen.setdefault(entry["backend"], dict(entry))
+    return list(seen.values())
+
+
+def _skipped_lines(entries: list[dict[str, str]]) -> list[str]:
+    if not entries:
+        return []
+    return ["## Skipped backends", "", *(f"- {e['backend']}: skipped: {e['reason']}" for e in entries), ""]
 
 
 def _machine_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "torch-graphs", "onnxruntime", "tensorrt")  # torch-graphs: graph-captured torch
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -323,6 +323,8 @@ def load(
     path = Path(path).expanduser()
     if backend not in BACKENDS:
         raise DawnpipeError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+    if backend == "torch-graphs":
+        backend, graphs = "torch", True
     if not path.exists():
         raise DawnpipeError(f"artifact {path} does not exist", "pass a run folder, checkpoint.pt, .onnx or .engine")
     kind = artifact_kind(path)

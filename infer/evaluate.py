@@ -58,6 +58,8 @@ class EvalConfig:
     out: str | None = None  # folder for eval.json; None = the artifact's folder
     allow_foreign: bool = False  # evaluate an artifact its folder's manifest does not list (rows marked)
     allow_incomplete: bool = False  # evaluate a model from an interrupted training run (rows marked)
+    graphs: bool = False  # torch: graph-captured (the torch-graphs backend)
+    skipped: tuple[tuple[str, str], ...] = ()  # (backend, reason) pairs not run, written into eval.json beside the rows
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
@@ -104,6 +106,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
         threads=cfg.threads,
         allow_foreign=cfg.allow_foreign,
         allow_incomplete=cfg.allow_incomplete,
+        graphs=cfg.graphs,
     ) as backend:
         modes = _runnable_modes(backend, requested, cfg)
         images, labels, data = _test_data(cfg, backend)
@@ -288,6 +291,11 @@ def read_eval(path: Path) -> dict[str, Any]:
     rows = data.get("rows")
     if not isinstance(rows, list) or not rows:
         raise DawnpipeError(f"{path} holds no eval rows", "rerun `dawnpipe eval`")
+    skipped = data.setdefault("skipped", [])
+    if not isinstance(skipped, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("backend"), str) and isinstance(s.get("reason"), str) for s in skipped
+    ):
+        raise DawnpipeError(f"{path}: 'skipped' is not a list of backend/reason entries", "rerun `dawnpipe eval`")
     numbers = ("accuracy", "views_per_image", "gflops_per_image")
     for i, row in enumerate(rows):
         bad = [k for k in numbers if not isinstance(row.get(k), int | float) or not math.isfinite(row[k])]
@@ -313,15 +321,20 @@ def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Pat
 def _merge_and_record(out_dir: Path, rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
     path = out_dir / EVAL_NAME
     existing: list[dict[str, Any]] = []
+    existing_skipped: list[dict[str, Any]] = []
     if path.exists():
         try:
-            existing = read_eval(path)["rows"]
+            previous = read_eval(path)
+            existing, existing_skipped = previous["rows"], previous.get("skipped", [])
         except DawnpipeError:
             existing = []  # an older or damaged file: replaced by this evaluation's rows
     key = lambda r: (r.get("artifact_sha256"), r.get("backend"), r.get("provider"), r.get("precision"), r.get("tta"))  # noqa: E731
     fresh = {key(r) for r in rows}
     merged = [r for r in existing if key(r) not in fresh] + rows
-    atomic_write_json(path, {"format": EVAL_FORMAT, "rows": merged})
+    ran = {r.get("backend") for r in merged}
+    skipped = {s["backend"]: s for s in existing_skipped if s.get("backend") not in ran}
+    skipped.update({name: {"backend": name, "reason": why} for name, why in cfg.skipped if name not in ran})
+    atomic_write_json(path, {"format": EVAL_FORMAT, "rows": merged, "skipped": list(skipped.values())})
     if (out_dir / MANIFEST_NAME).exists():
         update_manifest(
             out_dir,

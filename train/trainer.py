@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dawnpipe.common.device import DeviceChoice, choose_device
-from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError, Interrupted
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.train.augment import alternating_flips, augment
 from dawnpipe.train.calibration import check_selective_target, describe_holdout, split_holdout
@@ -334,7 +334,7 @@ def _train(
     except KeyboardInterrupt:
         checkpoint(epoch, done, complete=False)
         where = ckpt_path if rank0 else "rank 0's run folder"
-        raise DawnpipeError(
+        raise Interrupted(
             f"{interrupt['why']} in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
             f"continue with `dawnpipe train --resume {run_dir}`",
         ) from None

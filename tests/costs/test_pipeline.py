@@ -19,7 +19,11 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
         for file in ("checkpoint.pt", "resnet9-ema-none-fp32.onnx", "eval.json", "manifest.json"):
             assert (run / file).exists(), (name, file)
         rows = json.loads((run / "eval.json").read_text())["rows"]
-        assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
+        assert {(r["backend"], r["precision"]) for r in rows} == {
+            ("torch", "fp32"),
+            ("onnxruntime", "fp32"),
+            ("onnxruntime", "int8"),
+        }
         assert {r["tta"] for r in rows} >= {"none", "flip", "translate", "flip-translate", "selective-flip"}
         manifest = json.loads((run / "manifest.json").read_text())
         assert set(manifest["runs"]) >= {"train", "export", "eval"}
@@ -29,7 +33,10 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
     report = json.loads((report_dir / "report.json").read_text())
     assert {r["name"] for r in report["rules"]} == {"no-tta", "dawnbench", "total-flops", "latency"}
     assert {p["width"] for p in report["points"]} == {0.125, 0.25} and report["views_vs_width"]
-    assert "skipped TensorRT" in result.output
+    assert "note: skipped tensorrt: no CUDA GPU on this machine" in result.output
+    skipped = json.loads((tmp_path / "p-w0.125-s0" / "eval.json").read_text())["skipped"]
+    assert {s["backend"] for s in skipped} >= {"tensorrt", "onnxruntime-cuda", "torch-graphs"}
+    assert "## Skipped backends" in (report_dir / "report.md").read_text()
 
 
 def test_pipeline_refuses_bad_options_before_training(image_folder, tmp_path):
