@@ -20,7 +20,20 @@ from dawnpipe.common.device import DeviceChoice, choose_device
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.train.config import TrainConfig
 
-_TIMEOUT = datetime.timedelta(minutes=5)  # a peer silent this long is treated as dead
+TIMEOUT_ENV = "DAWNPIPE_DIST_TIMEOUT_S"  # seconds a peer may stay silent before it is treated as dead (default 300)
+
+
+def _timeout() -> datetime.timedelta:
+    """The collective timeout (NCCL's and gloo's): 5 minutes, or DAWNPIPE_DIST_TIMEOUT_S seconds, so a caller
+    with its own limit (bench/gpu.py's DDP step) can put the library's timeout below it and get its error."""
+    value = os.environ.get(TIMEOUT_ENV, "300")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DawnpipeError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds", f"set {TIMEOUT_ENV}=120") from None
+    if not 1 <= seconds <= 86400:
+        raise DawnpipeError(f"{TIMEOUT_ENV}={value} is outside 1..86400 seconds", f"set {TIMEOUT_ENV}=120")
+    return datetime.timedelta(seconds=seconds)
 
 
 def launched_by_torchrun() -> bool:
@@ -101,7 +114,7 @@ def init_context(cfg: TrainConfig) -> Context:
             )
         dev = choose_device("cpu")
         torch.set_num_threads(max(1, cores // local_world))
-    tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=_TIMEOUT)
+    tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=_timeout())
     return Context(rank, world, local, dev, cfg.sync_bn)
 
 
@@ -113,12 +126,32 @@ def run_distributed(cfg: TrainConfig, *, progress: bool = True, resume_changes: 
     try:
         return train(cfg, progress=progress, dist=ctx, resume_changes=resume_changes)
     except (RuntimeError, tdist.DistBackendError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DawnpipeError(
-            f"rank {ctx.rank}: a peer process failed or vanished ({first[:200]}); the last "
-            f"checkpoint written by rank 0 is kept",
-            "fix the failing rank and rerun with --resume",
-        ) from None
+        raise distributed_error(err, ctx.rank, ctx.world_size) from None
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+def distributed_error(err: BaseException, rank: int, world: int) -> DawnpipeError:
+    """The one line for an error raised inside a distributed run, naming its real cause.
+
+    "A peer failed" is only true with peers: at world size 1 the error is this process's own, and an
+    out-of-memory error is the GPU's, whatever the world size; both are named as such.
+    """
+    text = str(err).strip()
+    first = text.splitlines()[0][:200] if text else type(err).__name__
+    kept = "the last checkpoint written by rank 0 is kept"
+    if "out of memory" in text.lower():
+        return DawnpipeError(
+            f"rank {rank}: the GPU ran out of memory ({first}); {kept}",
+            "lower --batch-size, or free the GPU (another process may hold its memory), then rerun with --resume",
+        )
+    if world == 1:
+        return DawnpipeError(
+            f"rank 0 failed on its own ({first}); at world size 1 there is no peer to blame; {kept}",
+            "fix that error, then rerun with --resume",
+        )
+    return DawnpipeError(
+        f"rank {rank}: a peer process failed or vanished ({first}); {kept}",
+        "fix the failing rank (its own output names the cause) and rerun with --resume",
+    )

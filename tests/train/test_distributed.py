@@ -123,3 +123,33 @@ def test_more_processes_than_cores_is_refused(image_folder, tmp_path):
     assert len(ours) >= 1, done.stderr[-2000:]
     ours_frames = [ln for ln in done.stderr.splitlines() if f'File "{ROOT}' in ln and "site-packages" not in ln]
     assert not ours_frames, done.stderr[-2000:]  # torchrun's launcher prints its own traceback; none is ours
+
+
+@pytest.mark.parametrize(
+    ("message", "rank", "world", "said"),
+    [
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", 1, 4, "rank 1: the GPU ran out of memory"),
+        ("CUDA out of memory.", 0, 1, "the GPU ran out of memory"),
+        ("NCCL error in: ProcessGroupNCCL.cpp, unhandled system error", 0, 1, "at world size 1 there is no peer"),
+        ("Connection closed by peer", 2, 4, "rank 2: a peer process failed or vanished"),
+    ],
+)
+def test_a_distributed_error_names_its_real_cause(message, rank, world, said):
+    from dawnpipe.train.distributed import distributed_error
+
+    text = str(distributed_error(RuntimeError(message), rank, world))
+    assert said in text and "\n" not in text and "checkpoint" in text
+    if world == 1 or "memory" in message:
+        assert "peer process failed" not in text
+
+
+def test_the_collective_timeout_comes_from_the_environment(monkeypatch):
+    from dawnpipe.train.distributed import TIMEOUT_ENV, _timeout
+
+    assert _timeout().total_seconds() == 300
+    monkeypatch.setenv(TIMEOUT_ENV, "120")
+    assert _timeout().total_seconds() == 120
+    for bad in ("soon", "0", "1e9"):
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(DawnpipeError, match=TIMEOUT_ENV):
+            _timeout()
