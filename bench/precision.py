@@ -1,12 +1,15 @@
-"""The CPU paths of one trained run side by side: onnxruntime fp32 and int8 exports, PyTorch eager.
+"""The CPU paths of one trained run side by side: onnxruntime fp32 (BatchNorm folded and not), symmetric int8
+(TensorRT's form), asymmetric uint8 int8, and PyTorch eager.
 
     python bench/precision.py RUN_DIR [--batch 256] [--rounds 5] [--threads 2]
 
 Every row runs in this one process, interleaved per round through the shared protocol (infer/latency.py): the
-same images, the same thread count. Reported per row: images/s at --batch (and its per-round medians), batch-1
-mean/p50/p99, and the int8/fp32 ratios per round, so a ratio is read from one run on one machine. PyTorch runs
-at its `auto` precision (bf16 autocast on a CPU with native bf16, else fp32) and, labelled as such, at bf16.
-Missing exports are made first (int8 calibrated on the run's training images).
+same images, the same thread count. Reported per row: images/s at --batch (and its per-round medians) and
+batch-1 mean/p50/p99; the ratios per round (int8/fp32, symmetric/asymmetric, folded/unfolded), so a ratio is read
+from one run on one machine; and, on all test images, each int8 graph's top-1 agreement with fp32 and its paired
+accuracy difference (exact 95% interval). PyTorch runs at its `auto` precision (bf16 autocast on a CPU with
+native bf16, else fp32). Missing exports are made first (int8 calibrated on the run's training images); the
+unfolded fp32 graph goes to RUN_DIR/bench-unfolded/.
 """
 
 from __future__ import annotations
@@ -18,16 +21,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result  # noqa: E402
+from dawnpipe.common.machine import cpu_features, cpu_summary  # noqa: E402
+from dawnpipe.costs.stats import paired_difference  # noqa: E402
 from dawnpipe.export.api import ExportConfig, export  # noqa: E402
 from dawnpipe.infer.backends import load  # noqa: E402
 from dawnpipe.infer.latency import Protocol, measure_rows  # noqa: E402
 from dawnpipe.train.checkpoint import load_checkpoint  # noqa: E402
 from dawnpipe.train.data import load_cifar  # noqa: E402
 
+ROWS = {  # row name -> (precision, folded)
+    "onnxruntime_fp32": ("fp32", True),
+    "onnxruntime_fp32_unfolded": ("fp32", False),
+    "onnxruntime_int8": ("int8", True),
+    "onnxruntime_int8_asym": ("int8-asym", True),
+}
 
-def _onnx(run_dir: Path, precision: str) -> Path:
-    path = run_dir / f"resnet9-ema-none-{precision}.onnx"
-    return path if path.exists() else export(ExportConfig(source=str(run_dir), precision=precision)).onnx
+
+def _onnx(run_dir: Path, precision: str, folded: bool) -> Path:
+    out = run_dir if folded else run_dir / "bench-unfolded"
+    path = out / f"resnet9-ema-none-{precision}.onnx"
+    if path.exists():
+        return path
+    return export(ExportConfig(source=str(run_dir), precision=precision, fold_bn=folded, out=str(out))).onnx
+
+
+def _ratios(top: list[float], bottom: list[float]) -> list[float]:
+    """Per-round throughput ratio top/bottom from per-round ms per image (bottom's time over top's)."""
+    return [b / t for t, b in zip(top, bottom, strict=True)]
 
 
 def main() -> None:
@@ -38,37 +58,56 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     data = load_checkpoint(args.run_dir)["data"]
-    images = load_cifar(data["source"], trusted_sha256=data["sha256"], test_limit=2048).test_x
-    paths = {p: _onnx(args.run_dir, p) for p in ("fp32", "int8")}
-    with (
-        load(paths["fp32"], threads=args.threads) as fp32,
-        load(paths["int8"], threads=args.threads) as int8,
-        load(args.run_dir, "torch", threads=args.threads) as eager,
-        load(args.run_dir, "torch", precision="bf16", threads=args.threads) as bf16,
-    ):
-        runs = {
-            "onnxruntime_fp32": fp32.infer,
-            "onnxruntime_int8": int8.infer,
-            f"torch_{eager.precision}": eager.infer,
-            "torch_bf16": bf16.infer,
-        }
+    test = load_cifar(data["source"], trusted_sha256=data["sha256"])
+    images = test.test_x[:2048]
+    paths = {name: _onnx(args.run_dir, *spec) for name, spec in ROWS.items()}
+    opened = {name: load(path, threads=args.threads) for name, path in paths.items()}
+    eager = load(args.run_dir, "torch", threads=args.threads)
+    try:
+        runs = {name: backend.infer for name, backend in opened.items()}
+        runs[f"torch_{eager.precision}"] = eager.infer
         bulk = measure_rows(runs, images, batch=args.batch, protocol=Protocol(args.rounds, 2, 0.0, 1))
         single = measure_rows(runs, images, batch=1, protocol=Protocol(args.rounds, 40))
-    per_round = {name: t.round_p50_ms for name, t in bulk.items()}
-    fp32_rounds, int8_rounds = per_round["onnxruntime_fp32"], per_round["onnxruntime_int8"]
+        logits = {name: backend.infer(test.test_x) for name, backend in opened.items()}
+    finally:
+        for backend in (*opened.values(), eager):
+            backend.close()
+    rounds = {name: t.round_p50_ms for name, t in bulk.items()}
+    fp32 = logits["onnxruntime_fp32"]
+    against_fp32 = {}
+    for name in ("onnxruntime_int8", "onnxruntime_int8_asym", "onnxruntime_fp32_unfolded"):
+        hits, base = logits[name].argmax(1) == test.test_y, fp32.argmax(1) == test.test_y
+        against_fp32[name] = {
+            "top1_agreement": float((logits[name].argmax(1) == fp32.argmax(1)).mean()),
+            "max_abs_logit_diff": float(abs(logits[name] - fp32).max()),
+            "accuracy": float(hits.mean()),
+            "fp32_accuracy": float(base.mean()),
+            "paired_difference": paired_difference([hits], [base]).to_dict(),
+        }
+    single_p50 = {name: t.p50_ms for name, t in single.items()}
     write_result(
         "precision",
         {
             "run": str(args.run_dir),
+            "cpu_summary": cpu_summary(cpu_features()),
             "threads": args.threads,
             "batch": args.batch,
             "images_per_s": {name: t.images_per_s for name, t in bulk.items()},
-            "round_p50_ms_per_image": per_round,
-            "int8_speedup_per_round": [f / i for f, i in zip(fp32_rounds, int8_rounds, strict=True)],
+            "round_p50_ms_per_image": rounds,
+            "per_round_throughput_ratio": {
+                "int8_over_fp32": _ratios(rounds["onnxruntime_int8"], rounds["onnxruntime_fp32"]),
+                "int8_asym_over_fp32": _ratios(rounds["onnxruntime_int8_asym"], rounds["onnxruntime_fp32"]),
+                "int8_over_int8_asym": _ratios(rounds["onnxruntime_int8"], rounds["onnxruntime_int8_asym"]),
+                "fp32_folded_over_unfolded": _ratios(rounds["onnxruntime_fp32"], rounds["onnxruntime_fp32_unfolded"]),
+            },
             "batch1": {name: t.to_dict() for name, t in single.items()},
-            "int8_over_fp32_batch1_p50": single["onnxruntime_int8"].p50_ms / single["onnxruntime_fp32"].p50_ms,
+            "batch1_p50_ratio": {
+                "int8_over_fp32": single_p50["onnxruntime_int8"] / single_p50["onnxruntime_fp32"],
+                "int8_asym_over_fp32": single_p50["onnxruntime_int8_asym"] / single_p50["onnxruntime_fp32"],
+            },
+            "against_fp32_on_all_test_images": against_fp32,
             "torch_auto_precision": eager.precision,
-            "images": "JPEG CIFAR-10 test images (first 2048, class-balanced)",
+            "images": "JPEG CIFAR-10 test images: timing on the first 2048, agreement on all",
         },
     )
 
