@@ -24,17 +24,31 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and check we can write there, with a one-line error if not."""
-    path = Path(path)
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create ``path`` if needed and check we can write there, with a one-line error naming ``option`` (the
+    option that gave the folder) and what is wrong with the path itself."""
+    path = check_folder_option(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()
     except OSError as err:
         raise DawnpipeError(
-            f"cannot write to output folder {path} ({err.strerror})", "pass a writable folder with --out"
+            f"cannot write to the {option} folder {path} ({err.strerror})", f"pass a writable folder with {option}"
         ) from None
+    return path
+
+
+def check_folder_option(path: str | Path, option: str) -> Path:
+    """Refuse, before any work and without creating anything, a folder option whose path is a file or lies under
+    one, or whose nearest existing folder cannot be written."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not blocker.is_dir():
+        where = "is a file" if blocker == path else f"lies under {blocker}, which is a file"
+        raise DawnpipeError(f"{option} {path} {where}, where a folder belongs", f"pass a folder with {option}")
+    if not os.access(blocker, os.W_OK | os.X_OK):
+        raise DawnpipeError(f"{option} {path} cannot be written ({blocker} is read-only)", f"pass a writable {option}")
     return path
 
 

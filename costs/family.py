@@ -43,6 +43,10 @@ def load_run(run_dir: str | Path) -> Run:
     from dawnpipe.infer.evaluate import EVAL_NAME, read_eval
 
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise DawnpipeError(f"run folder {run_dir} does not exist", "pass folders made by `dawnpipe train`")
+    if not run_dir.is_dir():
+        raise DawnpipeError(f"{run_dir} is a file, not a run folder", "pass the folder that holds manifest.json")
     if not (run_dir / MANIFEST_NAME).is_file():
         raise DawnpipeError(
             f"{run_dir} is not a run folder (no {MANIFEST_NAME})", "pass folders made by `dawnpipe train`"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import ensure_writable_dir, sha256_file
+from dawnpipe.common.files import check_folder_option, ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.tta import check_mode, views
 from dawnpipe.export.config import EXPORT_PRECISIONS, ExportConfig, Int8Spec
@@ -239,7 +239,7 @@ def write_triton(
 
     meta = read_metadata(onnx.path)
     configs = write_repository(
-        ensure_writable_dir(repo), onnx.path, engine.path if engine else None, meta, max_batch, force=force
+        ensure_writable_dir(repo, "--triton"), onnx.path, engine.path if engine else None, meta, max_batch, force=force
     )
     return [
         Artifact(p, artifact_entry(repo, p, kind="triton-config", made_from={"onnx": onnx.path.name})) for p in configs
@@ -268,6 +268,9 @@ def export(cfg: ExportConfig) -> ExportResult:
             "int8-asym (uint8 activations) is an onnxruntime CPU graph; TensorRT refuses uint8 Q/DQ",
             "use --precision int8 (symmetric, zero points 0) with --trt",
         )
+    for folder, option in ((cfg.out, "--out"), (cfg.triton, "--triton")):
+        if folder:
+            check_folder_option(folder, option)  # before the checkpoint is even read
     source = load_source(cfg.source, allow_foreign=cfg.allow_foreign, allow_incomplete=cfg.allow_incomplete)
     out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else source.run_dir)
     onnx = export_onnx_model(

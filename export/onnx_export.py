@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write
@@ -25,13 +24,15 @@ MIN_OPSET = 13  # Celu and dynamic Gather as used here need 12+; 13 keeps Split/
 
 def max_opset() -> int:
     """Highest opset the installed TorchScript-based exporter can write."""
-    from torch.onnx import _constants
+    from torch.onnx import _constants  # torch only where an export happens: the runtime path stays torch-free
 
     return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
 
 
 def check_opset(opset: int) -> int:
     """Return ``opset`` or raise the one-line error naming the range this torch can produce."""
+    import torch
+
     top = max_opset()
     if not MIN_OPSET <= opset <= top:
         raise DawnpipeError(
@@ -42,18 +43,19 @@ def check_opset(opset: int) -> int:
 
 
 def export_onnx(
-    module: torch.nn.Module,
+    module: Any,
     path: str | Path,
     *,
     opset: int,
     metadata: dict[str, Any],
     verify: Callable[[Path], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Export ``module`` (uint8 NHWC ``images`` -> ``logits``, dynamic batch) to one self-contained file.
-
-    ``verify(tmp_path)`` runs the numeric checks and raises to reject the export; its result is returned.
+    """Export ``module`` (a torch.nn.Module: uint8 NHWC ``images`` -> ``logits``, dynamic batch) to one
+    self-contained file. ``verify(tmp_path)`` runs the numeric checks and raises to reject the export; its result
+    is returned.
     """
     import onnx
+    import torch
 
     check_opset(opset)
     example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
@@ -119,14 +121,9 @@ def stamp(model: Any, metadata: dict[str, Any]) -> None:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """dawnpipe's metadata of an ONNX file (JSON values decoded), without loading the weights."""
-    import onnx
+    from dawnpipe.export.trt_rules import load_onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # protobuf raises DecodeError, others for truncated files
-        raise DawnpipeError(
-            f"{path} is not a readable ONNX model ({type(err).__name__})", "re-export it with `cli.py export`"
-        ) from None
+    model = load_onnx(path)  # one-line errors for a missing, empty, truncated or foreign file
     meta = {}
     for prop in model.metadata_props:
         if prop.key.startswith(META_PREFIX):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.infer.metadata import check_metadata
 
 BACKENDS = ("auto", "torch", "torch-graphs", "onnxruntime", "tensorrt")  # torch-graphs: graph-captured torch
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -130,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
                 f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
                 "export it with `dawnpipe export`, which records the input contract",
             )
-        _check_onnx_metadata(meta, path)
+        check_metadata(meta, path)
         super().__init__(path, meta, threads)
         chosen = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
@@ -158,24 +159,6 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "provider": self.provider}
-
-
-def _check_onnx_metadata(meta: dict[str, Any], path: Path) -> None:
-    """The metadata fields the backends and evaluation rely on, checked by type before anything uses them."""
-    from dawnpipe.common.tta import TTA_MODES
-
-    classes, contract = meta.get("classes"), meta.get("input_contract")
-    problem = None
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
-        problem = "its metadata 'classes' is not a list of at least 2 names"
-    elif not isinstance(contract, dict) or not isinstance(contract.get("normalization", {}), dict):
-        problem = "its metadata 'input_contract' is not an object"
-    elif meta.get("tta_mode", "none") not in TTA_MODES:
-        problem = f"its metadata names an unknown TTA mode {meta.get('tta_mode')!r}"
-    elif not isinstance(meta.get("tta_views", 1), int) or not 1 <= meta.get("tta_views", 1) <= 64:
-        problem = f"its metadata 'tta_views' is {meta.get('tta_views')!r}"
-    if problem:
-        raise DawnpipeError(f"{path}: {problem}", "re-export it with `dawnpipe export`")
 
 
 def _check_graph_io(session: Any, meta: dict[str, Any], path: Path) -> None:
@@ -262,6 +245,7 @@ class TensorRTBackend(Backend):
         from dawnpipe.export.tensorrt_build import read_sidecar, tensorrt_status
 
         meta = read_sidecar(path)
+        check_metadata(meta, path)
         trt, gpu = tensorrt_status()
         super().__init__(path, meta)
         self.max_batch = int(meta["profile"]["max"])  # the engine refuses larger batches; infer() splits to this

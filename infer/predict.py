@@ -1,9 +1,12 @@
 """Deployment: class and probability per image, for files of any size and mode.
 
 Conversion to the model's 32x32 RGB contract (stated, so users can match it upstream):
-1. palette and transparent images are converted to RGBA and composited on white; grayscale and CMYK to RGB;
-2. the largest centred square is cropped (no distortion of aspect ratio);
-3. it is resized to 32x32 with Pillow's BOX filter (area average: the right filter for strong downscaling).
+1. a large image is first brought down to about 256 pixels on its short side (a JPEG decoded at 1/2-1/8 scale,
+   anything else reduced by an integer box average after decoding; infer/limits.py): the area averages that
+   follow are the same, and memory stays bounded;
+2. palette and transparent images are converted to RGBA and composited on white; grayscale and CMYK to RGB;
+3. the largest centred square is cropped (no distortion of aspect ratio);
+4. it is resized to 32x32 with Pillow's BOX filter (area average: the right filter for strong downscaling).
 32x32 RGB inputs pass through unchanged.
 """
 
@@ -19,11 +22,15 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.tta import DEFAULT_SHIFT
 from dawnpipe.infer.backends import Backend, load
+from dawnpipe.infer.limits import MAX_DECODED_PIXELS, MAX_IMAGE_PIXELS, REDUCE_TO, UNBOUNDED, Budget
 from dawnpipe.infer.modes import run_mode
 
-CONVERSION = "RGBA composited on white / grayscale to RGB, centre square crop, BOX resize to 32x32"
-MAX_IMAGE_PIXELS = 50_000_000  # a 50 MP photo decodes to 150 MB of RGB; larger ones are refused from the header
+CONVERSION = (
+    "reduced to ~256 px short side (JPEG at 1/2-1/8 scale), RGBA composited on white / grayscale to RGB, centre "
+    "square crop, BOX resize to 32x32"
+)
 MAX_IMAGE_FILE_BYTES = 64 << 20  # bytes; no photo an image classifier is asked about is larger
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK", "YCbCr")  # modes Image.reduce takes
 
 
 def check_image_size(image, name: str) -> None:
@@ -37,10 +44,27 @@ def check_image_size(image, name: str) -> None:
         )
 
 
+def decoded_pixels(image, name: str) -> int:
+    """Pixels a (draft-scaled) image will decode to; refuses more than MAX_DECODED_PIXELS before decoding."""
+    width, height = image.size
+    if width * height > MAX_DECODED_PIXELS:
+        raise DawnpipeError(
+            f"{name} would decode to {width}x{height} ({width * height / 1e6:.1f} MP) at full size, more than the "
+            f"{MAX_DECODED_PIXELS / 1e6:.1f} MP (4096x4096) dawnpipe decodes for a 32x32 model; it was not decoded",
+            "downscale it first, or send it as JPEG (decoded at reduced scale)",
+        )
+    return width * height
+
+
 def to_model_input(image, size: int = 32) -> np.ndarray:
     """A PIL image (any mode, any size) -> uint8 [size, size, 3] RGB per the module docstring's method."""
     from PIL import Image
 
+    factor = min(image.size) // REDUCE_TO
+    if factor >= 2:  # box-average down before the conversions below copy the image at full size
+        if image.mode not in _REDUCIBLE:
+            image = image.convert("RGBA" if image.mode in ("P", "PA") or "transparency" in image.info else "RGB")
+        image = image.reduce(factor)
     if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -54,12 +78,13 @@ def to_model_input(image, size: int = 32) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_to_model_input(source: Any, name: str) -> np.ndarray:
+def decode_to_model_input(source: Any, name: str, budget: Budget = UNBOUNDED) -> np.ndarray:
     """One image (a path or a binary file object) -> uint8 [32, 32, 3], converted per the module's method.
 
     Raises the one-line DawnpipeError when the header promises too many pixels (nothing is decoded then), and
     Pillow's own UnidentifiedImageError / OSError / ValueError for data that is not a readable image; callers
-    decide what those mean (predict skips the file, the server answers 400).
+    decide what those mean (predict skips the file, the server answers 400). ``budget``: decoded pixels in flight
+    across threads (the server's); the decode waits for room, or raises infer.limits.Busy.
     """
     from PIL import Image
 
@@ -68,7 +93,10 @@ def decode_to_model_input(source: Any, name: str) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
             with Image.open(source) as image:  # reads the header only
                 check_image_size(image, name)
-                return to_model_input(image)
+                if image.format == "JPEG":
+                    image.draft("RGB", (REDUCE_TO, REDUCE_TO))  # decode at 1/2..1/8 scale where that still fits
+                with budget.reserve(decoded_pixels(image, name)):
+                    return to_model_input(image)
     except Image.DecompressionBombError:  # Pillow's own refusal, at twice its limit, before ours is reached
         raise DawnpipeError(
             f"{name} has more pixels than Pillow will decode; it was not decoded",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.infer.limits import MAX_DECODED_PIXELS
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,14 @@ class ServeConfig:
     max_wait_ms: float = 0.0  # how long a batch's first request waits for others; 0 = take what queued while the
     # model was busy, which measured best at concurrency 1, 8 and 32 on the 2-core CPU (bench/serve.py, README)
     max_request_bytes: int = 16 << 20  # body size refused with 413 beyond this
-    max_images: int = 64  # images per request
+    max_images: int = 64  # images per request (413 beyond)
+    decode_budget_pixels: int = 24 * MAX_DECODED_PIXELS // 16  # decoded pixels in flight across requests (24 MP)
+    body_budget_bytes: int = 64 << 20  # request-body bytes held in flight across requests
+    busy_timeout_s: float = 30.0  # longest wait for either budget before 503 with Retry-After (a queue of worst
+    # images decodes one at a time: 32 of them take about 15 s on 2 cores)
+    body_timeout_s: float = 30.0  # a body not fully received in this long gets 408 (slow or stalled clients)
+    max_header_bytes: int = 16 << 10  # request line and headers together; larger is answered 400 by the server
+    max_connections: int = 256  # open connections; beyond, uvicorn answers 503 at once
     top_k: int = 5  # default classes per image (?top_k= overrides, up to the class count)
     threads: int = 0  # backend CPU threads; 0 = all cores this process may use
     backend: str = "auto"
@@ -72,8 +80,10 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from starlette.requests import ClientDisconnect
 
     from dawnpipe.infer.batching import MicroBatcher
+    from dawnpipe.infer.limits import Budget
     from dawnpipe.infer.predict import Predictor
 
     predictor = predictor or Predictor(
@@ -101,6 +111,10 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         max_wait_s=cfg.max_wait_ms / 1000,
         on_batch=lambda n, seconds: batch_images.observe(n),
     )
+    budgets = {
+        "pixels": Budget(cfg.decode_budget_pixels, cfg.busy_timeout_s),
+        "bytes": Budget(cfg.body_budget_bytes, cfg.busy_timeout_s),
+    }
     state = {"ready": False}
     describe = {
         **predictor.backend.describe(),
@@ -121,7 +135,13 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
             predictor.close()
 
     app = FastAPI(title="dawnpipe", version=describe.get("run_id") or "dawnpipe", lifespan=lifespan)
-    app.state.batcher, app.state.predictor = batcher, predictor
+
+    def refused(reason: str, status: int) -> None:
+        errors.labels(reason).inc()
+        requests.labels(str(status)).inc()
+
+    app.add_middleware(_HeaderLimit, max_bytes=cfg.max_header_bytes, max_count=100, on_refuse=refused)
+    app.state.batcher, app.state.predictor, app.state.budgets = batcher, predictor, budgets
 
     @app.get("/healthz")
     async def healthz():
@@ -138,12 +158,17 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         started = time.perf_counter()
         try:
             k = _top_k(top_k, cfg.top_k, len(predictor.classes))
-            names, images = await _read_images(request, cfg)
+            names, images = await _read_images(request, cfg, budgets)
             logits, views = await batcher.submit(images)
         except _BadRequest as bad:
             errors.labels(bad.reason).inc()
             requests.labels(str(bad.status)).inc()
-            return JSONResponse({"error": str(bad), "reason": bad.reason}, status_code=bad.status)
+            headers = {"Retry-After": "1"} if bad.status == 503 else None
+            return JSONResponse({"error": str(bad), "reason": bad.reason}, status_code=bad.status, headers=headers)
+        except ClientDisconnect:  # the client hung up mid-body: its fault, not the server's, and nobody to answer
+            errors.labels("client_disconnect").inc()
+            requests.labels("499").inc()  # nginx's "client closed request"
+            return Response(status_code=499)
         except Exception as err:  # the model failed on this batch: a 500 for these requests, the server lives
             errors.labels("model").inc()
             requests.labels("500").inc()
@@ -157,11 +182,55 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
     return app
 
 
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")  # the `serve` extra's imports
+
+
+def check_serve_installed() -> None:
+    """The `serve` extra's packages, or the one line naming the extra (never a ModuleNotFoundError traceback)."""
+    import importlib.util
+
+    missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DawnpipeError(
+            f"dawnpipe serve needs the serve extra ({', '.join(missing)} not installed)",
+            "pip install 'dawnpipe[serve]' (or pip install -e '.[cpu,serve]' in a checkout)",
+        )
+
+
+class _HeaderLimit:
+    """ASGI middleware: 431 for a request whose line and headers exceed ``max_bytes`` or ``max_count`` headers.
+
+    uvicorn's h11 limit bounds only a header block still arriving; one that arrives whole in a single read (any
+    loopback client, and most others) is accepted at any size, so the limit is enforced here, once parsed.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, max_count: int, on_refuse: Any) -> None:
+        self.app, self.max_bytes, self.max_count, self.on_refuse = app, max_bytes, max_count, on_refuse
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers", [])
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(k) + len(v) + 4 for k, v in headers)
+            if size > self.max_bytes or len(headers) > self.max_count:
+                from starlette.responses import JSONResponse
+
+                self.on_refuse("headers_too_large", 431)
+                message = f"the request line and headers are {size:,} bytes in {len(headers)} headers; the limits are "
+                message += f"{self.max_bytes:,} bytes and {self.max_count} headers"
+                response = JSONResponse({"error": message, "reason": "headers_too_large"}, status_code=431)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def serve(cfg: ServeConfig, say=print) -> None:
     """Check the options and the port, load the model, then serve until SIGINT/SIGTERM."""
+    check_serve_installed()
+    check_serve_config(cfg)
+    release_freed_memory_eagerly()
     import uvicorn
 
-    check_serve_config(cfg)
     check_port_free(cfg.host, cfg.port)
     app = create_app(cfg)
     predictor = app.state.predictor
@@ -170,7 +239,15 @@ def serve(cfg: ServeConfig, say=print) -> None:
         f"http://{cfg.host}:{cfg.port}: POST /v1/predict, GET /healthz, GET /metrics; Ctrl-C or SIGTERM stops"
     )
     config = uvicorn.Config(
-        app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=int(cfg.graceful_timeout_s)
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(cfg.graceful_timeout_s),
+        http="h11",  # the pure-Python parser, whose header limit below is enforced (answered 400)
+        h11_max_incomplete_event_size=cfg.max_header_bytes,
+        limit_concurrency=cfg.max_connections,  # more open connections get 503 from uvicorn itself
+        timeout_keep_alive=5,
     )
     _graceful_server_class()(config).run()
 
@@ -200,6 +277,10 @@ def check_serve_config(cfg: ServeConfig) -> None:
         raise DawnpipeError(f"--port {cfg.port} is not a TCP port", "pass 1-65535")
     if cfg.max_batch < 1 or cfg.max_images < 1 or cfg.max_wait_ms < 0 or cfg.max_request_bytes < 1:
         raise DawnpipeError("--max-batch, --max-images and --max-request-bytes must be positive", "fix the option")
+    limits = (cfg.decode_budget_pixels, cfg.body_budget_bytes, cfg.busy_timeout_s, cfg.body_timeout_s,
+              cfg.max_header_bytes, cfg.max_connections)  # fmt: skip
+    if min(limits) <= 0:
+        raise DawnpipeError("the server's budgets, timeouts and limits must be positive", "fix the ServeConfig")
     if not Path(cfg.artifact).expanduser().exists():
         raise DawnpipeError(f"artifact {cfg.artifact} does not exist", "pass a run folder, checkpoint.pt or .onnx")
 
@@ -212,31 +293,65 @@ def _top_k(asked: int | None, default: int, classes: int) -> int:
     return min(asked, classes)
 
 
-async def _read_body(request: Any, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (declared or streamed)."""
+async def _read_body(request: Any, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (declared or streamed), and with 408 when it
+    has not fully arrived within ``timeout_s`` (a client trickling bytes holds memory and a connection)."""
+    import asyncio
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _BadRequest(413, "too_large", f"the body is {int(declared):,} bytes; the limit is {limit:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _BadRequest(413, "too_large", f"the body passed the {limit:,}-byte limit")
-        chunks.append(chunk)
+
+    async def receive_all() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BadRequest(413, "too_large", f"the body passed the {limit:,}-byte limit")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive_all(), timeout_s)
+    except asyncio.TimeoutError:
+        raise _BadRequest(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
-async def _read_images(request: Any, cfg: ServeConfig) -> tuple[list[str], np.ndarray]:
-    """(names, uint8 [N, 32, 32, 3]) from a raw image body or a multipart form of image files."""
+async def _read_images(request: Any, cfg: ServeConfig, budgets: dict) -> tuple[list[str], np.ndarray]:
+    """(names, uint8 [N, 32, 32, 3]) from a raw image body or a multipart form of image files.
+
+    The body's bytes are held against the server's byte budget and each image's decoded pixels against its pixel
+    budget (infer/limits.py); a request that finds no room within busy_timeout_s gets 503 with Retry-After.
+    """
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+
+    from dawnpipe.infer.limits import Busy
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (kind.startswith("image/") or kind == "multipart/form-data" or kind == "application/octet-stream"):
         raise _BadRequest(
             415, "content_type", f"Content-Type {kind or '(none)'} is not an image or multipart/form-data"
         )
-    body = await _read_body(request, cfg.max_request_bytes)
+    declared = request.headers.get("content-length")
+    expected = int(declared) if declared is not None and declared.isdigit() else cfg.max_request_bytes
+    try:
+        held = await run_in_threadpool(budgets["bytes"].acquire, min(expected, cfg.max_request_bytes))
+    except Busy:
+        raise _BadRequest(503, "busy", "the server holds its limit of request bodies; retry shortly") from None
+    try:
+        return await _parse_and_decode(request, kind, cfg, budgets["pixels"])
+    finally:
+        budgets["bytes"].release(held)
+
+
+async def _parse_and_decode(request: Any, kind: str, cfg: ServeConfig, pixels: Any) -> tuple[list[str], np.ndarray]:
+    """The images of a body (raw or multipart), decoded against the pixel budget."""
+    from starlette.requests import Request
+
+    from dawnpipe.infer.limits import Busy
+
+    body = await _read_body(request, cfg.max_request_bytes, cfg.body_timeout_s)
     if not body:
         raise _BadRequest(400, "empty", "the request has no body; send image bytes")
     if kind != "multipart/form-data":
@@ -248,18 +363,59 @@ async def _read_images(request: Any, cfg: ServeConfig) -> tuple[list[str], np.nd
 
         try:
             form = await Request(request.scope, replay).form(max_files=cfg.max_images, max_fields=cfg.max_images)
-        except Exception as err:  # malformed multipart, too many parts
+        except Exception as err:  # malformed multipart, or more parts than the limit
+            if "Too many" in str(err):
+                raise _BadRequest(413, "too_many", f"more than {cfg.max_images} parts in one request") from None
             raise _BadRequest(400, "multipart", f"the multipart body could not be read ({err})") from None
         parts = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
         if not parts:
             raise _BadRequest(400, "empty", "the multipart body holds no file parts")
     if len(parts) > cfg.max_images:
         raise _BadRequest(413, "too_many", f"{len(parts)} images in one request; the limit is {cfg.max_images}")
-    images = await run_in_threadpool(lambda: [_decode(name, data) for name, data in parts])
+    import asyncio
+
+    try:
+        images = await asyncio.get_running_loop().run_in_executor(
+            _decoders(), lambda: [_decode(name, data, pixels) for name, data in parts]
+        )
+    except Busy:
+        raise _BadRequest(503, "busy", "the server is decoding its limit of pixels; retry shortly") from None
     return [name for name, _ in parts], np.stack(images)
 
 
-def _decode(name: str, data: bytes) -> np.ndarray:
+_DECODERS: list = []
+
+
+def _decoders() -> Any:
+    """The few threads that decode images: decoding is CPU work, and every extra thread would get its own malloc
+    arena that keeps freed image buffers (32 threads each keeping tens of MB measured 1.5 GB of RSS)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _DECODERS:
+        _DECODERS.append(ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode"))
+    return _DECODERS[0]
+
+
+def release_freed_memory_eagerly() -> None:
+    """glibc only: image buffers (tens of MB) always mmapped, so each is returned to the system when freed, and at
+    most 2 malloc arenas. Without this glibc raises its mmap threshold after the first large free, and large
+    buffers then stay in per-thread heaps after use."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    m_mmap_threshold, m_arena_max = -3, -8  # malloc.h
+    mallopt(m_mmap_threshold, 1 << 20)
+    mallopt(m_arena_max, 2)
+
+
+def _decode(name: str, data: bytes, pixels: Any) -> np.ndarray:
     from PIL import UnidentifiedImageError
 
     from dawnpipe.infer.predict import decode_to_model_input
@@ -267,7 +423,7 @@ def _decode(name: str, data: bytes) -> np.ndarray:
     if not data:
         raise _BadRequest(400, "empty", f"{name} has 0 bytes")
     try:
-        return decode_to_model_input(io.BytesIO(data), name)
+        return decode_to_model_input(io.BytesIO(data), name, pixels)
     except DawnpipeError as err:  # more pixels than dawnpipe (or Pillow) decodes
         raise _BadRequest(413, "too_many_pixels", str(err)) from None
     except UnidentifiedImageError:

@@ -23,6 +23,7 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.infer.backends import Backend
+from dawnpipe.infer.metadata import check_metadata
 
 _EXACT_SIZES = 8  # batch sizes up to this are captured as they come; larger ones padded to a power of two
 
@@ -61,7 +62,9 @@ class TorchBackend(Backend):
             )
         if precision == "fp32":
             use_ieee_fp32()
-        super().__init__(ckpt, {**checkpoint_meta(payload), "precision": precision}, threads)
+        meta = {**checkpoint_meta(payload), "precision": precision}
+        check_metadata(meta, ckpt)
+        super().__init__(ckpt, meta, threads)
         if choice.device.type == "cpu":
             torch.set_num_threads(self.threads)
         else:
