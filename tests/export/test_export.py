@@ -284,7 +284,7 @@ def test_incompatible_version(trained_run, tmp_path):
 def test_unwritable_output_folder(trained_run, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    with pytest.raises(DawnpipeError, match="cannot write to output folder"):
+    with pytest.raises(DawnpipeError, match="--out .*sub lies under .*file, which is a file, where a folder belongs"):
         export(ExportConfig(source=str(trained_run), out=str(blocker / "sub")))
 
 
