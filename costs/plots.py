@@ -138,7 +138,7 @@ def plot_gflops(path: Path, points: list[Point], rules: list[Rule], front: list[
         extra.append(
             Line2D([], [], color="tab:blue", ls=":", lw=1.5, label=f"one ResNet-18 pass {reference:.3g} GFLOP")
         )
-    ax.set_xscale("log")
+    _log_axis(ax)
     ax.set_xlabel("total inference GFLOPs per image (model FLOPs x views), log scale")
     ax.set_ylabel("top-1 test accuracy (%), mean over seeds, 95% CI")
     ax.set_title(f"Accuracy vs inference FLOPs ({' '.join(chosen)})")
@@ -175,7 +175,7 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
                 ax.axvline(rule.budget, color="tab:red", ls="--", lw=1.2)
             if rule.limits == "accuracy":
                 ax.axhline(100 * rule.budget, color="tab:orange", ls="--", lw=1)
-        ax.set_xscale("log")
+        _log_axis(ax)
         ax.set_title(" ".join(backend), fontsize=9)
         ax.set_xlabel("batch-1 mean latency per image (ms), log")
         ax.grid(alpha=0.3, which="both")
@@ -191,3 +191,13 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
     _legend(axes[0][-1], points, colors, extra)
     fig.suptitle("Accuracy vs measured latency, per backend", fontsize=10)
     return _save(fig, path, plt)
+
+
+def _log_axis(ax) -> None:
+    """A log x axis whose ticks read as plain numbers (0.2, 0.5, 1, 2, 5), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())

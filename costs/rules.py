@@ -86,6 +86,7 @@ class Decision:
     margin: dict[str, Any] | None
     tta_answer: str
     backend: str = ""  # the backend and precision every point of this decision runs on
+    lift: str = ""  # dawnbench: whether TTA is what lifts configurations over the bar
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for report.json."""
@@ -98,6 +99,7 @@ class Decision:
             "runner_up": self.runner_up.label if self.runner_up else None,
             "margin": self.margin,
             "does_tta_earn_its_cost": self.tta_answer,
+            "tta_lifts_over_the_bar": self.lift or None,
         }
 
 
@@ -228,7 +230,36 @@ def decide(rule: Rule, points: list[Point]) -> Decision:
     margin = compare(winner, runner_up, rule.ranks_by) if winner and runner_up else None
     backends = sorted({f"{p.backend} {p.precision}" for p in points})
     answer = _tta_answer(rule, points, eligible)
-    return Decision(rule, eligible, winner, runner_up, margin, answer, ", ".join(backends))
+    lift = _lift(rule, points) if rule.limits == "accuracy" else ""
+    return Decision(rule, eligible, winner, runner_up, margin, answer, ", ".join(backends), lift)
+
+
+def _lift(rule: Rule, points: list[Point]) -> str:
+    """Which widths clear the accuracy bar only with TTA (their single-view twin on the same backend falls short),
+    and whether the fastest configuration over the bar is one of them."""
+    bar = rule.budget or 0.0
+    over = [p for p in points if p.accuracy >= bar]
+    if not over:
+        return "No configuration clears the bar, with or without TTA."
+    lifted = []
+    for width in sorted({p.width for p in over}):
+        twin = next((q for q in points if q.width == width and not q.uses_tta), None)
+        with_tta = sorted((p for p in over if p.width == width and p.uses_tta), key=lambda p: p.views_per_image)
+        if twin is not None and twin.accuracy < bar and with_tta:
+            lifted.append(
+                f"w{width:g} ({100 * twin.accuracy:.2f}% with one view; over with {', '.join(p.tta for p in with_tta)})"
+            )
+    timed = [p for p in over if p.latency_ms is not None]
+    fastest = min(timed, key=lambda p: p.latency_ms) if timed else None
+    head = f"Over the bar only with TTA: {'; '.join(lifted)}." if lifted else "TTA lifts no width over the bar."
+    if fastest is None:
+        return head
+    if fastest.uses_tta:
+        twin = next((q for q in points if q.width == fastest.width and not q.uses_tta), None)
+        if twin is not None and twin.accuracy < bar:
+            return f"{head} The fastest configuration over the bar, {fastest.label}, gets there by TTA."
+        return f"{head} The fastest configuration over the bar, {fastest.label}, uses TTA its width did not need."
+    return f"{head} The fastest configuration over the bar, {fastest.label}, needs no TTA."
 
 
 def _fmt_interval(m: dict[str, Any], unit: str = "points") -> str:

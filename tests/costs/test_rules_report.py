@@ -312,3 +312,46 @@ def test_costs_cli_bad_options_are_one_line(family):
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     result = CliRunner().invoke(main, ["costs", str(family[0]), "--rule", "latency"])
     assert result.exit_code == 1 and "needs a budget" in result.output
+
+
+def test_dawnbench_says_whether_tta_lifts_a_width_over_the_bar(tmp_path):
+    rng = np.random.default_rng(3)
+    small = _bits(rng, 0.80)
+    small_flip = small | (rng.random(IMAGES) < 0.4)  # flip lifts width 0.5 over an 85% bar
+    big = _bits(rng, 0.88)
+    runs = [
+        _run(
+            tmp_path, 0.5, 0, [_eval_row("none", 1.0, 0.19, small, 1.0), _eval_row("flip", 2.0, 0.38, small_flip, 2.0)]
+        ),
+        _run(tmp_path, 1.0, 0, [_eval_row("none", 1.0, 0.76, big, 3.0), _eval_row("flip", 2.0, 1.52, big, 6.0)]),
+    ]
+    note = "the published 94% recipe scores 90.57% on this JPEG copy"
+    out = tmp_path / "report"
+    build_report(ReportConfig(runs=tuple(map(str, runs)), out=str(out), accuracy_threshold=85, threshold_note=note))
+    data = json.loads((out / "report.json").read_text())
+    lift = next(d for d in data["decisions"] if d["rule"] == "dawnbench")["tta_lifts_over_the_bar"]
+    assert lift.startswith("Over the bar only with TTA: w0.5 (") and "over with flip" in lift
+    assert "The fastest configuration over the bar, w0.5 flip @ onnxruntime/CPU fp32, gets there by TTA." in lift
+    text = (out / "report.md").read_text()
+    assert f"Why the dawnbench bar is where it is: {note}" in text and data["threshold_note"] == note
+    assert "## Extra views or a bigger network, at equal measured latency?" in text
+    by_latency = {r["tta"]: r for r in data["views_vs_width_latency"]}
+    assert by_latency["w0.5 flip @ onnxruntime/CPU fp32"]["network"] == "w1 none @ onnxruntime/CPU fp32"
+
+
+def test_log_axes_read_as_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dawnpipe.costs.plots import _log_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([0.05, 0.2, 1.5, 4.0], [1, 2, 3, 4])
+    _log_axis(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    plt.close(fig)
+    assert labels and all("10^" not in t and "$" not in t for t in labels), labels
+    assert {"0.1", "0.2", "0.5", "1", "2"} <= set(labels), labels

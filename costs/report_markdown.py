@@ -1,0 +1,257 @@
+"""report.md and report.csv: the decision table first, then the question a reader brings, then every point.
+
+Rendering only: costs.report computes every number; this module lays them out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from dawnpipe.costs.family import Run
+from dawnpipe.costs.rules import Decision, Point, Rule, verdict
+
+
+def render_markdown(
+    runs: list[Run],
+    points: list[Point],
+    rules: list[Rule],
+    decisions: list[Decision],
+    scaling: list[dict[str, Any]],
+    fronts: dict[str, list[str]],
+    reference: float,
+    unknown: list[str],
+    threshold_note: str | None = None,
+) -> str:
+    cfg = runs[0].config
+    widths = sorted({r.width for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    images = runs[0].rows[0]["images"]
+    backends = sorted({f"{p.backend} {p.precision}" for p in points})
+    lines = [
+        "# TTA cost report",
+        "",
+        f"Family: widths {', '.join(f'{w:g}' for w in widths)} x seeds {', '.join(map(str, seeds))}; one recipe "
+        f"({cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}); data {cfg.get('data')}; {images} test images; "
+        f"backends {', '.join(backends)}.",
+        "",
+        "## Decisions",
+        "",
+        "| rule | backend | ranks by | winner | runner-up | margin (95% CI) | does TTA earn its cost? |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in decisions:
+        stat = "batch-1 mean latency" if d.rule.ranks_by == "latency" else "accuracy (mean over seeds)"
+        backend = d.backend
+        answer = f"{d.tta_answer} {d.lift}".strip()
+        lines.append(
+            f"| {d.rule.name} | {backend} | {stat} | {_short(d.winner)} | {_short(d.runner_up)} | "
+            f"{_interval(d.margin)} | {answer} |"
+        )
+    lines += [
+        "",
+        "Margins are paired on the same test images with seeds matched (exact conditional interval from the "
+        "discordant images; McNemar p-value in report.json); `*` marks an interval that excludes zero. A margin "
+        "without `*` is noise at this sample size.",
+        "",
+        "## Extra views or a bigger network, at equal cost?",
+        "",
+        "Each TTA configuration against the cheapest single-view network of the family that costs at least as "
+        "many FLOPs per image (same backend; paired):",
+        "",
+        "| TTA configuration | GFLOP/img | vs network | GFLOP/img | TTA minus network (95% CI) |",
+        "|---|---:|---|---:|---|",
+    ]
+    for s in scaling:
+        note = "" if s["network_costs_at_least_as_much"] else " (cheaper: no bigger network in the family)"
+        lines.append(
+            f"| {s['tta']} | {s['tta_gflops']:.3f} | {s['network']}{note} | {s['network_gflops']:.3f} | "
+            f"{_interval(s['margin'])} |"
+        )
+    if not scaling:
+        lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
+    lines += ["", "## Rules", ""]
+    lines += [f"- **{r.name}**: {r.description}" for r in rules]
+    if threshold_note and any(r.name == "dawnbench" for r in rules):
+        lines.append(f"- Why the dawnbench bar is where it is: {threshold_note}")
+    lines += [
+        "",
+        f"Reference: one ResNet-18 pass on a 32x32 image = {reference:.4f} GFLOP (conv + linear, computed from "
+        "costs/reference.py).",
+        "",
+        "## Points",
+        "",
+        "Accuracy: mean over seeds, 95% Wilson interval of the pooled count, and the seed-to-seed std. Latency: "
+        "batch 1, one distinct image per call, rows interleaved in rounds; `!` = per-round medians spread too "
+        "widely to trust. F/L: on the Pareto frontier of FLOPs / latency.",
+        "",
+        "| configuration | seeds | acc % | 95% CI | seed std | views/img | GFLOP/img | mean ms | p50 ms | p99 ms | "
+        "selected | F/L | " + " | ".join(r.name for r in rules) + " |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:-:|" + "|".join(":-:" for _ in rules) + "|",
+    ]
+    for p in points:
+        flag = "!" if p.latency_flagged else ""
+        lat = (
+            ("-", "-", "-")
+            if p.latency_ms is None
+            else (f"{p.latency_ms:.2f}{flag}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
+        )
+        pareto = ("F" if p.label in fronts["gflops"] else "-") + ("L" if p.label in fronts["latency"] else "-")
+        sel = "-" if p.selected_fraction is None else f"{100 * p.selected_fraction:.1f}%"
+        cells = ["pass" if verdict(r, p).passed else "-" for r in rules]
+        lines.append(
+            f"| {p.label} | {len(p.seeds)} | {_pct(p.accuracy)} | {_pct(p.ci95[0])}-{_pct(p.ci95[1])} | "
+            f"{100 * p.accuracy_std:.2f} | {p.views_per_image:.2f} | {p.gflops_per_image:.3f} | {lat[0]} | {lat[1]} | "
+            f"{lat[2]} | {sel} | {pareto} | " + " | ".join(cells) + " |"
+        )
+    flagged = [p.label for p in points if p.latency_flagged]
+    lines += [
+        "",
+        "## Reading this report",
+        "",
+        "- FLOPs and latency can disagree: the same FLOPs run at different speeds on different backends and "
+        "precisions, and a selective-TTA row's mean latency includes its extra views on the images that take them.",
+        "- Latency rows flagged as spread: " + (", ".join(flagged) if flagged else "none") + ".",
+        "- Ops the FLOP counter does not know: " + (", ".join(unknown) if unknown else "none (every op was counted)."),
+        "",
+        "Plots: accuracy_vs_gflops.png, accuracy_vs_latency.png (95% error bars).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def latency_scaling_section(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## Extra views or a bigger network, at equal measured latency?",
+        "",
+        "Each TTA configuration against the fastest single-view network of the family whose batch-1 mean latency is "
+        "at least as high, on the same backend (paired on the same images). Latency depends on the machine: read "
+        "it with the Machine section below.",
+        "",
+        "| TTA configuration | ms/img | vs network | ms/img | TTA minus network (95% CI) |",
+        "|---|---:|---|---:|---|",
+    ]
+    for r in rows:
+        note = "" if r["network_costs_at_least_as_much"] else " (faster: no slower network in the family)"
+        lines.append(
+            f"| {r['tta']} | {r['tta_cost']:.2f} | {r['network']}{note} | {r['network_cost']:.2f} | "
+            f"{_interval(r['margin'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def precision_section(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "## Same FLOPs, another precision",
+        "",
+        "An int8 (or fp16/bf16) model runs exactly the convolutions of its fp32 twin, so a FLOP rule cannot tell "
+        "them apart; their latency and accuracy differ. This is the clearest case of FLOPs and latency "
+        "disagreeing: a rule that caps FLOPs treats them as one entry, a rule that caps latency does not.",
+        "",
+        "| configuration | vs | GFLOP/img (both) | accuracy minus fp32 (95% CI) | batch-1 mean ms | x fp32 latency |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} (fp32 {r['fp32_latency_ms']:.2f})"
+        ratio = "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}"
+        lines.append(
+            f"| {r['configuration']} | {r['fp32']} | {r['gflops']:.3f} | {_interval(r['accuracy_margin'])} | {ms} | "
+            f"{ratio} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Machine", ""]
+    for m in rows:
+        native = {True: "native instructions", False: "not native (emulated or widened in software)", None: "-"}
+        lines.append(
+            f"- {m['backend']} {m['precision']} on {m['device'] or '?'}: host CPU {m['cpu']}; "
+            f"{m['precision']} arithmetic: {native.get(m['native_instructions'], '-')}"
+        )
+    return lines + [""]
+
+
+def skipped_lines(entries: list[dict[str, str]]) -> list[str]:
+    if not entries:
+        return []
+    return ["## Skipped backends", "", *(f"- {e['backend']}: skipped: {e['reason']}" for e in entries), ""]
+
+
+def render_csv(points: list[Point], rules: list[Rule]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            "label",
+            "width",
+            "tta",
+            "backend",
+            "precision",
+            "seeds",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "seed_std",
+            "views_per_image",
+            "gflops_per_image",
+            "latency_mean_ms",
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "latency_flagged",
+            *[f"rule:{r.name}" for r in rules],
+        ]
+    )
+    for p in points:
+        lat = [
+            "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+            for v in (p.latency_ms, p.latency_p50_ms, p.latency_p99_ms)
+        ]
+        writer.writerow(
+            [
+                p.label,
+                p.width,
+                p.tta,
+                p.backend,
+                p.precision,
+                len(p.seeds),
+                f"{p.accuracy:.6f}",
+                f"{p.ci95[0]:.6f}",
+                f"{p.ci95[1]:.6f}",
+                f"{p.accuracy_std:.6f}",
+                f"{p.views_per_image:.4f}",
+                f"{p.gflops_per_image:.6f}",
+                *lat,
+                p.latency_flagged,
+                *[verdict(r, p).passed for r in rules],
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _short(p: Point | None) -> str:
+    """A point's label without its backend (the decision table has a backend column)."""
+    return "-" if p is None else p.label.split(" @ ")[0]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _interval(m: dict[str, Any] | None) -> str:
+    if not m or m.get("difference") is None:
+        return "-"
+    if m.get("low") is None:
+        return f"{100 * m['difference']:+.2f} pts (unpaired)"
+    if m["statistic"].startswith("batch-1"):
+        return f"{m['difference']:.3f} ms/img ({m['low']:.3f} to {m['high']:.3f})"
+    star = " *" if m.get("significant") else ""
+    return f"{100 * m['difference']:+.2f} pts ({100 * m['low']:+.2f} to {100 * m['high']:+.2f}){star}"
