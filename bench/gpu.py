@@ -96,8 +96,15 @@ def main() -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (the problem and where to look), not usage text."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message}; see `python bench/gpu.py --help`\n")
+
+
 def _parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 in any form dawnpipe reads (no network there)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON written after every step")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")

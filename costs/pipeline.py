@@ -88,7 +88,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
     base = check_run_name(cfg.train.name or time.strftime("%Y%m%d-%H%M%S"))
     family = len(cfg.widths) * len(cfg.seeds) > 1
     out = Path(cfg.train.out)
-    names = {(w, s): _run_name(base, w, s, family) for w in cfg.widths for s in cfg.seeds}
+    # seed-major: every width of the first seed before any second seed, so a family stopped early is still a
+    # whole family of one seed (widths in the order given)
+    names = {(w, s): _run_name(base, w, s, family) for s in cfg.seeds for w in cfg.widths}
     family_dir = out / f"{base}-report" if family else out / base
     record = family_record(cfg, [t.name for t in targets])
     with RunFolder(family_dir):

@@ -61,17 +61,8 @@ def render_markdown(
         "Each TTA configuration against the cheapest single-view network of the family that costs at least as "
         "many FLOPs per image (same backend; paired):",
         "",
-        "| TTA configuration | GFLOP/img | vs network | GFLOP/img | TTA minus network (95% CI) |",
-        "|---|---:|---|---:|---|",
+        *_scaling_table(scaling, "GFLOP/img", "{:.3f}", "cheaper: no bigger network in the family"),
     ]
-    for s in scaling:
-        note = "" if s["network_costs_at_least_as_much"] else " (cheaper: no bigger network in the family)"
-        lines.append(
-            f"| {s['tta']} | {s['tta_gflops']:.3f} | {s['network']}{note} | {s['network_gflops']:.3f} | "
-            f"{_interval(s['margin'])} |"
-        )
-    if not scaling:
-        lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
     lines += ["", "## Rules", ""]
     lines += [f"- **{r.name}**: {r.description}" for r in rules]
     if threshold_note and any(r.name == "dawnbench" for r in rules):
@@ -133,16 +124,26 @@ def latency_scaling_section(rows: list[dict[str, Any]]) -> str:
         "at least as high, on the same backend (paired on the same images). Latency depends on the machine: read "
         "it with the Machine section below.",
         "",
-        "| TTA configuration | ms/img | vs network | ms/img | TTA minus network (95% CI) |",
+        *_scaling_table(rows, "ms/img", "{:.2f}", "faster: no slower network in the family"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _scaling_table(rows: list[dict[str, Any]], unit: str, number: str, cheaper: str) -> list[str]:
+    """Extra views against the network that costs at least as much (FLOPs or latency), one row each."""
+    lines = [
+        f"| TTA configuration | {unit} | vs network | {unit} | TTA minus network (95% CI) |",
         "|---|---:|---|---:|---|",
     ]
     for r in rows:
-        note = "" if r["network_costs_at_least_as_much"] else " (faster: no slower network in the family)"
+        note = "" if r["network_costs_at_least_as_much"] else f" ({cheaper})"
         lines.append(
-            f"| {r['tta']} | {r['tta_cost']:.2f} | {r['network']}{note} | {r['network_cost']:.2f} | "
-            f"{_interval(r['margin'])} |"
+            f"| {r['tta']} | {number.format(r['tta_cost'])} | {r['network']}{note} | "
+            f"{number.format(r['network_cost'])} | {_interval(r['margin'])} |"
         )
-    return "\n".join(lines) + "\n"
+    if not rows:
+        lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
+    return lines
 
 
 def precision_section(rows: list[dict[str, Any]]) -> str:

@@ -45,7 +45,7 @@ class ServeConfig:
     busy_timeout_s: float = 30.0  # longest wait for either budget before 503 with Retry-After (a queue of worst
     # images decodes one at a time: 32 of them take about 15 s on 2 cores)
     body_timeout_s: float = 30.0  # a body not fully received in this long gets 408 (slow or stalled clients)
-    max_header_bytes: int = 16 << 10  # request line and headers together; larger is answered 400 by the server
+    max_header_bytes: int = 16 << 10  # request line and headers together; larger is answered 431
     max_connections: int = 256  # open connections; beyond, uvicorn answers 503 at once
     top_k: int = 5  # default classes per image (?top_k= overrides, up to the class count)
     threads: int = 0  # backend CPU threads; 0 = all cores this process may use
@@ -229,7 +229,6 @@ def serve(cfg: ServeConfig, say=print) -> None:
     check_serve_installed()
     check_serve_config(cfg)
     release_freed_memory_eagerly()
-    import uvicorn
 
     check_port_free(cfg.host, cfg.port)
     app = create_app(cfg)
@@ -238,18 +237,24 @@ def serve(cfg: ServeConfig, say=print) -> None:
         f"serving {cfg.artifact} ({predictor.backend.name}, {predictor.backend.precision}, TTA {predictor.tta}) on "
         f"http://{cfg.host}:{cfg.port}: POST /v1/predict, GET /healthz, GET /metrics; Ctrl-C or SIGTERM stops"
     )
-    config = uvicorn.Config(
+    _graceful_server_class()(uvicorn_config(app, cfg)).run()
+
+
+def uvicorn_config(app: Any, cfg: ServeConfig, log_level: str = "warning") -> Any:
+    """The uvicorn settings the limits rely on (also used by the tests' in-process server)."""
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=cfg.host,
         port=cfg.port,
-        log_level="warning",
+        log_level=log_level,
         timeout_graceful_shutdown=int(cfg.graceful_timeout_s),
-        http="h11",  # the pure-Python parser, whose header limit below is enforced (answered 400)
-        h11_max_incomplete_event_size=cfg.max_header_bytes,
+        http="h11",  # the pure-Python parser: a header block still arriving past 4x the limit is refused (400)
+        h11_max_incomplete_event_size=4 * cfg.max_header_bytes,  # above ours, so _HeaderLimit's 431 decides
         limit_concurrency=cfg.max_connections,  # more open connections get 503 from uvicorn itself
         timeout_keep_alive=5,
     )
-    _graceful_server_class()(config).run()
 
 
 def _graceful_server_class():

@@ -76,6 +76,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class StopAfter(dict):
+    """The trainer's interrupt flag, raised after ``n`` steps (as a first Ctrl-C would): patch
+    ``dawnpipe.train.trainer.graceful_interrupt`` with ``lambda: contextlib.nullcontext(StopAfter(n))``."""
+
+    def __init__(self, n: int):
+        super().__init__(stop=False)
+        self.left = n
+
+    def __getitem__(self, key):
+        if key == "why":
+            return "interrupted"
+        self.left -= 1
+        return self.left < 0
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session gets its own decoded-data cache, never the user's."""

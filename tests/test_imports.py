@@ -159,5 +159,8 @@ def test_gpu_check_exits_with_one_line_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: bench/gpu.py runs the real check here")
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py")], capture_output=True, text=True)
-    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "no CUDA GPU" in result.stderr
+    command = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--data", str(ROOT), "--out", "/tmp/dawnpipe-gpu.json"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "no CUDA GPU" in result.stderr
+    bare = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py")], capture_output=True, text=True)
+    assert bare.returncode == 2 and bare.stderr.strip().count("\n") == 0 and "--data, --out" in bare.stderr

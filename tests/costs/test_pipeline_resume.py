@@ -25,6 +25,7 @@ from dawnpipe.costs.report import ReportConfig
 from dawnpipe.infer import evaluate as evaluate_mod
 from dawnpipe.train import trainer as trainer_mod
 from dawnpipe.train.api import config_from_options
+from tests.conftest import StopAfter
 
 _TTA = ("none", "flip", "selective-flip")
 
@@ -56,25 +57,13 @@ def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-class _StopAfter(dict):
-    def __init__(self, n: int):
-        super().__init__(stop=False)
-        self.left = n
-
-    def __getitem__(self, key):
-        if key == "why":
-            return "interrupted"
-        self.left -= 1
-        return self.left < 0
-
-
 def test_killed_mid_training_resumes_that_training_and_redoes_nothing(image_folder, tmp_path, monkeypatch):
     real = trainer_mod.graceful_interrupt
     calls = {"n": 0}
 
     def interrupt_second_run():
         calls["n"] += 1
-        return contextlib.nullcontext(_StopAfter(5)) if calls["n"] == 2 else real()
+        return contextlib.nullcontext(StopAfter(5)) if calls["n"] == 2 else real()
 
     monkeypatch.setattr(trainer_mod, "graceful_interrupt", interrupt_second_run)
     with pytest.raises(Interrupted, match="continue with the same command and --resume"):

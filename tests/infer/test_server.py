@@ -19,7 +19,7 @@ from PIL import Image
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.export.api import ExportConfig, export
 from dawnpipe.infer.predict import Predictor, to_model_input
-from dawnpipe.infer.server import ServeConfig, check_port_free, create_app, serve
+from dawnpipe.infer.server import ServeConfig, check_port_free, create_app, serve, uvicorn_config
 from tests.conftest import make_images
 
 
@@ -41,8 +41,9 @@ class _Running:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        self.app = create_app(ServeConfig(**{**cfg.__dict__, "port": port}))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="error"))
+        full = ServeConfig(**{**cfg.__dict__, "port": port})
+        self.app = create_app(full)
+        self.server = uvicorn.Server(uvicorn_config(self.app, full, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{port}"
 

@@ -63,7 +63,7 @@ def test_65_images_get_413_and_headers_over_the_limit_get_431(onnx_path):
         files = [("f", (f"{i}.png", image, "image/png")) for i in range(65)]
         many = client.post("/v1/predict", files=files)
         assert many.status_code == 413 and many.json()["reason"] == "too_many"
-        big = client.post("/v1/predict", content=image, headers={"content-type": "image/png", "x-pad": "a" * 100_000})
+        big = client.post("/v1/predict", content=image, headers={"content-type": "image/png", "x-pad": "a" * 40_000})
         assert big.status_code == 431 and big.json()["reason"] == "headers_too_large"
         lots = {f"x-h{i}": "1" for i in range(120)}
         assert (

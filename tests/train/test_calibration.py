@@ -18,6 +18,7 @@ from dawnpipe.train.api import config_from_options
 from dawnpipe.train.calibration import auto_target, calibrate_threshold, check_selective_target
 from dawnpipe.train.checkpoint import load_checkpoint, resumed_precision
 from dawnpipe.train.trainer import train
+from tests.conftest import StopAfter
 
 
 def test_auto_target_picks_the_smallest_fraction_keeping_90_percent_of_the_flip_gain():
@@ -83,22 +84,10 @@ def test_auto_is_fitted_on_the_runs_own_holdout_and_recorded(image_folder, tmp_p
     assert manifest["artifacts"]["checkpoint"]["selective"]["auto"] == fitted
 
 
-class _StopAfter(dict):
-    def __init__(self, n: int):
-        super().__init__(stop=False)
-        self.left = n
-
-    def __getitem__(self, key):
-        if key == "why":
-            return "interrupted"
-        self.left -= 1
-        return self.left < 0
-
-
 def test_resume_refuses_options_that_change_training_and_takes_the_selective_target(
     image_folder, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(3)))
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(3)))
     with pytest.raises(DawnpipeError, match="--resume"):
         train(_tiny(image_folder, tmp_path, name="cut"), progress=False)
     monkeypatch.undo()

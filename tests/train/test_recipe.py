@@ -20,7 +20,7 @@ from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.ema import EMA
 from dawnpipe.train.presets import PRESETS
 from dawnpipe.train.trainer import train
-from tests.train.test_trainer import _StopAfter
+from tests.conftest import StopAfter
 
 
 def test_alternating_flip_flips_each_image_exactly_once_per_pair_of_epochs():
@@ -82,7 +82,7 @@ def test_a_preset_round_trips_through_the_manifest(image_folder, tmp_path):
 
 def test_resume_with_the_airbench_switches_reproduces_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     whole = train(_tiny(image_folder, tmp_path, name="whole", preset="quick", **_AIRBENCH), progress=False)
-    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(6)))
     with pytest.raises(DawnpipeError, match="--resume"):
         train(_tiny(image_folder, tmp_path, name="cut", preset="quick", **_AIRBENCH), progress=False)
     monkeypatch.undo()
@@ -125,7 +125,7 @@ def test_switches_reach_the_network():
 
 def test_resume_with_every_new_switch_reproduces_an_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     whole = train(_tiny(image_folder, tmp_path, name="whole", **_SWITCHES), progress=False)
-    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(6)))
     with pytest.raises(DawnpipeError, match="--resume"):
         train(_tiny(image_folder, tmp_path, name="cut", **_SWITCHES), progress=False)
     monkeypatch.undo()

@@ -13,6 +13,7 @@ from dawnpipe.train import trainer as trainer_mod
 from dawnpipe.train.api import config_from_options
 from dawnpipe.train.checkpoint import load_checkpoint
 from dawnpipe.train.trainer import train
+from tests.conftest import StopAfter
 
 
 def _cfg(image_folder, out, **overrides):
@@ -65,23 +66,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(image_folder, tmp_path):
         assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 
 
-class _StopAfter(dict):
-    """The trainer's interrupt flag, raised after ``n`` steps (as a first Ctrl-C would)."""
-
-    def __init__(self, n: int):
-        super().__init__(stop=False)
-        self.left = n
-
-    def __getitem__(self, key):
-        if key == "why":
-            return "interrupted"
-        self.left -= 1
-        return self.left < 0
-
-
 def test_ctrl_c_keeps_checkpoint_and_resume_matches_uninterrupted_run(image_folder, tmp_path, monkeypatch):
     whole = train(_cfg(image_folder, tmp_path, name="whole", epochs=2), progress=False)
-    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(6)))
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(6)))
     with pytest.raises(DawnpipeError, match="--resume"):
         train(_cfg(image_folder, tmp_path, name="cut", epochs=2), progress=False)
     state = load_checkpoint(tmp_path / "cut")["state"]
