@@ -10,6 +10,7 @@ Modes (weights follow airbench's mirror/translate TTA): ``none`` 1 view; ``flip`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,11 +79,20 @@ def apply_view(images, view: View):
     rows, cols = view.rows(h), view.cols(w)
     if isinstance(images, np.ndarray):
         return images[:, rows][:, :, cols]
+    rows_t, cols_t = _device_index(view, h, w, str(images.device))
+    return images.index_select(1, rows_t).index_select(2, cols_t)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_index(view: View, height: int, width: int, device: str):
+    """A view's row and column index maps as tensors on ``device``, made once: on a GPU each would otherwise be a
+    synchronous host-to-device copy in every call, beside the one copy of the images."""
     import torch
 
-    rows_t = torch.as_tensor(rows, device=images.device)
-    cols_t = torch.as_tensor(cols, device=images.device)
-    return images.index_select(1, rows_t).index_select(2, cols_t)
+    return (
+        torch.as_tensor(view.rows(height), device=device),
+        torch.as_tensor(view.cols(width), device=device),
+    )
 
 
 def parse_mode(name: str) -> tuple[str, bool]:

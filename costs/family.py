@@ -36,6 +36,7 @@ class Run:
     classes: tuple[str, ...]
     rows: list[dict[str, Any]]
     skipped: tuple[dict[str, str], ...] = ()  # backends its evaluation could not run, with the reason
+    training: dict[str, Any] | None = None  # the manifest's training record: metrics (clocks) and device (CPU)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -96,6 +97,7 @@ def load_run(run_dir: str | Path) -> Run:
         tuple(data.get("classes", [])),
         rows,
         tuple(evaluation.get("skipped", [])),
+        {"metrics": train.get("metrics", {}), "device": train.get("device", {})},
     )
 
 

@@ -23,6 +23,7 @@ from dawnpipe.costs.report_markdown import (
     render_csv,
     render_markdown,
     skipped_lines,
+    training_lines,
 )
 from dawnpipe.costs.rules import (
     DEFAULT_RULES,
@@ -98,6 +99,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "pareto": fronts,
         "unknown_ops": unknown,
         "machines": machines(runs),
+        "trainings": trainings(runs),
         "skipped": skipped_backends(runs),
     }
     out = {
@@ -108,7 +110,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
             render_markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown, cfg.threshold_note)
             + latency_scaling_section(scaling_latency)
             + precision_section(precisions)
-            + "\n".join(["", *machine_lines(data["machines"]), *skipped_lines(data["skipped"])]),
+            + "\n".join(["", *training_lines(data["trainings"]), *machine_lines(data["machines"])])
+            + "\n".join(["", *skipped_lines(data["skipped"])]),
         ),
     }
     if cfg.plots:
@@ -152,6 +155,33 @@ def machines(runs: list[Run]) -> list[dict[str, Any]]:
                 },
             )
     return sorted(seen.values(), key=lambda m: (m["backend"], m["precision"], m["cpu"]))
+
+
+def trainings(runs: list[Run]) -> list[dict[str, Any]]:
+    """Each run's training clock, wall time, precision and CPU, as its manifest recorded them."""
+    from dawnpipe.common.machine import cpu_summary
+
+    out = []
+    for run in runs:
+        record = run.training or {}
+        metrics, device = record.get("metrics", {}), record.get("device", {})
+        cpu = device.get("cpu")
+        out.append(
+            {
+                "run": run.path.name,
+                "width": run.width,
+                "seed": run.seed,
+                "epochs": run.config.get("epochs"),
+                "train_seconds": metrics.get("train_seconds"),
+                "wall_seconds": metrics.get("wall_seconds"),
+                "precision": device.get("precision"),
+                "device": device.get("gpu") or device.get("type"),
+                "cpu": cpu_summary(cpu) if isinstance(cpu, dict) else str(cpu or "unknown (not recorded)"),
+                "ema_test_acc": metrics.get("ema_test_acc"),
+                "ema_test_acc_flip": metrics.get("ema_test_acc_flip"),
+            }
+        )
+    return out
 
 
 def skipped_backends(runs: list[Run]) -> list[dict[str, str]]:

@@ -170,6 +170,23 @@ def precision_section(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One row per run: its training clock and wall time, precision, device and CPU (a time names its machine)."""
+    lines = [
+        "## Runs",
+        "",
+        "| run | width | seed | epochs | training s | wall s | precision | device | CPU |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        seconds = [f"{r[k]:.0f}" if isinstance(r[k], int | float) else "-" for k in ("train_seconds", "wall_seconds")]
+        lines.append(
+            f"| {r['run']} | {r['width']:g} | {r['seed']} | {r['epochs']} | {seconds[0]} | {seconds[1]} | "
+            f"{r['precision'] or '-'} | {r['device'] or '-'} | {r['cpu']} |"
+        )
+    return lines + [""]
+
+
 def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Machine", ""]
     for m in rows:

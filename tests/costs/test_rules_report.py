@@ -249,6 +249,7 @@ def test_family_report_decides_and_draws(family, tmp_path):
     machine = text[text.index("## Machine") :]
     assert "onnxruntime/CPU fp32 on cpu: host CPU Test CPU (avx2, avx512f, avx512_vnni; int8 native (VNNI)" in machine
     assert data["machines"][0]["native_instructions"] is True
+    assert "## Runs" in text and [t["run"] for t in data["trainings"]] and data["trainings"][0]["cpu"]
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert len(rows) == 5 and {r["seeds"] for r in rows} == {"2"}
     manifest = json.loads((out / "manifest.json").read_text())
