@@ -173,7 +173,7 @@ def trainings(runs: list[Run]) -> list[dict[str, Any]]:
                 "seed": run.seed,
                 "epochs": run.config.get("epochs"),
                 "train_seconds": metrics.get("train_seconds"),
-                "wall_seconds": metrics.get("wall_seconds"),
+                **_wall(run.path, metrics),
                 "precision": device.get("precision"),
                 "device": device.get("gpu") or device.get("type"),
                 "cpu": cpu_summary(cpu) if isinstance(cpu, dict) else str(cpu or "unknown (not recorded)"),
@@ -182,6 +182,27 @@ def trainings(runs: list[Run]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _wall(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's wall time over all the processes it took. Runs trained before the trainer recorded it get it from
+    their checkpoint's epoch history (each process restarts ``elapsed_s``; the last process's wall is the
+    manifest's ``wall_seconds``); a run whose checkpoint cannot be read keeps its last process's wall, marked."""
+    if "wall_seconds_all_processes" in metrics:
+        return {"wall_seconds": metrics["wall_seconds_all_processes"], "processes": metrics.get("processes", 1)}
+    last = metrics.get("wall_seconds")
+    if not isinstance(last, int | float):
+        return {"wall_seconds": None, "processes": None}
+    from dawnpipe.train.checkpoint import load_checkpoint
+    from dawnpipe.train.finish import wall_over_processes
+
+    try:
+        history = load_checkpoint(run_dir / "checkpoint.pt")["metrics"]["epochs"]
+    except (DawnpipeError, KeyError, TypeError):
+        return {"wall_seconds": last, "processes": None}  # None: unknown, shown as "last process"
+    starts = [i for i in range(1, len(history)) if history[i].get("elapsed_s", 0) < history[i - 1].get("elapsed_s", 0)]
+    walls = wall_over_processes(history[: starts[-1]] if starts else [], last)
+    return {"wall_seconds": walls["wall_seconds_all_processes"], "processes": walls["processes"]}
 
 
 def skipped_backends(runs: list[Run]) -> list[dict[str, str]]:

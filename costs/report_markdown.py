@@ -178,12 +178,24 @@ def training_lines(rows: list[dict[str, Any]]) -> list[str]:
         "| run | width | seed | epochs | training s | wall s | precision | device | CPU |",
         "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
+    resumed = False
     for r in rows:
         seconds = [f"{r[k]:.0f}" if isinstance(r[k], int | float) else "-" for k in ("train_seconds", "wall_seconds")]
+        if r.get("processes") and r["processes"] > 1:
+            seconds[1] += f" ({r['processes']} processes)"
+            resumed = True
+        elif r.get("processes", 1) is None and seconds[1] != "-":
+            seconds[1] += " (last process only)"
         lines.append(
             f"| {r['run']} | {r['width']:g} | {r['seed']} | {r['epochs']} | {seconds[0]} | {seconds[1]} | "
             f"{r['precision'] or '-'} | {r['device'] or '-'} | {r['cpu']} |"
         )
+    if resumed:
+        lines += [
+            "",
+            "A resumed run's wall time adds each process's wall up to its last finished epoch; work an interruption "
+            "threw away is not counted. Its training clock is the sum of its epochs' clocks.",
+        ]
     return lines + [""]
 
 

@@ -136,7 +136,9 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
             rows.append(row)
         if cfg.latency:
             say(f"{backend.name}: latency of {len(modes)} rows, interleaved in {cfg.protocol.rounds} rounds")
-            _attach_latency(backend, images, modes, rows, cfg)
+            from dawnpipe.train.data import interleaved_order
+
+            _attach_latency(backend, images[interleaved_order(labels)], modes, rows, cfg)
         path = _write(rows, backend, cfg)
     return rows, path
 
@@ -253,7 +255,8 @@ def _row(
 def _attach_latency(
     backend: Backend, images: np.ndarray, modes: list[str], rows: list[dict[str, Any]], cfg: EvalConfig
 ) -> None:
-    """Batch-1 latency (distinct images, interleaved rounds) and throughput at throughput_batch, every row."""
+    """Batch-1 latency (distinct images, interleaved rounds) and throughput at throughput_batch, every row.
+    ``images`` come with the classes interleaved, so the first ``latency_images`` are a class-balanced sample."""
 
     def runner(mode: str):
         return lambda x: run_mode(backend, x, mode, threshold=cfg.selective_threshold, shift=cfg.shift)

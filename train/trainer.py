@@ -41,7 +41,7 @@ from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.data import load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
 from dawnpipe.train.evaluation import accuracy, autocast
-from dawnpipe.train.finish import calibrate, clocks, write_manifest
+from dawnpipe.train.finish import calibrate, clocks, wall_over_processes, write_manifest
 from dawnpipe.train.guard import NonFiniteGuard
 from dawnpipe.train.model import ResNet9, normalize
 from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
@@ -196,6 +196,7 @@ def _train(
     compiled = CompiledOrEager(live) if cfg.compile else None
     live = compiled or live
 
+    resumed_epochs = len(history)  # the epochs earlier processes recorded (for the wall time over all)
     run_id = resume_state.get("run_id") if resume_state is not None else None
     run_id = run_id or uuid.uuid4().hex  # names this run in every artifact made from it
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -347,7 +348,8 @@ def _train(
     # ---- final evaluation: EMA with and without flip TTA, raw weights for comparison
     final: dict[str, Any] = {
         "train_seconds": train_seconds,
-        "wall_seconds": time.time() - started,
+        "wall_seconds": time.time() - started,  # this process; a resumed run's total is the next entry
+        **wall_over_processes(history[:resumed_epochs], time.time() - started),
         "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
         **clocks(history),
         "compiled": None if compiled is None else {"ran_compiled": compiled.compiled_ran, "notice": compiled.notice},

@@ -249,6 +249,30 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
     assert {r["backend"] for r in json.loads(out.read_text())["rows"]} == {"onnxruntime", "torch"}
 
 
+def test_latency_is_timed_on_a_class_balanced_sample(onnx_plain, monkeypatch):
+    # the test set is read class by class; timing its first images would time one class only, whose selected
+    # fraction under selective TTA is not the test set's
+    import dawnpipe.infer.evaluate as evaluate_mod
+    from dawnpipe.train.data import interleaved_order, load_cifar
+
+    timed: list[np.ndarray] = []
+    real = evaluate_mod.measure_rows
+
+    def recording(rows, images, **kwargs):
+        timed.append(images)
+        return real(rows, images, **kwargs)
+
+    monkeypatch.setattr(evaluate_mod, "measure_rows", recording)
+    quick = Protocol(rounds=1, calls=2, min_seconds=0.0, warmup=1)
+    evaluate(EvalConfig(artifact=str(onnx_plain), tta=("none",), protocol=quick, latency_images=8, throughput_batch=8))
+    test = load_cifar(json.loads(onnx_plain.with_name("manifest.json").read_text())["runs"]["train"]["data"]["source"])
+    assert np.all(np.diff(test.test_y) >= 0)  # the data really is class-sorted, so the test could fail
+    order = interleaved_order(test.test_y)
+    assert np.array_equal(timed[0], test.test_x[order][:8])  # batch 1: the first 8 of the interleaved order
+    assert np.bincount(test.test_y[order][:8]).tolist() == [2, 2, 2, 2]
+    assert np.array_equal(timed[1], test.test_x[order])  # throughput: all images, interleaved
+
+
 def test_eval_cli_prints_table(trained_run, onnx_plain, tmp_path):
     result = CliRunner().invoke(
         main,

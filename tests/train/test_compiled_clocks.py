@@ -9,6 +9,7 @@ import torch
 
 from dawnpipe.train.api import config_from_options
 from dawnpipe.train.checkpoint import load_checkpoint
+from dawnpipe.train.finish import wall_over_processes
 from dawnpipe.train.trainer import train
 
 
@@ -25,6 +26,14 @@ def test_the_first_epoch_is_reported_apart_from_the_steady_state(image_folder, t
     assert final["first_epoch_seconds"] == epochs[0]["train_seconds"]
     assert final["steady_images_per_s"] == statistics.median(e["train_images_per_s"] for e in epochs[1:])
     assert final["steady_epochs"] == 2 and final["compiled"] is None  # not asked to compile
+
+
+def test_wall_time_adds_every_process_of_a_resumed_run():
+    # elapsed_s restarts with each process: 3 earlier processes (ending at 40, 25 and 7 s) and this one (5 s)
+    earlier = [{"elapsed_s": 20.0}, {"elapsed_s": 40.0}, {"elapsed_s": 25.0}, {"elapsed_s": 7.0}]
+    assert wall_over_processes(earlier, 5.0) == {"wall_seconds_all_processes": 77.0, "processes": 4}
+    assert wall_over_processes([], 5.0) == {"wall_seconds_all_processes": 5.0, "processes": 1}
+    assert wall_over_processes([{"train_seconds": 1.0}], 5.0)["processes"] == 1  # no clock recorded: nothing added
 
 
 class _BackwardFails(torch.autograd.Function):

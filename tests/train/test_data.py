@@ -9,7 +9,7 @@ import pytest
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.train import data as data_mod
-from dawnpipe.train.data import balanced_subset, load_cifar
+from dawnpipe.train.data import balanced_subset, interleaved_order, load_cifar
 from tests.conftest import CLASSES, make_images, png_bytes, tar_folder, write_batches, write_image_folder
 
 
@@ -58,6 +58,7 @@ def test_limits_are_class_balanced(image_folder):
     assert len(loaded.train_y) == 40 and np.bincount(loaded.train_y).tolist() == [10, 10, 10, 10]
     assert np.bincount(loaded.test_y).tolist() == [2, 2, 2, 2]
     assert balanced_subset(np.array([0, 0, 1, 1]), None).tolist() == [0, 1, 2, 3]
+    assert interleaved_order(np.array([0, 0, 0, 1, 1, 2])).tolist() == [0, 3, 5, 1, 4, 2]
 
 
 def _error(path) -> str:

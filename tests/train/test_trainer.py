@@ -77,6 +77,11 @@ def test_ctrl_c_keeps_checkpoint_and_resume_matches_uninterrupted_run(image_fold
     resumed = train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
     a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-5) for k in a["ema"])
+    # the wall time covers both processes: the first one's (up to its last finished epoch) plus this one's
+    first_process = b["metrics"]["epochs"][0]["elapsed_s"]
+    final = resumed.metrics
+    assert final["processes"] == 2 and whole.metrics["processes"] == 1
+    assert final["wall_seconds_all_processes"] == pytest.approx(first_process + final["wall_seconds"], abs=0.05)
     with pytest.raises(DawnpipeError, match="already finished"):
         train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
 
