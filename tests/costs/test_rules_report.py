@@ -356,3 +356,30 @@ def test_log_axes_read_as_plain_numbers():
     plt.close(fig)
     assert labels and all("10^" not in t and "$" not in t for t in labels), labels
     assert {"0.1", "0.2", "0.5", "1", "2"} <= set(labels), labels
+
+
+def test_runs_table_names_a_resumed_runs_processes(trained_run, tmp_path):
+    from dawnpipe.costs.report import _wall
+    from dawnpipe.costs.report_markdown import training_lines
+    from dawnpipe.train.checkpoint import load_checkpoint, save_checkpoint
+
+    # a run trained before the trainer recorded its wall over processes: derived from the checkpoint's history
+    # (elapsed_s restarts at 30 s: a second process, whose wall is the manifest's 50 s)
+    payload = load_checkpoint(trained_run / "checkpoint.pt")
+    payload["metrics"]["epochs"] = [{"elapsed_s": 100.0}, {"elapsed_s": 200.0}, {"elapsed_s": 30.0}]
+    save_checkpoint(tmp_path / "checkpoint.pt", payload)
+    assert _wall(tmp_path, {"wall_seconds": 50.0}) == {"wall_seconds": 250.0, "processes": 2}
+    assert _wall(tmp_path, {"wall_seconds": 50.0, "wall_seconds_all_processes": 80.0, "processes": 3}) == {
+        "wall_seconds": 80.0,
+        "processes": 3,
+    }
+    assert _wall(tmp_path / "missing", {"wall_seconds": 50.0}) == {"wall_seconds": 50.0, "processes": None}
+    base = {"width": 1.0, "seed": 0, "epochs": 10, "train_seconds": 240.0, "precision": "fp32", "device": "cpu"}
+    rows = [
+        {**base, "run": "a", "wall_seconds": 250.0, "processes": 2, "cpu": "X"},
+        {**base, "run": "b", "wall_seconds": 50.0, "processes": None, "cpu": "X"},
+        {**base, "run": "c", "wall_seconds": 60.0, "processes": 1, "cpu": "X"},
+    ]
+    text = "\n".join(training_lines(rows))
+    assert "| 250 (2 processes) |" in text and "| 50 (last process only) |" in text and "| 60 |" in text
+    assert "work an interruption threw away is not counted" in text
