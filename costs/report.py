@@ -194,13 +194,13 @@ def _wall(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(last, int | float):
         return {"wall_seconds": None, "processes": None}
     from dawnpipe.train.checkpoint import load_checkpoint
-    from dawnpipe.train.finish import wall_over_processes
+    from dawnpipe.train.finish import process_starts, wall_over_processes
 
     try:
         history = load_checkpoint(run_dir / "checkpoint.pt")["metrics"]["epochs"]
     except (DawnpipeError, KeyError, TypeError):
         return {"wall_seconds": last, "processes": None}  # None: unknown, shown as "last process"
-    starts = [i for i in range(1, len(history)) if history[i].get("elapsed_s", 0) < history[i - 1].get("elapsed_s", 0)]
+    starts = process_starts(history)  # the last process's epochs begin at the last start
     walls = wall_over_processes(history[: starts[-1]] if starts else [], last)
     return {"wall_seconds": walls["wall_seconds_all_processes"], "processes": walls["processes"]}
 

@@ -31,21 +31,34 @@ def clocks(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def process_starts(history: list[dict[str, Any]]) -> list[int]:
+    """Indices of the epochs that began a process: ``elapsed_s`` restarts with each process (epochs without a
+    recorded clock are skipped)."""
+    starts, last = [], None
+    for i, h in enumerate(history):
+        elapsed = h.get("elapsed_s")
+        if isinstance(elapsed, int | float):
+            if last is None or elapsed < last:
+                starts.append(i)
+            last = elapsed
+    return starts
+
+
 def wall_over_processes(earlier: list[dict[str, Any]], this_process_seconds: float) -> dict[str, Any]:
     """Wall time over every process a resumed run took: the wall of each earlier process up to its last finished
-    epoch (from ``earlier``, the epochs those processes recorded; ``elapsed_s`` restarts with each process) plus
-    this process's. Work an interruption threw away after an epoch's end is not counted, so a resumed run's figure
-    is a lower bound; a run trained in one process gets its plain wall time."""
-    total, processes, last = 0.0, 1, None
-    for h in earlier:
+    epoch (from ``earlier``, the epochs those processes recorded) plus this process's. Work an interruption threw
+    away after an epoch's end is not counted, so a resumed run's figure is a lower bound; a run trained in one
+    process gets its plain wall time."""
+    starts = set(process_starts(earlier))
+    walls: list[float] = []  # each earlier process's elapsed_s at its last timed epoch
+    for i, h in enumerate(earlier):
         elapsed = h.get("elapsed_s")
-        if not isinstance(elapsed, int | float):
-            continue
-        if last is None or elapsed < last:  # the first epoch seen, or a process that began after the one before
-            processes += 1
-            total += last or 0.0
-        last = elapsed
-    return {"wall_seconds_all_processes": total + (last or 0.0) + this_process_seconds, "processes": processes}
+        if isinstance(elapsed, int | float):
+            if i in starts:
+                walls.append(elapsed)
+            else:
+                walls[-1] = elapsed
+    return {"wall_seconds_all_processes": sum(walls) + this_process_seconds, "processes": len(walls) + 1}
 
 
 def calibrate(

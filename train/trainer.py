@@ -346,10 +346,11 @@ def _train(
         ema.update(decay=1.0, pull_back=True)  # the weights become the average (airbench's final lookahead step)
 
     # ---- final evaluation: EMA with and without flip TTA, raw weights for comparison
+    wall_seconds = time.time() - started  # this process; a resumed run's total is wall_seconds_all_processes
     final: dict[str, Any] = {
         "train_seconds": train_seconds,
-        "wall_seconds": time.time() - started,  # this process; a resumed run's total is the next entry
-        **wall_over_processes(history[:resumed_epochs], time.time() - started),
+        "wall_seconds": wall_seconds,
+        **wall_over_processes(history[:resumed_epochs], wall_seconds),
         "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
         **clocks(history),
         "compiled": None if compiled is None else {"ran_compiled": compiled.compiled_ran, "notice": compiled.notice},
