@@ -284,4 +284,8 @@ def _interval(m: dict[str, Any] | None) -> str:
     if m["statistic"].startswith("batch-1"):
         return f"{m['difference']:.3f} ms/img ({m['low']:.3f} to {m['high']:.3f})"
     star = " *" if m.get("significant") else ""
-    return f"{100 * m['difference']:+.2f} pts ({100 * m['low']:+.2f} to {100 * m['high']:+.2f}){star}"
+    text = f"{100 * m['difference']:+.2f} pts ({100 * m['low']:+.2f} to {100 * m['high']:+.2f}){star}"
+    # a margin over fewer seeds than the points it compares (a family stopped part-way) names its seeds
+    if m.get("partial_seeds"):
+        text += f" [seed {', '.join(map(str, m['seeds']))}]"
+    return text

@@ -215,11 +215,16 @@ def compare(a: Point, b: Point, by: str) -> dict[str, Any]:
             "high": high,
             "significant": low > 0 or high < 0,
         }
-    pairs = min(len(a.correct), len(b.correct))
-    if pairs == 0:
+    # pair seed k of A with seed k of B by seed value, never by position: in a family stopped part-way one width
+    # may hold seeds (0, 1) and another (0,) only; the margin then covers the seeds both have, and says which
+    seeds = sorted(set(a.seeds) & set(b.seeds))
+    if not seeds or not a.correct or not b.correct:
         return {"statistic": "accuracy", "difference": a.accuracy - b.accuracy, "low": None, "high": None}
-    paired = paired_difference(list(a.correct[:pairs]), list(b.correct[:pairs]))
-    return {"statistic": "accuracy (paired, exact)", **paired.to_dict()}
+    a_by_seed = dict(zip(a.seeds, a.correct, strict=True))
+    b_by_seed = dict(zip(b.seeds, b.correct, strict=True))
+    paired = paired_difference([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds])
+    partial = len(seeds) < max(len(a.seeds), len(b.seeds))
+    return {"statistic": "accuracy (paired, exact)", **paired.to_dict(), "seeds": seeds, "partial_seeds": partial}
 
 
 def decide(rule: Rule, points: list[Point]) -> Decision:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,26 @@ def test_paired_interval_against_a_hand_computed_case():
     # seeds pool: two identical seed pairs double every count, same difference, tighter interval
     pooled = paired_difference([a, a], [b, b])
     assert pooled.difference == pytest.approx(0.08) and pooled.high - pooled.low < result.high - result.low
+
+
+def test_margins_pair_seeds_by_value_and_name_a_partial_pairing():
+    from dawnpipe.costs.report_markdown import _interval
+    from dawnpipe.costs.rules import compare
+
+    good = np.array([1] * 60 + [0] * 40, bool)  # 60%
+    bad = np.array([1] * 40 + [0] * 60, bool)  # 40%
+    # a family stopped part-way: width A holds seeds (0, 1), width B only seed 1, and B's seed 1 matches A's seed 1
+    a = replace(_point(label="a"), seeds=(0, 1), correct=(bad, good))
+    b = replace(_point(label="b"), seeds=(1,), correct=(good,))
+    m = compare(a, b, "accuracy")
+    # by position A's seed 0 (40%) would be set against B's seed 1 (60%): -20 points; by seed value it is 0
+    assert m["seeds"] == [1] and m["partial_seeds"] and m["difference"] == pytest.approx(0.0)
+    assert _interval(m).endswith("[seed 1]")
+    whole = compare(replace(a, seeds=(0, 1)), replace(b, seeds=(0, 1), correct=(bad, good)), "accuracy")
+    assert whole["seeds"] == [0, 1] and not whole["partial_seeds"] and "[seed" not in _interval(whole)
+    # no seed in common: an unpaired difference, said as such
+    apart = compare(a, replace(b, seeds=(2,)), "accuracy")
+    assert apart["low"] is None and _interval(apart).endswith("(unpaired)")
 
 
 def _bits(rng, accuracy, base=None, flip=0.0):
