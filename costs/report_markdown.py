@@ -54,7 +54,8 @@ def render_markdown(
         "",
         "Margins are paired on the same test images with seeds matched (exact conditional interval from the "
         "discordant images; McNemar p-value in report.json); `*` marks an interval that excludes zero. A margin "
-        "without `*` is noise at this sample size.",
+        "without `*` is noise at this sample size. `[seed k]` marks a margin over only the seeds both sides have "
+        "(a family not yet complete).",
         "",
         "## Extra views or a bigger network, at equal cost?",
         "",
