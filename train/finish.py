@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,36 @@ def wall_over_processes(earlier: list[dict[str, Any]], this_process_seconds: flo
     """Wall time over every process a resumed run took: the wall of each earlier process up to its last finished
     epoch (from ``earlier``, the epochs those processes recorded) plus this process's. Work an interruption threw
     away after an epoch's end is not counted, so a resumed run's figure is a lower bound; a run trained in one
-    process gets its plain wall time."""
+    process gets its plain wall time. Checkpoints that carry a ``clock`` (see ``carried_clock``) give exact walls."""
+    return over_processes(_walls_from_history(earlier), this_process_seconds)
+
+
+def over_processes(earlier_walls: list[float], this_process_seconds: float) -> dict[str, Any]:
+    """The wall over all processes from each earlier process's wall and this one's."""
+    total = sum(earlier_walls) + this_process_seconds
+    return {"wall_seconds_all_processes": total, "processes": len(earlier_walls) + 1}
+
+
+def carried_clock(state: dict[str, Any], history: list[dict[str, Any]]) -> tuple[list[float], float]:
+    """What earlier processes of a resumed run spent: each one's wall up to its interruption, and the seconds
+    already spent in the epoch it stopped in (a step-exact checkpoint keeps that work, so its time counts too).
+
+    Read from the checkpoint's ``clock``; a checkpoint written before the clock existed (or one whose clock is
+    malformed: the file is untrusted) falls back to the walls its history shows and no carried epoch time.
+    """
+    clock = state.get("clock")
+    if isinstance(clock, dict):
+        walls, partial = clock.get("process_walls"), clock.get("partial_epoch_seconds", 0.0)
+        if isinstance(walls, list) and all(_seconds(w) for w in walls) and _seconds(partial):
+            return [float(w) for w in walls], float(partial)
+    return _walls_from_history(history), 0.0
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _walls_from_history(earlier: list[dict[str, Any]]) -> list[float]:
     starts = set(process_starts(earlier))
     walls: list[float] = []  # each earlier process's elapsed_s at its last timed epoch
     for i, h in enumerate(earlier):
@@ -58,7 +88,7 @@ def wall_over_processes(earlier: list[dict[str, Any]], this_process_seconds: flo
                 walls.append(elapsed)
             else:
                 walls[-1] = elapsed
-    return {"wall_seconds_all_processes": sum(walls) + this_process_seconds, "processes": len(walls) + 1}
+    return walls
 
 
 def calibrate(

@@ -41,7 +41,7 @@ from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.data import load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
 from dawnpipe.train.evaluation import accuracy, autocast
-from dawnpipe.train.finish import calibrate, clocks, wall_over_processes, write_manifest
+from dawnpipe.train.finish import calibrate, carried_clock, clocks, over_processes, write_manifest
 from dawnpipe.train.guard import NonFiniteGuard
 from dawnpipe.train.model import ResNet9, normalize
 from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
@@ -179,6 +179,8 @@ def _train(
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     history: list[dict[str, Any]] = []
     start_epoch, skip_steps = 0, 0
+    earlier_walls: list[float] = []  # each earlier process's wall, up to its interruption
+    carried_epoch_seconds = 0.0  # the interrupted epoch's seconds before this process took it over
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         ema.load(resume_state["ema"], resume_state["state"].get("ema_updates", 0))
@@ -186,6 +188,7 @@ def _train(
         start_epoch, skip_steps = resume_state["state"]["epoch"], resume_state["state"]["step_in_epoch"]
         restore_rng(resume_state["state"].get("rng"), dev.device)
         history = list(resume_state["metrics"]["epochs"])
+        earlier_walls, carried_epoch_seconds = carried_clock(resume_state["state"], history)
         saved_world = resume_state["state"].get("world_size", 1)
         if saved_world != world:  # the global batch split and the data order depend on it
             raise DawnpipeError(
@@ -196,7 +199,6 @@ def _train(
     compiled = CompiledOrEager(live) if cfg.compile else None
     live = compiled or live
 
-    resumed_epochs = len(history)  # the epochs earlier processes recorded (for the wall time over all)
     run_id = resume_state.get("run_id") if resume_state is not None else None
     run_id = run_id or uuid.uuid4().hex  # names this run in every artifact made from it
     ckpt_path = run_dir / CHECKPOINT_NAME
@@ -207,6 +209,7 @@ def _train(
         complete: bool,
         final: dict[str, Any] | None = None,
         selective: dict[str, Any] | None = None,
+        clock: dict[str, Any] | None = None,
     ) -> None:
         if not rank0:
             return
@@ -233,6 +236,9 @@ def _train(
                     "ema_updates": ema.updates,
                     "precision": {"device": dev.device.type, "autocast": dev.describe()["precision"]},
                     "rng": rng_state(dev.device),  # stochastic depth draws from it; a resumed run continues the stream
+                    # this process's wall so far: a process killed outright still counts up to this checkpoint
+                    "clock": clock
+                    or {"process_walls": [*earlier_walls, time.time() - started], "partial_epoch_seconds": 0.0},
                 },
             },
         )
@@ -251,6 +257,7 @@ def _train(
     train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
     first_step_unix = None
     epoch, done = start_epoch, skip_steps
+    epoch_start: float | None = None  # None between epochs: an interruption there carries no epoch time
     try:
         with graceful_interrupt() as interrupt, closing(bar):
             for epoch in range(start_epoch, cfg.epochs):
@@ -307,8 +314,10 @@ def _train(
                         _stop_on_nan(epoch, step, ckpt_path, history)
                 skip_steps = 0
                 _sync(dev)
-                epoch_seconds = time.perf_counter() - epoch_start
-                train_seconds += epoch_seconds
+                epoch_seconds = time.perf_counter() - epoch_start  # this process's part of the epoch
+                spent = epoch_seconds + carried_epoch_seconds  # with the part an interrupted process ran
+                carried_epoch_seconds = 0.0
+                train_seconds += spent
                 if dist is not None:
                     loss_sum, correct, seen = dist.reduce_stats(loss_sum, correct, seen)  # loss averaged over ranks
                 if not torch.isfinite(loss_sum):
@@ -318,8 +327,8 @@ def _train(
                     "train_loss": loss_sum.item() / max(steps_run, 1),
                     "train_acc": correct.item() / max(seen, 1),
                     "lr": lr,
-                    "train_seconds": epoch_seconds,
-                    "train_images_per_s": seen / max(epoch_seconds, 1e-9),
+                    "train_seconds": spent,
+                    "train_images_per_s": seen / max(epoch_seconds, 1e-9),  # the images this process trained
                 }
                 if guard is not None:
                     record["skipped_nonfinite_steps"] = int(guard.skipped.item())  # read once per epoch
@@ -332,8 +341,11 @@ def _train(
                     print(epoch_line(record, cfg.epochs), file=sys.stderr, flush=True)
                 checkpoint(epoch + 1, 0, complete=False)
                 epoch, done = epoch + 1, 0  # a Ctrl-C from here on resumes at the next epoch's start
+                epoch_start = None
     except KeyboardInterrupt:
-        checkpoint(epoch, done, complete=False)
+        partial = carried_epoch_seconds + (0.0 if epoch_start is None else time.perf_counter() - epoch_start)
+        clock = {"process_walls": [*earlier_walls, time.time() - started], "partial_epoch_seconds": partial}
+        checkpoint(epoch, done, complete=False, clock=clock)
         where = ckpt_path if rank0 else "rank 0's run folder"
         raise Interrupted(
             f"{interrupt['why']} in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
@@ -350,7 +362,7 @@ def _train(
     final: dict[str, Any] = {
         "train_seconds": train_seconds,
         "wall_seconds": wall_seconds,
-        **wall_over_processes(history[:resumed_epochs], wall_seconds),
+        **over_processes(earlier_walls, wall_seconds),
         "train_images_per_s": cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds,
         **clocks(history),
         "compiled": None if compiled is None else {"ran_compiled": compiled.compiled_ran, "notice": compiled.notice},

@@ -9,7 +9,7 @@ import torch
 
 from dawnpipe.train.api import config_from_options
 from dawnpipe.train.checkpoint import load_checkpoint
-from dawnpipe.train.finish import wall_over_processes
+from dawnpipe.train.finish import carried_clock, wall_over_processes
 from dawnpipe.train.trainer import train
 
 
@@ -77,3 +77,15 @@ def test_a_compiled_step_that_runs_says_so(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda module, **_: module)  # "compiles" to itself: every call succeeds
     result = train(_cfg(image_folder, tmp_path, name="ok", epochs=1, compile=True), progress=False)
     assert result.metrics["compiled"] == {"ran_compiled": True, "notice": None}
+
+
+def test_a_checkpoint_clock_is_read_and_a_malformed_one_falls_back_to_the_history():
+    history = [{"elapsed_s": 40.0}, {"elapsed_s": 7.0}]  # two earlier processes, by the history alone
+    assert carried_clock({"clock": {"process_walls": [41.5, 9.0], "partial_epoch_seconds": 3.0}}, history) == (
+        [41.5, 9.0],
+        3.0,
+    )
+    assert carried_clock({}, history) == ([40.0, 7.0], 0.0)  # written before the clock existed
+    for bad in ({"process_walls": "41"}, {"process_walls": [float("nan")]}, {"process_walls": [-1.0]},
+                {"process_walls": [1.0], "partial_epoch_seconds": True}, "not a dict"):  # fmt: skip
+        assert carried_clock({"clock": bad}, history) == ([40.0, 7.0], 0.0), bad

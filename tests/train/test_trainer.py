@@ -71,19 +71,45 @@ def test_ctrl_c_keeps_checkpoint_and_resume_matches_uninterrupted_run(image_fold
     monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(6)))
     with pytest.raises(DawnpipeError, match="--resume"):
         train(_cfg(image_folder, tmp_path, name="cut", epochs=2), progress=False)
-    state = load_checkpoint(tmp_path / "cut")["state"]
+    cut = load_checkpoint(tmp_path / "cut")
+    state = cut["state"]
     assert (state["epoch"], state["step_in_epoch"], state["complete"]) == (1, 2, False)
+    # the interrupted process's wall runs to the interruption, past its last finished epoch, and the 2 steps it
+    # ran of epoch 2 are kept by the checkpoint, so their seconds are carried too
+    (first_process,) = state["clock"]["process_walls"]
+    assert first_process >= cut["metrics"]["epochs"][0]["elapsed_s"] and state["clock"]["partial_epoch_seconds"] > 0
     monkeypatch.undo()
     resumed = train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
     a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-5) for k in a["ema"])
-    # the wall time covers both processes: the first one's (up to its last finished epoch) plus this one's
-    first_process = b["metrics"]["epochs"][0]["elapsed_s"]
+    # the wall time covers both processes: the first one's (to its interruption) plus this one's
     final = resumed.metrics
     assert final["processes"] == 2 and whole.metrics["processes"] == 1
-    assert final["wall_seconds_all_processes"] == pytest.approx(first_process + final["wall_seconds"], abs=0.05)
+    assert final["wall_seconds_all_processes"] == pytest.approx(first_process + final["wall_seconds"], abs=1e-6)
+    epochs = b["metrics"]["epochs"]
+    assert epochs[1]["train_seconds"] > state["clock"]["partial_epoch_seconds"]
+    assert final["train_seconds"] == pytest.approx(sum(e["train_seconds"] for e in epochs))
     with pytest.raises(DawnpipeError, match="already finished"):
         train(_cfg(image_folder, tmp_path, resume=tmp_path / "cut"), progress=False)
+
+
+def test_an_interruption_in_the_first_epoch_still_counts_its_process_and_seconds(image_folder, tmp_path, monkeypatch):
+    # stopped after 2 of epoch 1's 4 steps, before any epoch was recorded: the history alone shows no trace of
+    # that process, yet its steps are kept; the checkpoint's clock carries its wall and the epoch's seconds
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(2)))
+    with pytest.raises(DawnpipeError, match="--resume"):
+        train(_cfg(image_folder, tmp_path, name="early", epochs=2), progress=False)
+    state = load_checkpoint(tmp_path / "early")["state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (0, 2)
+    partial = state["clock"]["partial_epoch_seconds"]
+    assert partial > 0 and len(state["clock"]["process_walls"]) == 1
+    monkeypatch.undo()
+    resumed = train(_cfg(image_folder, tmp_path, resume=tmp_path / "early"), progress=False)
+    assert resumed.metrics["processes"] == 2
+    epochs = load_checkpoint(resumed.checkpoint)["metrics"]["epochs"]
+    # epoch 1's clock holds both parts; its images/s is over the images this process trained in its own part
+    assert epochs[0]["train_seconds"] > partial
+    assert epochs[0]["train_images_per_s"] == pytest.approx(2 * 64 / (epochs[0]["train_seconds"] - partial), rel=1e-6)
 
 
 def test_ema_updates_count_global_steps(image_folder, tmp_path):
