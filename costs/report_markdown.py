@@ -194,8 +194,11 @@ def training_lines(rows: list[dict[str, Any]]) -> list[str]:
     if resumed:
         lines += [
             "",
-            "A resumed run's wall time adds each process's wall up to its last finished epoch; work an interruption "
-            "threw away is not counted. Its training clock is the sum of its epochs' clocks.",
+            "A resumed run's wall time adds each process's wall up to its interruption; work an interruption threw "
+            "away is not counted. Its training clock is the sum of its epochs' clocks, an interrupted epoch's parts "
+            "added. Runs trained before checkpoints carried a clock count each earlier process only up to its last "
+            "finished epoch (a process stopped inside its first epoch is missing) and leave out the part of an "
+            "epoch run before an interruption: their figures are lower bounds.",
         ]
     return lines + [""]
 
