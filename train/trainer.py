@@ -209,7 +209,7 @@ def _train(
         complete: bool,
         final: dict[str, Any] | None = None,
         selective: dict[str, Any] | None = None,
-        clock: dict[str, Any] | None = None,
+        partial_epoch_seconds: float = 0.0,
     ) -> None:
         if not rank0:
             return
@@ -237,8 +237,10 @@ def _train(
                     "precision": {"device": dev.device.type, "autocast": dev.describe()["precision"]},
                     "rng": rng_state(dev.device),  # stochastic depth draws from it; a resumed run continues the stream
                     # this process's wall so far: a process killed outright still counts up to this checkpoint
-                    "clock": clock
-                    or {"process_walls": [*earlier_walls, time.time() - started], "partial_epoch_seconds": 0.0},
+                    "clock": {
+                        "process_walls": [*earlier_walls, time.time() - started],
+                        "partial_epoch_seconds": partial_epoch_seconds,
+                    },
                 },
             },
         )
@@ -344,8 +346,7 @@ def _train(
                 epoch_start = None
     except KeyboardInterrupt:
         partial = carried_epoch_seconds + (0.0 if epoch_start is None else time.perf_counter() - epoch_start)
-        clock = {"process_walls": [*earlier_walls, time.time() - started], "partial_epoch_seconds": partial}
-        checkpoint(epoch, done, complete=False, clock=clock)
+        checkpoint(epoch, done, complete=False, partial_epoch_seconds=partial)
         where = ckpt_path if rank0 else "rank 0's run folder"
         raise Interrupted(
             f"{interrupt['why']} in epoch {epoch + 1} after step {done}; a checkpoint of that point is at {where}",
