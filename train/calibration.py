@@ -18,11 +18,16 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.train.config import DEFAULT_SELECTIVE_TARGET
 
 DEFAULT_HOLDOUT = 1000  # images: the threshold's quantile then has a standard error under 1.3 points at 20%
 AUTO = "auto"  # selective target chosen per run on its own hold-out (auto_target)
 AUTO_KEEP_GAIN = 0.9  # auto: the selective flip must keep at least this fraction of full flip's hold-out gain
 AUTO_CAP = 0.5  # auto: never select more than this fraction of the hold-out; past it full flip costs < 2x selective
+# auto: flip must fix at least this many more hold-out images than it breaks before its gain curve decides the
+# fraction. Below 10 images "keep 90%" rounds up to "keep all of it", so the fraction hangs on where the last one
+# or two fixed images happen to fall; the 10-epoch family chose 19.4% on a 1-image gain and 1.6% on a 2-image one.
+AUTO_MIN_GAIN_IMAGES = 10
 
 
 def check_selective_target(target: float | str) -> float | str:
@@ -115,6 +120,8 @@ def auto_target(
     flip_hits: np.ndarray,
     keep: float = AUTO_KEEP_GAIN,
     cap: float = AUTO_CAP,
+    min_gain: int = AUTO_MIN_GAIN_IMAGES,
+    fallback: float = DEFAULT_SELECTIVE_TARGET,
 ) -> dict[str, Any]:
     """The smallest hold-out fraction whose selective flip keeps ``keep`` of full flip's hold-out accuracy gain.
 
@@ -122,9 +129,11 @@ def auto_target(
     widths (3-epoch width 0.25 lost 0.34 points against full flip where width 0.5 lost 0.14). Selecting the k
     least confident hold-out images (what a threshold at the k-th smallest confidence does) gives
     plain accuracy + the flip's net gain on those k; the first k reaching ``keep`` x the full gain is chosen, at most
-    ``cap`` of the hold-out. When flip gains nothing on the hold-out, nothing is worth selecting: the fraction is 0
-    and selective TTA costs one view. The gain is counted in whole hold-out images (1000 by default), so it
-    carries the hold-out's sampling noise; the manifest records the counts.
+    ``cap`` of the hold-out. The gain is counted in whole hold-out images (1000 by default), so it carries the
+    hold-out's sampling noise: when flip's net gain is under ``min_gain`` images the curve is too coarse to fit on,
+    and the fixed ``fallback`` fraction is taken instead (``fell_back`` in the record). Flip gaining nothing at all
+    is such a case too: the hold-out cannot tell "flip is useless here" from "too few images to see it". The
+    manifest records the counts.
     """
     conf = np.asarray(confidence, dtype=np.float64)
     plain = np.asarray(plain_hits, dtype=bool)
@@ -136,16 +145,22 @@ def auto_target(
     gains = np.concatenate([[0], np.cumsum(net)])  # gains[k]: selecting the k least confident images
     full = int(gains[-1])
     limit = int(np.floor(cap * len(conf)))
-    need = keep * full
-    reach = np.nonzero(gains[: limit + 1] >= need)[0] if full > 0 else np.array([0])
-    capped = len(reach) == 0
-    k = limit if capped else int(reach[0])
+    fell_back = full < max(min_gain, 1)
+    reach = np.nonzero(gains[: limit + 1] >= keep * full)[0]
+    capped = not fell_back and len(reach) == 0
+    if fell_back:
+        k = int(round(fallback * len(conf)))
+    else:
+        k = limit if capped else int(reach[0])
     return {
         "target_fraction": k / len(conf),
         "rule": f"smallest hold-out fraction whose selective flip keeps >= {keep:g} of full flip's hold-out gain, "
-        f"at most {cap:g}",
+        f"at most {cap:g}; {fallback:g} when that gain is under {min_gain} images",
         "keep_gain": keep,
         "cap": cap,
+        "min_gain_images": int(min_gain),
+        "fallback_fraction": float(fallback),
+        "fell_back": bool(fell_back),
         "capped": bool(capped),
         "holdout_images": int(len(conf)),
         "full_flip_gain_images": full,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 # ModelConfig fields added after checkpoint version 1 was defined. A checkpoint that lacks them was made before
 # they existed, i.e. with these values, which reproduce the network it was trained as.
 MODEL_FIELDS_ADDED = {"bn_momentum": 0.1, "whiten_bias": False, "preact": False, "stochastic_depth": 0.0}
+DEFAULT_SELECTIVE_TARGET = 0.2  # hold-out fraction; also what `auto` falls back to on a too-small flip gain
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,9 @@ class TrainConfig:
     # selective TTA calibration: a class-balanced hold-out of the training images, never trained on and never
     # test images, on which the per-image confidence threshold is set so `selective_target` of them fall below
     holdout: int | None = None  # images; None = 1000 (100 per class) or a tenth of a smaller training set; 0 = none
-    selective_target: float | str = 0.2  # fraction of held-out images that selective TTA gives extra views, or
-    # "auto": per run, the smallest fraction keeping 90% of full flip's hold-out gain, at most 0.5 (train.calibration)
+    selective_target: float | str = DEFAULT_SELECTIVE_TARGET  # fraction of held-out images that selective TTA
+    # gives extra views, or "auto": per run, the smallest fraction keeping 90% of full flip's hold-out gain, at most
+    # 0.5, this default when flip's hold-out gain is under 10 images (train.calibration.auto_target)
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

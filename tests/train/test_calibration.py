@@ -28,26 +28,53 @@ def test_auto_target_picks_the_smallest_fraction_keeping_90_percent_of_the_flip_
     plain[[0, 1, 2, 5]] = False
     flip = np.ones(20, bool)
     flip[3] = False
-    fitted = auto_target(confidence, plain, flip)
+    fitted = auto_target(confidence, plain, flip, min_gain=3)
     # gains by k: 0,1,2,3,2,2,3,...: the first k with gain >= 2.7 is 3
     assert fitted["target_fraction"] == 3 / 20 and fitted["full_flip_gain_images"] == 3
-    assert fitted["selective_gain_images"] == 3 and not fitted["capped"]
+    assert fitted["selective_gain_images"] == 3 and not fitted["capped"] and not fitted["fell_back"]
     # shuffling the images changes nothing: the order comes from the confidences
     perm = np.random.default_rng(0).permutation(20)
-    assert auto_target(confidence[perm], plain[perm], flip[perm])["target_fraction"] == 3 / 20
+    assert auto_target(confidence[perm], plain[perm], flip[perm], min_gain=3)["target_fraction"] == 3 / 20
     # the threshold at that fraction selects exactly those three images
     calibration = calibrate_threshold(confidence, fitted["target_fraction"])
     assert (confidence < calibration["threshold"]).sum() == 3
 
 
-def test_auto_target_selects_nothing_when_flip_gains_nothing_and_stops_at_the_cap():
+def test_auto_target_stops_at_the_cap():
     confidence = np.linspace(0.3, 0.99, 10)
-    same = np.ones(10, bool)
-    assert auto_target(confidence, same, same)["target_fraction"] == 0.0
     plain = np.ones(10, bool)
     plain[9] = False  # the only image flip fixes is the most confident one: reaching it needs every image
-    fitted = auto_target(confidence, plain, np.ones(10, bool), cap=0.5)
+    fitted = auto_target(confidence, plain, np.ones(10, bool), cap=0.5, min_gain=1)
     assert fitted["capped"] and fitted["target_fraction"] == 0.5 and fitted["selective_gain_images"] == 0
+
+
+def test_auto_target_falls_back_to_the_fixed_default_when_flips_holdout_gain_is_too_small_to_fit_on():
+    # 1000 images; flip fixes the images at confidence ranks listed, so the curve reaches its full gain there
+    confidence = np.linspace(0.2, 0.999, 1000)
+    plain = np.ones(1000, bool)
+
+    def fitted(fixed_ranks, **kw):
+        wrong = plain.copy()
+        wrong[fixed_ranks] = False
+        return auto_target(confidence, wrong, np.ones(1000, bool), **kw)
+
+    # 9 fixed images: under the 10-image floor, the default 0.2 is taken whatever the curve says
+    few = fitted([1, 2, 3, 4, 5, 6, 7, 8, 400])
+    assert few["fell_back"] and few["target_fraction"] == 0.2 and few["full_flip_gain_images"] == 9
+    assert few["min_gain_images"] == 10 and few["fallback_fraction"] == 0.2 and "under 10 images" in few["rule"]
+    # without the floor the last fixed image decides alone: "keep 90% of 9" is "keep all 9", at rank 400
+    assert fitted([1, 2, 3, 4, 5, 6, 7, 8, 400], min_gain=1)["target_fraction"] == 401 / 1000
+    # 10 fixed images: the curve decides; 90% of 10 is 9, reached at the ninth fixed image (rank 8)
+    enough = fitted([0, 1, 2, 3, 4, 5, 6, 7, 8, 400])
+    assert not enough["fell_back"] and enough["target_fraction"] == 9 / 1000
+    # no gain, or a loss, is as uninformative as a tiny gain: the default again, never a silent 0
+    same = auto_target(confidence, plain, plain)
+    assert same["fell_back"] and same["target_fraction"] == 0.2 and same["full_flip_gain_images"] == 0
+    broken = plain.copy()
+    broken[:30] = False  # flip breaks 30 images plain gets right
+    loss = auto_target(confidence, plain, broken)
+    assert loss["fell_back"] and loss["target_fraction"] == 0.2 and loss["full_flip_gain_images"] == -30
+    assert fitted([5], fallback=0.3)["target_fraction"] == 0.3
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, -0.1, 1.5, float("nan"), "x", True])
