@@ -75,7 +75,9 @@ def _errorbars(ax, points: list[Point], x_of, colors) -> None:
         ax.errorbar([x_of(p)], [y], yerr=[[max(y - low, 0)], [max(high - y, 0)]], **_style(p, colors))
 
 
-def _scaling_curves(ax, points: list[Point], x_of, plt) -> list:
+def _scaling_curves(ax, points: list[Point], x_of, plt, named: bool = True) -> list:
+    """Join each backend's single-view points across widths; ``named`` puts the backend in the legend label
+    (off where every panel shows one backend of its own, so one legend entry serves them all)."""
     from matplotlib.lines import Line2D
 
     handles = []
@@ -88,9 +90,8 @@ def _scaling_curves(ax, points: list[Point], x_of, plt) -> list:
         if len(plain) > 1:
             style = styles[k % len(styles)]
             ax.plot([x_of(p) for p in plain], [100 * p.accuracy for p in plain], color="gray", lw=1, ls=style, zorder=1)
-            handles.append(
-                Line2D([], [], color="gray", lw=1, ls=style, label=f"no TTA across widths: {' '.join(backend)}")
-            )
+            label = f"no TTA across widths: {' '.join(backend)}" if named else "no TTA across widths"
+            handles.append(Line2D([], [], color="gray", lw=1, ls=style, label=label))
     return handles
 
 
@@ -168,7 +169,7 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
         for p in shown:
             if p.latency_flagged:
                 ax.plot([x_of(p)], [100 * p.accuracy], marker="x", color="tab:red", markersize=9, linestyle="none")
-        curves = _scaling_curves(ax, shown, x_of, plt)
+        curves = _scaling_curves(ax, shown, x_of, plt, named=False)
         extra = extra or curves
         for rule in rules:
             if rule.limits == "latency_ms":
@@ -179,7 +180,7 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
         ax.set_title(" ".join(backend), fontsize=9)
         ax.set_xlabel("batch-1 mean latency per image (ms), log")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("top-1 test accuracy (%), 95% CI")
+    axes[0][0].set_ylabel("top-1 test accuracy (%), mean over seeds, 95% CI")
     for rule in rules:
         if rule.limits == "latency_ms":
             extra.append(Line2D([], [], color="tab:red", ls="--", lw=1.2, label=f"latency budget {rule.budget:g} ms"))

@@ -404,3 +404,21 @@ def test_runs_table_names_a_resumed_runs_processes(trained_run, tmp_path):
     text = "\n".join(training_lines(rows))
     assert "| 250 (2 processes) |" in text and "| 50 (last process only) |" in text and "| 60 |" in text
     assert "work an interruption threw away is not counted" in text
+
+
+def test_the_latency_panels_share_one_unnamed_scaling_curve_entry():
+    # each latency panel draws its own backend's no-TTA curve, so the shared legend must not name one backend
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dawnpipe.costs.plots import _scaling_curves
+
+    points = [replace(_point(label="a", latency=2.0, accuracy=0.88), width=0.5), _point(label="b", latency=4.0)]
+    fig, ax = plt.subplots()
+    named = _scaling_curves(ax, points, lambda p: p.latency_ms, plt)
+    unnamed = _scaling_curves(ax, points, lambda p: p.latency_ms, plt, named=False)
+    plt.close(fig)
+    assert [h.get_label() for h in named] == ["no TTA across widths: onnxruntime/CPU fp32"]
+    assert [h.get_label() for h in unnamed] == ["no TTA across widths"]
