@@ -190,7 +190,7 @@ def _train_options(command, pipeline: bool = False):
             show_default=True,
             help="Fraction of the hold-out, strictly between 0 and 1, whose plain-view confidence falls below the "
             "calibrated threshold; auto: per run, the smallest fraction that keeps 90% of full flip's hold-out gain "
-            "(at most 0.5).",
+            "(at most 0.5; the default fraction when that gain is under 10 images).",
         ),
         click.option(
             "--seed",
