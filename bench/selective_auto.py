@@ -16,7 +16,6 @@ beside other work.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -26,9 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import write_result  # noqa: E402
-from dawnpipe.common.device import choose_device  # noqa: E402
 from dawnpipe.common.tta import combine, softmax_confidence, view_logits, views  # noqa: E402
-from dawnpipe.train.calibration import auto_target, calibrate_threshold, split_holdout  # noqa: E402
+from dawnpipe.train.calibration import (  # noqa: E402
+    auto_target,
+    calibrate_threshold,
+    describe_holdout,
+    split_holdout,
+)
 from dawnpipe.train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from dawnpipe.train.data import load_cifar  # noqa: E402
 from dawnpipe.train.model import normalize  # noqa: E402
@@ -72,14 +75,15 @@ def _study(run_dir: Path, fixed: list[float]) -> dict:
         trusted_sha256=data_info["sha256"],
     )  # fmt: skip
     _, held_idx = split_holdout(data.train_y, cfg["holdout"], cfg["batch_size"])
-    digest = hashlib.sha256(np.asarray(held_idx, dtype=np.int64).tobytes()).hexdigest()
-    if digest != selective["holdout"]["indices_sha256"]:
+    if describe_holdout(held_idx, len(data.train_y))["indices_sha256"] != selective["holdout"]["indices_sha256"]:
         raise SystemExit(f"{run_dir}: the rebuilt hold-out differs from the one the run calibrated on")
-    model = model_from_checkpoint(payload).to(choose_device("cpu").device)
+    model = model_from_checkpoint(payload)  # on the CPU, in eval mode
     mean = torch.tensor(payload["normalization"]["mean"])
     std = torch.tensor(payload["normalization"]["std"])
     held = _outcomes(model, data.train_x[held_idx], data.train_y[held_idx], mean, std)
     test = _outcomes(model, data.test_x, data.test_y, mean, std)
+    # the rule before the floor; for a flip gain of 0 or less it chose 0 where this refit takes the fallback, and
+    # refit_matches_record then says False
     as_run = auto_target(held["confidence"], held["plain"], held["flip"], min_gain=0)
     recorded = selective.get("auto", {}).get("target_fraction")
     now = auto_target(held["confidence"], held["plain"], held["flip"])

@@ -145,12 +145,12 @@ def auto_target(
     gains = np.concatenate([[0], np.cumsum(net)])  # gains[k]: selecting the k least confident images
     full = int(gains[-1])
     limit = int(np.floor(cap * len(conf)))
-    fell_back = full < max(min_gain, 1)
-    reach = np.nonzero(gains[: limit + 1] >= keep * full)[0]
-    capped = not fell_back and len(reach) == 0
+    fell_back, capped = full < max(min_gain, 1), False
     if fell_back:
         k = int(round(fallback * len(conf)))
     else:
+        reach = np.nonzero(gains[: limit + 1] >= keep * full)[0]
+        capped = len(reach) == 0
         k = limit if capped else int(reach[0])
     return {
         "target_fraction": k / len(conf),
