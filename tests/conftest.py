@@ -69,6 +69,21 @@ def tar_folder(source: Path, target: Path, arcname: str = "") -> Path:
     return target
 
 
+def assert_logits_close(got, want, rel: float) -> None:
+    """Logits of two kernels (onnxruntime and torch, folded and unfolded, compiled and eager, one batch size and
+    another) agree to within ``rel`` of the logits' own scale: max |want|, at least 1.
+
+    Why relative: vectorised kernels of different widths (AVX2, AVX-512, VNNI) sum in different orders, and the
+    rounding they leave grows with the size of what is summed, not with a fixed number; a bound written as an
+    absolute figure holds on the CPU it was tuned on only.
+    """
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
+    worst = float(np.abs(got - want).max()) if want.size else 0.0
+    assert worst <= rel * scale, f"logits differ by {worst:.3g}, more than {rel:g} x their scale {scale:.3g}"
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """A PNG file's bytes."""
     buffer = io.BytesIO()

@@ -31,7 +31,7 @@ from dawnpipe.infer.latency import Protocol, measure_rows
 from dawnpipe.infer.modes import run_mode
 from dawnpipe.infer.torch_backend import TorchBackend
 from dawnpipe.train.calibration import calibrate_threshold, split_holdout
-from tests.conftest import make_images, write_image_folder
+from tests.conftest import assert_logits_close, make_images, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_onnxruntime_backend_matches_torch(trained_run, onnx_plain, images):
     with load(trained_run, precision="fp32") as reference, load(onnx_plain) as deployed:
         assert isinstance(reference, TorchBackend) and isinstance(deployed, OnnxRuntimeBackend)
         assert reference.classes == deployed.classes == ["c0", "c1", "c2", "c3"]
-        assert np.abs(reference.infer(images) - deployed.infer(images)).max() < 1e-4
+        assert_logits_close(deployed.infer(images), reference.infer(images), 1e-4)
 
 
 @pytest.mark.trt
@@ -89,7 +89,7 @@ def test_host_side_tta_equals_baked_in_graph(trained_run, onnx_plain, images, mo
     with load(onnx_plain) as plain, load(baked) as graph:
         host = run_mode(plain, images, mode).logits
         inside = run_mode(graph, images, mode).logits  # recognised as already inside: run once, not twice
-        assert np.abs(host - inside).max() < 1e-5
+        assert_logits_close(inside, host, 1e-5)
         assert np.abs(inside - graph.infer(images)).max() == 0
         with pytest.raises(DawnpipeError, match="inside its graph"):
             run_mode(graph, images, "none")
@@ -108,7 +108,7 @@ def test_selective_decisions_identical_at_batch_one_and_n(onnx_plain, images, mo
         alone = [run_mode(model, images[i : i + 1], mode, threshold=threshold) for i in range(len(images))]
     assert 0 < whole.selected.sum() < len(images)  # the case where a batch-level rule would differ
     assert whole.selected.tolist() == [bool(r.selected[0]) for r in alone]
-    assert np.abs(whole.logits - np.concatenate([r.logits for r in alone])).max() < 1e-5
+    assert_logits_close(np.concatenate([r.logits for r in alone]), whole.logits, 1e-5)
 
 
 def test_selective_from_cache_equals_per_image_path(onnx_plain, images):
@@ -119,11 +119,12 @@ def test_selective_from_cache_equals_per_image_path(onnx_plain, images):
             cached, chosen = selective_from_views(per_view, tta_views, threshold)
             live = run_mode(model, images, "selective-flip-translate", threshold=threshold)
             assert chosen.tolist() == live.selected.tolist()
-            assert np.abs(cached - live.logits).max() < 1e-5
+            assert_logits_close(live.logits, cached, 1e-5)
         plain, full = run_mode(model, images, "none").logits, run_mode(model, images, "flip-translate").logits
         assert np.abs(run_mode(model, images, "selective-flip-translate", threshold=0.0).logits - plain).max() == 0
         everything = run_mode(model, images, "selective-flip-translate", threshold=1.0)
-        assert np.abs(everything.logits - full).max() < 1e-5 and everything.views_per_image == 6.0
+        assert_logits_close(everything.logits, full, 1e-5)
+        assert everything.views_per_image == 6.0
     with pytest.raises(DawnpipeError, match="outside"):
         check_threshold(1.5)
 
@@ -369,7 +370,7 @@ def test_large_inputs_are_split_into_bounded_calls(onnx_plain, images):
     with load(onnx_plain) as model:
         whole = model.infer(images)
         model.max_batch = 3
-        assert np.abs(model.infer(images) - whole).max() < 1e-5
+        assert_logits_close(model.infer(images), whole, 1e-5)
 
 
 def test_fp32_reference_turns_tf32_off(trained_run):
