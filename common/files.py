@@ -1,4 +1,9 @@
-"""Atomic writes and content hashes, so finished work is never half-overwritten."""
+"""Atomic writes, content hashes and the folder lock, so finished work is never half-overwritten.
+
+The lock is an ``fcntl.flock`` on ``<folder>/.lock``: the kernel releases it when the process ends, however it
+ends, so a killed writer never leaves a folder locked. It is re-entrant within a process (the trainer holds its
+run folder and then updates the manifest in it).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,17 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dawnpipe.common.errors import DawnpipeError
 
 _CHUNK = 1 << 20  # bytes read per hash update
+LOCK_NAME = ".lock"
+_HELD: dict[str, list[int]] = {}  # resolved folder -> [lock fd, depth]: re-entrant within one process
 
 
 def sha256_file(path: str | Path) -> str:
@@ -83,3 +92,45 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON (indented, keys in insertion order) atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def folder_lock(path: str | Path, wait: float = 0.0) -> Iterator[bool]:
+    """Hold ``<path>/.lock`` exclusively while the block runs; yields True when this call took the lock, False when
+    this process already held it. ``wait``: seconds to wait for another process's lock (short read-modify-writes
+    wait; a training run does not). Another holder past the wait is a one-line error naming its pid."""
+    import fcntl
+
+    path = ensure_writable_dir(path)
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield False
+        finally:
+            _HELD[key][1] -= 1
+        return
+    handle = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            holder = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
+            os.close(handle)
+            raise DawnpipeError(
+                f"{path} is being written by another dawnpipe process (pid {holder})",
+                "wait for it to finish, or write somewhere else (another --name or --out)",
+            ) from None
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = [handle, 1]
+    try:
+        yield True
+    finally:
+        del _HELD[key]
+        os.close(handle)  # closing releases the flock

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import atomic_write_json, sha256_file
+from dawnpipe.common.files import atomic_write_json, folder_lock, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 _FORMAT = "dawnpipe-manifest"
@@ -83,9 +83,7 @@ def update_manifest(
 ) -> Path:
     """Merge one stage's run record and artifacts into the manifest, written atomically under the folder's lock
     (a read-modify-write: two processes updating at once would otherwise lose one update)."""
-    from dawnpipe.common.run_folder import RunFolder
-
-    with RunFolder(run_dir, wait=30.0):
+    with folder_lock(run_dir, wait=30.0):
         data = read_manifest(run_dir)
         if run is not None:
             name, record = run

@@ -4,28 +4,24 @@
         folder.claim_new(overwrite=False)    # refuses a folder that holds a finished or interrupted run
         ...write artifacts...
 
-The lock is an ``fcntl.flock`` on ``<folder>/.lock``: the kernel releases it when the process ends, however it
-ends, so a killed writer never leaves a folder locked. Temporaries are the ``.<name>.<random>.tmp`` files
-``common.files.atomic_write`` makes; under the lock no other writer can own one, so any found then were left by
-a process killed mid-write (kill -9, power loss) and are removed.
+The lock is ``common.files.folder_lock``, the one lock every writer of a folder takes. Temporaries are the
+``.<name>.<random>.tmp`` files ``common.files.atomic_write`` makes; under the lock no other writer can own one,
+so any found then were left by a process killed mid-write (kill -9, power loss) and are removed.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import shutil
-import time
 from pathlib import Path
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import ensure_writable_dir
+from dawnpipe.common.files import LOCK_NAME, folder_lock
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 
-LOCK_NAME = ".lock"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
 _STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$|^\.probe-[A-Za-z0-9_]{8}$")
-_HELD: dict[str, list[int]] = {}  # resolved folder -> [lock fd, depth]: re-entrant within one process
 
 
 def check_run_name(name: str) -> str:
@@ -47,50 +43,20 @@ class RunFolder:
     def __init__(self, path: str | Path, wait: float = 0.0) -> None:
         self.path = Path(path)
         self.wait = wait
-        self._key: str | None = None
+        self._lock: contextlib.AbstractContextManager[bool] | None = None
         self.removed_temporaries: list[str] = []
 
     def __enter__(self) -> RunFolder:
-        import fcntl
-
-        ensure_writable_dir(self.path)
-        key = str(self.path.resolve())
-        if key in _HELD:  # this process already holds it (e.g. the trainer, then a manifest update)
-            _HELD[key][1] += 1
-            self._key = key
-            return self
-        handle = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                holder = os.read(handle, 32).decode(errors="replace").strip() or "unknown"
-                os.close(handle)
-                raise DawnpipeError(
-                    f"{self.path} is being written by another dawnpipe process (pid {holder})",
-                    "wait for it to finish, or write somewhere else (another --name or --out)",
-                ) from None
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = [handle, 1]
-        self._key = key
-        self.removed_temporaries = self._remove_stale_temporaries()
+        lock = folder_lock(self.path, self.wait)
+        if lock.__enter__():  # the first hold in this process: temporaries found now were left by a killed writer
+            self.removed_temporaries = self._remove_stale_temporaries()
+        self._lock = lock
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._key is None:
-            return
-        held = _HELD[self._key]
-        held[1] -= 1
-        if held[1] == 0:
-            os.close(held[0])  # closing releases the flock
-            del _HELD[self._key]
-        self._key = None
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
 
     def state(self) -> str:
         """``empty`` (nothing of a run), ``finished``, ``interrupted`` (a checkpoint, training never completed)."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.infer.backends import Backend
+from dawnpipe.infer.backend import Backend
 from dawnpipe.infer.metadata import check_metadata
 
 _EXACT_SIZES = 8  # batch sizes up to this are captured as they come; larger ones padded to a power of two

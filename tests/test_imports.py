@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
@@ -12,41 +11,50 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("common", "train", "export", "infer", "costs", "cli")  # each may import only the ones before it
 
 
-def _stage_of(module: str) -> str | None:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[0] == "dawnpipe" and parts[1] in STAGES else None
+def _lint_imports(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """import-linter with the contracts in ROOT's pyproject.toml, run on whatever ``dawnpipe`` resolves to."""
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    config = str(ROOT / "pyproject.toml")
+    command = [sys.executable, "-c", code, "--no-cache", "--no-logo", config]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def _imports(path: Path) -> list[str]:
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append(node.module)
-        elif isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names]
-    return found
+def test_stages_depend_one_way_and_no_modules_import_in_a_circle():
+    """pyproject.toml's import-linter contracts: the stage layers (common < train < export < infer < costs < cli) and
+    no circle between sibling modules at any depth, lazy imports inside functions included."""
+    pytest.importorskip("importlinter", reason="import-linter is not installed (pip install -e '.[dev]')")
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.stdout.count("KEPT") == 2, result.stdout[-2000:]
 
 
-def test_stages_depend_one_way():
-    backwards = []
-    files = [ROOT / "cli.py", *(f for stage in STAGES[:-1] for f in (ROOT / stage).glob("*.py"))]
-    for file in files:
-        own = "cli" if file.name == "cli.py" else file.parent.name
-        for module in _imports(file):
-            target = _stage_of(module)
-            if target is not None and STAGES.index(target) > STAGES.index(own):
-                backwards.append(f"{file.relative_to(ROOT)} imports {module}")
-            assert module.split(".")[0] not in STAGES, f"{file.relative_to(ROOT)}: bare import {module}"
-    assert not backwards, backwards
-
-
-def test_the_direction_check_can_fail(tmp_path):
-    bad = tmp_path / "x.py"
-    bad.write_text("from dawnpipe.costs.report import build_report\nimport dawnpipe.infer.tta\n")
-    assert [_stage_of(m) for m in _imports(bad)] == ["costs", "infer"]
+def test_the_contracts_catch_a_circle_and_a_backward_import(tmp_path):
+    """The same contracts over a stand-in ``dawnpipe`` with the two circles this project once had (manifest <->
+    run_folder behind a lazy import, backends <-> torch_backend) and one backward import (train -> costs)."""
+    pytest.importorskip("importlinter", reason="import-linter is not installed (pip install -e '.[dev]')")
+    package = tmp_path / "dawnpipe"
+    files = {
+        "common/manifest.py": "def update():\n    from dawnpipe.common.run_folder import RunFolder\n",
+        "common/run_folder.py": "from dawnpipe.common.manifest import update\n",
+        "infer/backends.py": "def load():\n    from dawnpipe.infer.torch_backend import TorchBackend\n",
+        "infer/torch_backend.py": "from dawnpipe.infer.backends import load\n",
+        "train/trainer.py": "from dawnpipe.costs.report import build\n",
+        "costs/report.py": "build = None\n",
+        "export/api.py": "",
+        "cli.py": "",
+        "tests/test_x.py": "",
+    }
+    for name, text in files.items():
+        path = package / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        (path.parent / "__init__.py").touch()
+    result = _lint_imports(tmp_path, {**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1 and result.stdout.count("BROKEN") == 2, result.stdout[-3000:] + result.stderr
+    assert "dawnpipe.train.trainer -> dawnpipe.costs.report" in result.stdout, result.stdout[-3000:]
+    assert "No cycles are allowed in dawnpipe.common" in result.stdout and "dawnpipe.infer." in result.stdout
 
 
 def test_modules_do_not_import_runtimes():
@@ -130,20 +138,25 @@ def test_non_editable_install_has_only_dawnpipe_at_top_level(tmp_path):
 
 
 def test_every_documented_install_has_exactly_one_onnxruntime():
+    """onnxruntime and onnxruntime-gpu both provide the ``onnxruntime`` module and break each other side by side:
+    every extra a user may install resolves to exactly one of them (requirements read by packaging, the parser
+    pip uses, with dawnpipe's own extras followed), and this very install holds exactly one."""
+    import importlib.metadata as md
+
     import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
 
-    def names(requirements):
+    def names(requirements: list[str]) -> set[str]:
         found = set()
-        for req in requirements:
-            name = req.split(">")[0].split("=")[0].split("[")[0].strip().lower()
-            if name == "dawnpipe":  # a self-reference such as dawnpipe[cpu]
-                inner = req[req.index("[") + 1 : req.index("]")].split(",")
-                found |= set().union(*(names(extras[e]) for e in inner))
+        for requirement in map(Requirement, requirements):
+            if requirement.name == "dawnpipe":  # a self-reference such as dawnpipe[cpu,serve]
+                found |= set().union(*(names(extras[extra]) for extra in requirement.extras))
             else:
-                found.add(name)
+                found.add(canonicalize_name(requirement.name))
         return found
 
     base = names(project["dependencies"])
@@ -152,6 +165,14 @@ def test_every_documented_install_has_exactly_one_onnxruntime():
     for extra in ("cpu", "gpu", "dev"):
         assert len((base | names(extras[extra])) & runtimes) == 1, extra
     assert "cuda-python" not in base | set().union(*(names(v) for v in extras.values()))
+    installed = set()
+    for name in runtimes:
+        try:
+            md.distribution(name)
+            installed.add(name)
+        except md.PackageNotFoundError:
+            continue
+    assert len(installed) == 1, installed
 
 
 def test_gpu_check_exits_with_one_line_without_cuda():
