@@ -138,11 +138,17 @@ def tta_logits(run: Callable, images, tta_views: tuple[View, ...], batch: int | 
     return combine(view_logits(run, images, tta_views, batch), tta_views)
 
 
-def softmax_confidence(logits: np.ndarray) -> np.ndarray:
-    """Top-1 softmax probability per row (what selective TTA thresholds), computed in float64."""
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities per row in float64, the row maximum subtracted first so no exp overflows: the one
+    softmax of dawnpipe (selective TTA's confidence, predict's and the server's probabilities)."""
     logits = np.asarray(logits, dtype=np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (probs.max(axis=1) / probs.sum(axis=1)).astype(np.float32)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def softmax_confidence(logits: np.ndarray) -> np.ndarray:
+    """Top-1 softmax probability per row (what selective TTA thresholds), computed in float64, kept as float32."""
+    return softmax(logits).max(axis=1).astype(np.float32)
 
 
 def check_threshold(threshold: float) -> float:

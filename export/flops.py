@@ -5,8 +5,8 @@ batch) counts every view without being told. Categories:
 
 - ``conv`` and ``linear`` (Gemm/MatMul): 2 FLOPs per multiply-accumulate, bias excluded. These are the
   "model FLOPs" a benchmark rule compares; they match torch.utils.flop_counter exactly.
-- ``elementwise`` (one FLOP per output element, biases of Conv/Gemm included), ``pooling`` (one per window
-  element read), ``normalization`` (two per element), ``data`` (indexing and layout ops: zero FLOPs).
+- ``elementwise`` (one FLOP per output element, biases of Conv/Gemm included), ``pooling`` (one per element of
+  each output window), ``normalization`` (two per element), ``data`` (indexing and layout ops: zero FLOPs).
 - ``unknown``: ops this counter has no rule for; listed by name in every report, never silently zero.
 """
 
@@ -177,15 +177,13 @@ def _with_batch_one(model):
 
 
 def _value_shapes(model) -> dict[str, tuple[int, ...]]:
-    from onnx import numpy_helper
-
     shapes: dict[str, tuple[int, ...]] = {}
     for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
         dims = value.type.tensor_type.shape.dim
         if all(d.HasField("dim_value") for d in dims):
             shapes[value.name] = tuple(d.dim_value for d in dims)
-    for init in model.graph.initializer:
-        shapes[init.name] = tuple(numpy_helper.to_array(init).shape) if init.dims else tuple(init.dims)
+    for init in model.graph.initializer:  # the shape is in the proto: the weights need not be decoded
+        shapes[init.name] = tuple(init.dims)
     return shapes
 
 
@@ -218,14 +216,23 @@ def _node_flops(node, shapes) -> tuple[str, int, int]:
         return "linear", 2 * macs, macs
     if op in _ELEMENTWISE:
         return "elementwise", _numel(out), 0
-    if op in _POOLING:
-        src = shapes.get(node.input[0])
-        return "pooling", _numel(src), 0
+    if op in _POOLING:  # one FLOP per element of each output's window
+        return "pooling", _pooling_reads(node, shapes, out), 0
     if op in _NORMALIZATION:
         return "normalization", 2 * _numel(out), 0
     if op in _DATA:
         return "data", 0, 0
     return "unknown", 0, 0
+
+
+def _pooling_reads(node, shapes, out) -> int:
+    """Elements read by a pooling or reduction: output elements x window size. A windowed pool's window is its
+    kernel_shape (overlapping windows read an element more than once); a global pool's and a reduction's windows
+    tile the input, so their reads are the input's elements."""
+    kernel = _attr(node, "kernel_shape", None)
+    if node.op_type in ("MaxPool", "AveragePool") and kernel and out is not None:
+        return _numel(out) * int(np.prod(kernel))
+    return _numel(shapes.get(node.input[0]))
 
 
 def _bias_adds(node, shapes) -> int:
@@ -271,27 +278,9 @@ def artifact_flops(path: str | Path) -> FlopCount:
 
 
 def _checkpoint_flops(path: Path) -> FlopCount:
-    import io
-    import warnings
-
-    import onnx
-    import torch
-
     from dawnpipe.export.graph import build_deploy_model
+    from dawnpipe.export.onnx_export import onnx_graph
     from dawnpipe.train.checkpoint import load_checkpoint
 
-    module = build_deploy_model(load_checkpoint(path))  # the same graph export writes, counted in memory
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, 32, 32, 3, dtype=torch.uint8),),
-            buffer,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return count_onnx(onnx.load_from_string(buffer.getvalue()))
+    # the graph export writes, made by the same exporter and counted in memory
+    return count_onnx(onnx_graph(build_deploy_model(load_checkpoint(path))))

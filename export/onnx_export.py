@@ -55,28 +55,11 @@ def export_onnx(
     is returned.
     """
     import onnx
-    import torch
 
-    check_opset(opset)
-    example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
     results: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; the checks below decide
-            # The TorchScript exporter: 10x faster here than the dynamo one and writes any opset from 13 up.
-            torch.onnx.export(
-                module,
-                (example,),
-                str(tmp),
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        model = onnx.load(str(tmp))
+        model = onnx_graph(module, opset)
         stamp(model, metadata)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
@@ -92,6 +75,34 @@ def export_onnx(
             "report this with the checkpoint; try another --opset",
         ) from None
     return results
+
+
+def onnx_graph(module: Any, opset: int = 17) -> Any:
+    """The ONNX graph (an in-memory ModelProto) of a deployable module: uint8 NHWC ``images`` -> ``logits``, dynamic
+    batch. The one place dawnpipe turns a module into ONNX: every export writes it, and the FLOPs of a checkpoint
+    are counted on it."""
+    import io
+
+    import onnx
+    import torch
+
+    check_opset(opset)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice; the checks decide
+        # The TorchScript exporter: 10x faster here than the dynamo one and writes any opset from 13 up.
+        torch.onnx.export(
+            module,
+            (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),),
+            buffer,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def stamp(model: Any, metadata: dict[str, Any]) -> None:

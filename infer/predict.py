@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.tta import DEFAULT_SHIFT
+from dawnpipe.common.tta import DEFAULT_SHIFT, softmax
 from dawnpipe.infer.backends import Backend, load
 from dawnpipe.infer.limits import MAX_DECODED_PIXELS, MAX_IMAGE_PIXELS, REDUCE_TO, UNBOUNDED, Budget
 from dawnpipe.infer.modes import run_mode
@@ -195,9 +195,7 @@ class Predictor:
 
     def predict_arrays(self, images: np.ndarray, sources: list[str] | None = None) -> list[Prediction]:
         """Predictions for uint8 [N, 32, 32, 3] RGB images."""
-        logits = np.asarray(self.run(images).logits, dtype=np.float64)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        probs = softmax(self.run(images).logits)
         order = np.argsort(-probs, axis=1)[:, : self.top_k]
         names = sources or [str(i) for i in range(len(images))]
         return [

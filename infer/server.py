@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.tta import softmax
 from dawnpipe.infer.limits import MAX_DECODED_PIXELS
 
 
@@ -438,9 +439,7 @@ def _decode(name: str, data: bytes, pixels: Any) -> np.ndarray:
 
 
 def _top(names: list[str], logits: np.ndarray, views: np.ndarray, classes: list[str], k: int) -> list[dict]:
-    logits = np.asarray(logits, dtype=np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     order = np.argsort(-probs, axis=1)[:, :k]
     return [
         {

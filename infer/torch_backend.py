@@ -152,13 +152,11 @@ class TorchBackend(Backend):
 
 
 def device_confidence(logits: Any) -> Any:
-    """Top-1 softmax probability per row on the logits' device, the arithmetic of ``common.tta.softmax_confidence``
-    (float64, then rounded to float32), so a device decides exactly as the host does."""
+    """Top-1 softmax probability per row on the logits' device, in the precision of
+    ``common.tta.softmax_confidence`` (float64, then rounded to float32), so a device decides as the host does."""
     import torch
 
-    wide = logits.to(torch.float64)
-    probs = torch.exp(wide - wide.max(dim=1, keepdim=True).values)
-    return (probs.max(dim=1).values / probs.sum(dim=1)).to(torch.float32)
+    return torch.softmax(logits.to(torch.float64), dim=1).amax(dim=1).to(torch.float32)
 
 
 def use_ieee_fp32() -> None:
