@@ -54,14 +54,32 @@ def import_airbench(source: str | None) -> tuple[types.ModuleType, str]:
                 tar.extractall(target, filter="data")
             path = target / "airbench-0.1.8"
         sys.path.insert(0, str(path))
-    try:
-        import airbench
-    except ImportError:
+    airbench = _import_package("airbench")
+    if airbench is None:
         raise SystemExit(
             "error: airbench 0.1.8 is not installed and no --source was given; pip download airbench==0.1.8 "
             "--no-deps --no-binary :all: and pass --source airbench-0.1.8.tar.gz"
-        ) from None
+        )
     return airbench, vision
+
+
+def _import_package(name: str) -> types.ModuleType | None:
+    """The installed package ``name``, never this script: run as ``python bench/airbench.py`` (or imported by
+    bench/gpu.py) the script's own folder is first on sys.path, and ``import airbench`` would find this file."""
+    import importlib
+
+    here = Path(__file__).resolve().parent
+    mine = sys.modules.get(name)
+    if mine is not None and Path(getattr(mine, "__file__", "") or "").resolve().parent == here:
+        del sys.modules[name]  # this script, imported under the package's name
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+    finally:
+        sys.path[:] = saved
 
 
 def _torchvision_or_stand_in() -> str:

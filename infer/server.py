@@ -186,8 +186,14 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")  # the `serve` extra's imports
 
 
+_REINSTALL = "pip install --force-reinstall 'dawnpipe[serve]' (or pip install -e '.[cpu,serve]' in a checkout)"
+
+
 def check_serve_installed() -> None:
-    """The `serve` extra's packages, or the one line naming the extra (never a ModuleNotFoundError traceback)."""
+    """The `serve` extra's packages, importable, or one line naming the problem (never a traceback): a package
+    that is missing names the extra; one that is installed but fails to import (a broken or half-upgraded
+    environment) names the package and its import error, with the reinstall command."""
+    import importlib
     import importlib.util
 
     missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
@@ -196,6 +202,14 @@ def check_serve_installed() -> None:
             f"dawnpipe serve needs the serve extra ({', '.join(missing)} not installed)",
             "pip install 'dawnpipe[serve]' (or pip install -e '.[cpu,serve]' in a checkout)",
         )
+    for module in SERVE_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # any import-time failure of a third-party package: ImportError, AttributeError...
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise DawnpipeError(
+                f"{module} is installed but fails to import ({type(err).__name__}: {first})", _REINSTALL
+            ) from None
 
 
 class _HeaderLimit:
@@ -259,7 +273,11 @@ def uvicorn_config(app: Any, cfg: ServeConfig, log_level: str = "warning") -> An
 
 
 def _graceful_server_class():
-    """Built on first use, so importing this module needs no uvicorn."""
+    """Built on first use, so importing this module needs no uvicorn.
+
+    The one place dawnpipe touches a private part of uvicorn: ``Server._captured_signals``, the signals its
+    ``capture_signals`` re-raises after a graceful shutdown (uvicorn 0.29 and later; no public switch turns the
+    re-raise off). tests/infer/test_server_hardening.py fails if uvicorn renames or drops it."""
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
@@ -403,10 +421,14 @@ def _decoders() -> Any:
     return _DECODERS[0]
 
 
-def release_freed_memory_eagerly() -> None:
+def release_freed_memory_eagerly() -> bool:
     """glibc only: image buffers (tens of MB) always mmapped, so each is returned to the system when freed, and at
     most 2 malloc arenas. Without this glibc raises its mmap threshold after the first large free, and large
-    buffers then stay in per-thread heaps after use."""
+    buffers then stay in per-thread heaps after use. True when glibc took both settings.
+
+    Through glibc's documented ``mallopt(3)`` (M_MMAP_THRESHOLD, M_ARENA_MAX), the only way to set them inside a
+    running process (the equivalent GLIBC_TUNABLES are read at process start); the one use of ctypes in
+    dawnpipe. tests/infer/test_server_hardening.py checks that glibc accepts both on Linux."""
     import ctypes
     import ctypes.util
 
@@ -415,10 +437,11 @@ def release_freed_memory_eagerly() -> None:
         libc = ctypes.CDLL(name) if name else None
         mallopt = libc.mallopt if libc is not None else None
     except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
+        return False
+    if mallopt is None:
+        return False
     m_mmap_threshold, m_arena_max = -3, -8  # malloc.h
-    mallopt(m_mmap_threshold, 1 << 20)
-    mallopt(m_arena_max, 2)
+    return bool(mallopt(m_mmap_threshold, 1 << 20)) and bool(mallopt(m_arena_max, 2))
 
 
 def _decode(name: str, data: bytes, pixels: Any) -> np.ndarray:

@@ -39,13 +39,15 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     """The only callables a batch pickle may name: those that rebuild a numpy array (Python 2 and 3 forms)."""
     import codecs
 
-    from numpy._core import multiarray, numeric
-
+    # numpy's own pickling names them, in whatever private module this numpy keeps them (numpy.core before 2.0,
+    # numpy._core since): ask an array instead of importing a private path
+    reconstruct = np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
     return {
-        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy.core.numeric", "_frombuffer"): numeric._frombuffer,
-        ("numpy._core.numeric", "_frombuffer"): numeric._frombuffer,
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,  # protocol 2 writes bytes as _codecs.encode(str, 'latin1')

@@ -179,30 +179,33 @@ def test_calibration_does_not_depend_on_test_data(tiny_splits, tmp_path):
 
 
 def _fake_rows(slow_rounds: set[int]):
-    """Two rows on a fake clock: 'steady' always takes 1 ms; 'noisy' takes 5 ms in the given rounds, else 1 ms."""
-    now = [0.0]
-    calls = {"steady": 0, "noisy": 0}
-    per_round = 10
+    """Two rows on a fake clock: 'steady' always takes 1 ms; 'noisy' takes 5 ms in the given (timed) rounds, else
+    1 ms. ``log`` records every call's row in order."""
+    now, log = [0.0], []
+    per_round, warmup = 10, 2
 
     def make(name):
         def run(_x):
-            round_index = calls[name] // per_round
-            calls[name] += 1
-            now[0] += 0.005 if (name == "noisy" and round_index in slow_rounds and calls[name] > 2) else 0.001
+            timed_index = sum(1 for n in log if n == name) - warmup
+            log.append(name)
+            slow = name == "noisy" and timed_index >= 0 and timed_index // per_round in slow_rounds
+            now[0] += 0.005 if slow else 0.001
 
         return run
 
-    return {"steady": make("steady"), "noisy": make("noisy")}, (lambda: now[0]), calls
+    return {"steady": make("steady"), "noisy": make("noisy")}, (lambda: now[0]), log
 
 
 def test_latency_protocol_flags_a_noisy_row_and_interleaves():
-    rows, clock, calls = _fake_rows(slow_rounds={1})
+    rows, clock, log = _fake_rows(slow_rounds={1})
     protocol = Protocol(rounds=3, calls=10, min_seconds=0.0, warmup=2, max_spread=0.25)
     timings = measure_rows(rows, np.zeros((5, 32, 32, 3), np.uint8), batch=1, protocol=protocol, clock=clock)
+    # warm-ups first, then round by round: every row's calls of a round before any row's calls of the next
+    assert log == ["steady"] * 2 + ["noisy"] * 2 + (["steady"] * 10 + ["noisy"] * 10) * 3
     steady, noisy = timings["steady"], timings["noisy"]
     assert steady.calls == noisy.calls == 30 and steady.rounds == 3
     assert steady.p50_ms == pytest.approx(1.0) and not steady.flagged and steady.spread == pytest.approx(0.0)
-    assert noisy.flagged and noisy.round_p50_ms[1] == pytest.approx(5.0) and noisy.mean_ms > steady.mean_ms
+    assert noisy.flagged and noisy.round_p50_ms == pytest.approx([1.0, 5.0, 1.0]) and noisy.mean_ms > steady.mean_ms
     assert noisy.p50_ms <= noisy.p90_ms <= noisy.p99_ms and noisy.max_ms == pytest.approx(5.0)
 
 

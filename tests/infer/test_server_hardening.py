@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -197,3 +198,47 @@ def test_messages_name_what_is_wrong_with_the_thing_itself(onnx_path, trained_ru
     )
     assert triton.exit_code == 1 and f"--triton {afile} is a file, where a folder belongs" in triton.stderr
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_a_serve_package_that_fails_to_import_is_one_line_naming_it(onnx_path, tmp_path, monkeypatch):
+    # a half-upgraded environment: fastapi is installed (found) but breaks while importing
+    broken = tmp_path / "site" / "fastapi"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'starlette._compat'\")\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "fastapi" or m.startswith("fastapi.")]:
+        monkeypatch.delitem(sys.modules, name)
+    result = CliRunner().invoke(main, ["serve", str(onnx_path), "--port", "8766"])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "fastapi is installed but fails to import (ModuleNotFoundError: No module named 'starlette._compat')" in (
+        result.stderr
+    )
+    assert "pip install --force-reinstall 'dawnpipe[serve]'" in result.stderr
+
+
+def test_the_private_uvicorn_part_the_server_relies_on_is_still_there():
+    """GracefulServer clears uvicorn's Server._captured_signals (the signals re-raised after a graceful shutdown):
+    if uvicorn renames or drops that list, this fails before a deployed server dies of its own SIGTERM."""
+    import signal
+
+    import uvicorn
+
+    from dawnpipe.infer.server import _graceful_server_class
+
+    plain = uvicorn.Server(uvicorn.Config(app=None))
+    plain.handle_exit(signal.SIGTERM, None)
+    assert plain._captured_signals == [signal.SIGTERM] and plain.should_exit
+    graceful = _graceful_server_class()(uvicorn.Config(app=None))
+    graceful.handle_exit(signal.SIGTERM, None)
+    assert graceful._captured_signals == [] and graceful.should_exit
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_glibc_takes_the_servers_malloc_settings():
+    import platform
+
+    from dawnpipe.infer.server import release_freed_memory_eagerly
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: the server leaves malloc as it is")
+    assert release_freed_memory_eagerly() is True
