@@ -13,7 +13,7 @@ evidence first:
 - train_eager, train_compiled: the page recipe (10 epochs; ``--smoke``: 1 epoch on 2,048 images), fp16 on CUDA,
   reporting the first epoch apart from the steady state (median images/s of epochs 2..N), effective TFLOP/s
   (3 x forward FLOPs x images / steady seconds), whether the compiled run really ran compiled, and the
-  non-finite steps the fp16 guard skipped;
+  non-finite steps the fp16 loss scaling skipped;
 - inference: torch eager and graph-captured, every TTA mode, batch-1 latency under the shared protocol and
   throughput at batch 512;
 - exactness: fp32 on the device against fp32 on the CPU, 1,000 images;

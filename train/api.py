@@ -53,29 +53,34 @@ def train_command(progress: bool = True, **options: Any) -> TrainResult:
     for note in notes:
         print(f"notice: {note}", file=sys.stderr, flush=True)
     changes: dict[str, Any] = {}
+    payload = None
     if cfg.resume:
+        from dawnpipe.train.checkpoint import load_checkpoint
+
+        payload = load_checkpoint(cfg.resume)  # read once: the checks below and the trainer share it
         if options.get("preset") is not None:
-            _check_resume_preset(cfg)
+            _check_resume_preset(cfg, payload)
         given = set(options) if explicit is None else set(explicit)
-        changes = resume_changes(cfg, given - {"resume", "preset"})
+        changes = resume_changes(cfg, given - {"resume", "preset"}, payload)
     if launched_by_torchrun():
-        return run_distributed(cfg, progress=progress, resume_changes=changes)
-    return train(cfg, progress=progress, resume_changes=changes)
+        return run_distributed(cfg, progress=progress, resume_changes=changes, resume_payload=payload)
+    return train(cfg, progress=progress, resume_changes=changes, resume_payload=payload)
 
 
-def resume_changes(cfg: TrainConfig, given: set[str]) -> dict[str, Any]:
+def resume_changes(cfg: TrainConfig, given: set[str], payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """The options a resumed run takes from the command line instead of its checkpoint; the others must agree.
 
     A resumed run continues as it was trained: an option that would change the trajectory (``--width``,
     ``--epochs``, ``--lr``, the data, ...) and differs from the checkpoint is refused by name, never silently
     ignored. The few that only decide what happens around the steps (RESUME_MAY_CHANGE: the selective target,
     calibrated after the last step; how often the progress line evaluates; the device) win, with a notice.
+    ``payload``: the run's checkpoint when the caller has loaded it (else it is read here).
     """
     from dawnpipe.common.errors import DawnpipeError
     from dawnpipe.train.checkpoint import load_checkpoint
     from dawnpipe.train.trainer import RESUME_MAY_CHANGE
 
-    saved = TrainConfig.from_dict(load_checkpoint(cfg.resume)["train_config"])
+    saved = TrainConfig.from_dict((payload or load_checkpoint(cfg.resume))["train_config"])
     fields = {"width" if key == "width" else _RENAMED.get(key, key) for key in given}
     differ, changes = [], {}
     for name in sorted(fields):
@@ -97,12 +102,11 @@ def resume_changes(cfg: TrainConfig, given: set[str]) -> dict[str, Any]:
     return changes
 
 
-def _check_resume_preset(cfg: TrainConfig) -> None:
+def _check_resume_preset(cfg: TrainConfig, payload: dict[str, Any]) -> None:
     """A resumed run continues as it was trained; naming another preset is refused, not silently ignored."""
     from dawnpipe.common.errors import DawnpipeError
-    from dawnpipe.train.checkpoint import load_checkpoint
 
-    saved = load_checkpoint(cfg.resume).get("train_config", {}).get("preset", "page")
+    saved = payload.get("train_config", {}).get("preset", "page")
     if saved != cfg.preset:
         raise DawnpipeError(
             f"{cfg.resume} was trained with preset {saved}; --preset {cfg.preset} cannot change a run midway",

@@ -67,8 +67,8 @@ class TrainConfig:
     momentum: float = 0.9  # Nesterov momentum; post 8
     weight_decay: float = 5e-4  # per mean-loss step; post 8's 5e-4*batch_size on a summed loss
     label_smoothing: float = 0.2  # post 8
-    fp16_loss_scale: float = 512.0  # static loss scale under fp16 autocast: the posts sum the loss over a batch of
-    # 512 (an implicit x512 scale) and need no dynamic scaler; static scaling keeps the step free of host syncs
+    fp16_loss_scale: float = 512.0  # loss scale under fp16 autocast: the posts sum the loss over a batch of 512 (an
+    # implicit x512 scale); it never grows, and an overflowing step is skipped on the device (train.loss_scaling)
     # augmentation (post 2: pad 4 + random crop + flip); cutout is post 4's option, off in post 8's final run
     crop_pad: int = 4  # pixels of reflect padding before the random 32x32 crop
     flip: bool = True  # horizontal flip

@@ -118,13 +118,15 @@ def init_context(cfg: TrainConfig) -> Context:
     return Context(rank, world, local, dev, cfg.sync_bn)
 
 
-def run_distributed(cfg: TrainConfig, *, progress: bool = True, resume_changes: dict | None = None):
+def run_distributed(
+    cfg: TrainConfig, *, progress: bool = True, resume_changes: dict | None = None, resume_payload: dict | None = None
+):
     """Train under torchrun; a lost peer becomes a one-line error naming the surviving checkpoint."""
     from dawnpipe.train.trainer import train
 
     ctx = init_context(cfg)
     try:
-        return train(cfg, progress=progress, dist=ctx, resume_changes=resume_changes)
+        return train(cfg, progress=progress, dist=ctx, resume_changes=resume_changes, resume_payload=resume_payload)
     except (RuntimeError, tdist.DistBackendError) as err:
         raise distributed_error(err, ctx.rank, ctx.world_size) from None
     finally:

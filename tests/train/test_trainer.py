@@ -128,34 +128,39 @@ def test_sync_bn_is_refused_before_any_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_nonfinite_step_is_skipped_on_device():
-    from dawnpipe.train.guard import NonFiniteGuard
+def test_an_overflowing_fp16_step_is_skipped_on_device_and_counted():
+    # GradScaler with the fused kernel, on the CPU: the injected inf reaches neither weights nor momentum
+    from dawnpipe.train.loss_scaling import fp16_optimizer, skipped_steps
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    guard = NonFiniteGuard(optimizer, list(model.parameters()))
+    groups = [{"params": list(model.parameters()), "weight_decay": 5e-4}]
+    optimizer, scaler = fp16_optimizer(groups, momentum=0.9, scale=512.0, device_type="cpu")
+    for group in optimizer.param_groups:
+        group["lr"] = 0.1
     x = torch.randn(8, 4)
 
-    def backward(scale=1.0):
+    def step(poison: bool = False) -> None:
         optimizer.zero_grad(set_to_none=True)
-        (model(x).square().mean() * scale).backward()
+        scaler.scale(model(x).square().mean()).backward()
+        if poison:
+            model.weight.grad[0, 0] = float("inf")  # the injected overflow
+        scaler.step(optimizer)
+        scaler.update()
 
-    backward(512.0)
-    assert not guard.step(1 / 512)  # a good step moves the weights
+    step()
     before = [p.detach().clone() for p in model.parameters()]
     momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
-    backward(512.0)
-    model.weight.grad[0, 0] = float("inf")  # the injected overflow
-    assert guard.step(1 / 512)
+    assert skipped_steps(scaler, 512.0) == 0
+    step(poison=True)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
     assert all(
         torch.equal(optimizer.state[p]["momentum_buffer"], m) for p, m in zip(model.parameters(), momentum, strict=True)
     )
-    assert int(guard.skipped) == 1
-    backward(512.0)
-    guard.step(1 / 512)
+    assert skipped_steps(scaler, 512.0) == 1
+    step()
     assert not torch.equal(model.weight, before[0]) and torch.isfinite(model.weight).all()
+    assert skipped_steps(scaler, 512.0) == 1  # a good step neither skips nor grows the scale
 
 
 def test_compile_failure_falls_back_to_eager_with_a_notice(image_folder, tmp_path, monkeypatch, capsys):
@@ -199,13 +204,15 @@ def _train_capturing_init(cfg) -> tuple:
     """Train ``cfg`` and return (result, the model's state when training began)."""
     captured: dict = {}
 
-    class Spy(trainer_mod.EMA):
+    from dawnpipe.train import parts
+
+    class Spy(parts.EMA):
         def __init__(self, model, *args, **kwargs):
             captured.update({k: v.detach().clone() for k, v in model.state_dict().items()})
             super().__init__(model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer_mod, "EMA", Spy)
+        patch.setattr(parts, "EMA", Spy)
         result = train(cfg, progress=False)
     return result, captured
 
