@@ -53,6 +53,47 @@ class PipelineResult:
     reused: list[str] = field(default_factory=list)
 
 
+def pipeline_config(
+    *,
+    explicit: set[str] | None = None,
+    widths: tuple[float, ...] | None = None,
+    seeds: tuple[int, ...] | None = None,
+    tta_modes: tuple[str, ...] = PipelineConfig.tta,
+    latency_rounds: int = PipelineConfig.latency_rounds,
+    backends: tuple[str, ...] = PipelineConfig.backends,
+    resume: bool = False,
+    rules: tuple[str, ...] = (),
+    budget_gflops: float | None = None,
+    budget_ms: float | None = None,
+    accuracy_threshold: float = ReportConfig.accuracy_threshold,
+    threshold_note: str | None = None,
+    **train_options: Any,
+) -> PipelineConfig:
+    """PipelineConfig from the command line's flat options: the training options make the recipe (over its preset;
+    ``explicit`` names the ones typed), ``--widths``/``--seeds`` default to ``--width``/``--seed``, and the rule
+    options make the report's rules."""
+    from dawnpipe.costs.report import report_config
+    from dawnpipe.train.api import config_from_options
+
+    train = config_from_options(explicit=explicit, **train_options)
+    return PipelineConfig(
+        train=train,
+        widths=widths or (train.model.width,),
+        seeds=seeds or (train.seed,),
+        tta=tta_modes,
+        latency_rounds=latency_rounds,
+        backends=backends,
+        resume=resume,
+        report=report_config(
+            rules=rules,
+            budget_gflops=budget_gflops,
+            budget_ms=budget_ms,
+            accuracy_threshold=accuracy_threshold,
+            threshold_note=threshold_note,
+        ),
+    )
+
+
 def check_pipeline(cfg: PipelineConfig) -> None:
     """Every option checked before any work starts (a bad one costs a second, not a training run)."""
     from dawnpipe.common.tta import ALL_MODES
@@ -296,4 +337,4 @@ class _Stages:
         self.say(f"[{index}/{len(self.order)} {name} {time.perf_counter() - self.started:6.0f}s] {message}")
 
 
-__all__ = ["PipelineConfig", "PipelineResult", "run_pipeline", "check_pipeline"]
+__all__ = ["PipelineConfig", "PipelineResult", "check_pipeline", "pipeline_config", "run_pipeline"]

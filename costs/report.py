@@ -51,6 +51,17 @@ class ReportConfig:
     plots: bool = True
 
 
+def report_config(runs: tuple = (), out: str | Path | None = None, rules: tuple[str, ...] = (), **options: Any):
+    """ReportConfig from the command line: run folders and the report folder as strings, the rules named (none
+    named: the defaults) and the rule options (budgets, accuracy bar, its note)."""
+    return ReportConfig(
+        runs=tuple(str(r) for r in runs),
+        out=None if out is None else str(out),
+        **({"rules": tuple(rules)} if rules else {}),
+        **options,
+    )
+
+
 def check_config(cfg: ReportConfig) -> list[Rule]:
     """Validate the options before any work; returns the rules."""
     from dawnpipe.costs.reference import resnet18_flops

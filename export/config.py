@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from dawnpipe.export.tensorrt_build import EngineSpec
 
@@ -41,3 +43,25 @@ class ExportConfig:
     force: bool = False  # replace a different model of the same name in the --triton repository
     allow_foreign: bool = False  # export a checkpoint its run's manifest does not list (marked in the metadata)
     allow_incomplete: bool = False  # export a checkpoint of an interrupted run (marked in the metadata)
+
+
+def export_config(
+    *,
+    trt_opt_batch: int = EngineSpec.opt_batch,
+    trt_max_batch: int = EngineSpec.max_batch,
+    calibration_images: int = Int8Spec.calibration_images,
+    calibration_method: str = Int8Spec.calibration_method,
+    calibration_data: str | Path | None = None,
+    **options: Any,
+) -> ExportConfig:
+    """ExportConfig from the command line's flat options: ``trt_*`` make the engine's profile (its tuned batch no
+    larger than its largest), ``calibration_*`` the int8 calibration; paths are kept as strings (JSON)."""
+    return ExportConfig(
+        engine=EngineSpec(opt_batch=min(trt_opt_batch, trt_max_batch), max_batch=trt_max_batch),
+        int8=Int8Spec(calibration_images, calibration_method, _text(calibration_data)),
+        **{key: _text(value) if isinstance(value, Path) else value for key, value in options.items()},
+    )
+
+
+def _text(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -199,6 +199,25 @@ def require_tensorrt(path: str | Path, *, parse: bool = True) -> dict[str, Any]:
     return result
 
 
+def check_files(paths, say=print) -> list[tuple[Path, dict[str, Any]]]:
+    """``require_tensorrt`` over several files: each broken file's one line goes to ``say`` and the others are
+    still checked; the results of those that pass, or one error counting the broken ones. A single file's error
+    is raised as it is."""
+    paths = [Path(p) for p in paths]
+    passed, failed = [], 0
+    for path in paths:
+        try:
+            passed.append((path, require_tensorrt(path)))
+        except DawnpipeError as err:
+            if len(paths) == 1:
+                raise
+            failed += 1
+            say(f"error: {err}")
+    if failed:
+        raise DawnpipeError(f"{failed} of {len(paths)} file(s) break TensorRT's rules", "see the lines above")
+    return passed
+
+
 def load_onnx(path: str | Path) -> Any:
     """onnx.load with one-line errors for a missing, empty, truncated or non-ONNX file."""
     import onnx

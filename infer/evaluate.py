@@ -62,6 +62,19 @@ class EvalConfig:
     skipped: tuple[tuple[str, str], ...] = ()  # (backend, reason) pairs not run, written into eval.json beside the rows
 
 
+def eval_config(
+    *,
+    no_latency: bool = False,
+    latency_rounds: int = Protocol.rounds,
+    latency_calls: int = Protocol.calls,
+    **options: Any,
+) -> EvalConfig:
+    """EvalConfig from the command line's flat options (``--no-latency``, ``--latency-rounds``, ``--latency-calls``
+    make the timing protocol); paths are kept as strings (JSON)."""
+    fields = {key: str(value) if isinstance(value, Path) else value for key, value in options.items()}
+    return EvalConfig(latency=not no_latency, protocol=Protocol(rounds=latency_rounds, calls=latency_calls), **fields)
+
+
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval of a binomial proportion (sane at 0% and 100%, unlike the normal one)."""
     if total == 0:

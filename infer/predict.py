@@ -217,3 +217,14 @@ class Predictor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def predict_files(artifact: str | Path, paths: list[Path], warn=None, **options: Any) -> list[Prediction]:
+    """What ``dawnpipe predict`` prints: predictions for image files and folders with a Predictor over
+    ``artifact`` (``options``: its keyword arguments); every warning raised on the way goes to ``warn``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        if warn is not None:
+            warnings.showwarning = lambda message, *args, **kwargs: warn(str(message))
+        with Predictor(artifact, **options) as predictor:
+            return predictor.predict_files(list(paths))

@@ -1,0 +1,55 @@
+"""Every command's options, names and defaults against a snapshot taken before cli.py was rewritten (issue 34):
+declaring each option once must not change what a user types or gets by default. Options added since are listed
+below with the issue that added them; anything else that differs fails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dawnpipe.cli import main
+
+SNAPSHOT = Path(__file__).with_name("cli_options_before.json")
+ADDED = {  # (command, option): why it is new
+    ("serve", "backend"): "issue 33: serve on any backend, openvino among them",
+}
+
+
+def describe(command: click.Command) -> list[dict]:
+    """Each parameter's name, flags, kind, default (as text), choices and whether it is a flag, repeatable or
+    required: what the snapshot holds."""
+    out = []
+    for p in command.params:
+        if isinstance(p, click.Option) and p.name == "help":
+            continue
+        value = p.default
+        value = list(value) if isinstance(value, tuple) else value
+        if value is not None and not isinstance(value, bool | int | float | list):
+            value = str(value)
+        out.append(
+            {
+                "name": p.name,
+                "opts": list(p.opts) + list(getattr(p, "secondary_opts", [])),
+                "kind": type(p).__name__,
+                "default": value,
+                "flag": bool(getattr(p, "is_flag", False)),
+                "multiple": bool(p.multiple),
+                "required": bool(p.required),
+                "choices": [c for c in getattr(p.type, "choices", []) or [] if (command.name, p.name) not in ADDED],
+            }
+        )
+    return out
+
+
+def test_every_option_keeps_its_name_and_default():
+    before = json.loads(SNAPSHOT.read_text())
+    now = {name: describe(command) for name, command in sorted(main.commands.items())}
+    assert sorted(now) == sorted(before)
+    for name, params in now.items():
+        kept = [p for p in params if (name, p["name"]) not in ADDED]
+        assert kept == before[name], name
+    for command, option in ADDED:
+        assert any(p["name"] == option for p in now[command]), (command, option)
+
