@@ -52,4 +52,3 @@ def test_every_option_keeps_its_name_and_default():
         assert kept == before[name], name
     for command, option in ADDED:
         assert any(p["name"] == option for p in now[command]), (command, option)
-
