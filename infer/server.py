@@ -14,7 +14,6 @@ finishes in-flight requests, then the batcher answers whatever is queued before 
 
 # No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at runtime.
 
-import io
 import socket
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.tta import softmax
 from dawnpipe.infer.limits import MAX_DECODED_PIXELS
+from dawnpipe.infer.request_input import BadRequest, HeaderLimit, read_images
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,6 @@ class ServeConfig:
     backend: str = "auto"
     provider: str = "auto"
     graceful_timeout_s: float = 30.0  # longest wait for in-flight requests at shutdown
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason = status, reason
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -141,7 +135,7 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         errors.labels(reason).inc()
         requests.labels(str(status)).inc()
 
-    app.add_middleware(_HeaderLimit, max_bytes=cfg.max_header_bytes, max_count=100, on_refuse=refused)
+    app.add_middleware(HeaderLimit, max_bytes=cfg.max_header_bytes, max_count=100, on_refuse=refused)
     app.state.batcher, app.state.predictor, app.state.budgets = batcher, predictor, budgets
 
     @app.get("/healthz")
@@ -159,9 +153,9 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         started = time.perf_counter()
         try:
             k = _top_k(top_k, cfg.top_k, len(predictor.classes))
-            names, images = await _read_images(request, cfg, budgets)
+            names, images = await read_images(request, cfg, budgets)
             logits, views = await batcher.submit(images)
-        except _BadRequest as bad:
+        except BadRequest as bad:
             errors.labels(bad.reason).inc()
             requests.labels(str(bad.status)).inc()
             headers = {"Retry-After": "1"} if bad.status == 503 else None
@@ -212,33 +206,6 @@ def check_serve_installed() -> None:
             ) from None
 
 
-class _HeaderLimit:
-    """ASGI middleware: 431 for a request whose line and headers exceed ``max_bytes`` or ``max_count`` headers.
-
-    uvicorn's h11 limit bounds only a header block still arriving; one that arrives whole in a single read (any
-    loopback client, and most others) is accepted at any size, so the limit is enforced here, once parsed.
-    """
-
-    def __init__(self, app: Any, max_bytes: int, max_count: int, on_refuse: Any) -> None:
-        self.app, self.max_bytes, self.max_count, self.on_refuse = app, max_bytes, max_count, on_refuse
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = scope.get("headers", [])
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            size += sum(len(k) + len(v) + 4 for k, v in headers)
-            if size > self.max_bytes or len(headers) > self.max_count:
-                from starlette.responses import JSONResponse
-
-                self.on_refuse("headers_too_large", 431)
-                message = f"the request line and headers are {size:,} bytes in {len(headers)} headers; the limits are "
-                message += f"{self.max_bytes:,} bytes and {self.max_count} headers"
-                response = JSONResponse({"error": message, "reason": "headers_too_large"}, status_code=431)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def serve(cfg: ServeConfig, say=print) -> None:
     """Check the options and the port, load the model, then serve until SIGINT/SIGTERM."""
     check_serve_installed()
@@ -266,7 +233,7 @@ def uvicorn_config(app: Any, cfg: ServeConfig, log_level: str = "warning") -> An
         log_level=log_level,
         timeout_graceful_shutdown=int(cfg.graceful_timeout_s),
         http="h11",  # the pure-Python parser: a header block still arriving past 4x the limit is refused (400)
-        h11_max_incomplete_event_size=4 * cfg.max_header_bytes,  # above ours, so _HeaderLimit's 431 decides
+        h11_max_incomplete_event_size=4 * cfg.max_header_bytes,  # above ours, so HeaderLimit's 431 decides
         limit_concurrency=cfg.max_connections,  # more open connections get 503 from uvicorn itself
         timeout_keep_alive=5,
     )
@@ -313,112 +280,8 @@ def _top_k(asked: int | None, default: int, classes: int) -> int:
     if asked is None:
         return min(default, classes)
     if asked < 1:
-        raise _BadRequest(400, "top_k", f"top_k={asked} must be at least 1")
+        raise BadRequest(400, "top_k", f"top_k={asked} must be at least 1")
     return min(asked, classes)
-
-
-async def _read_body(request: Any, limit: int, timeout_s: float) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (declared or streamed), and with 408 when it
-    has not fully arrived within ``timeout_s`` (a client trickling bytes holds memory and a connection)."""
-    import asyncio
-
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BadRequest(413, "too_large", f"the body is {int(declared):,} bytes; the limit is {limit:,}")
-    chunks, size = [], 0
-
-    async def receive_all() -> None:
-        nonlocal size
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _BadRequest(413, "too_large", f"the body passed the {limit:,}-byte limit")
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(receive_all(), timeout_s)
-    except asyncio.TimeoutError:
-        raise _BadRequest(408, "body_timeout", f"the body did not arrive within {timeout_s:g} s") from None
-    return b"".join(chunks)
-
-
-async def _read_images(request: Any, cfg: ServeConfig, budgets: dict) -> tuple[list[str], np.ndarray]:
-    """(names, uint8 [N, 32, 32, 3]) from a raw image body or a multipart form of image files.
-
-    The body's bytes are held against the server's byte budget and each image's decoded pixels against its pixel
-    budget (infer/limits.py); a request that finds no room within busy_timeout_s gets 503 with Retry-After.
-    """
-    from starlette.concurrency import run_in_threadpool
-
-    from dawnpipe.infer.limits import Busy
-
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not (kind.startswith("image/") or kind == "multipart/form-data" or kind == "application/octet-stream"):
-        raise _BadRequest(
-            415, "content_type", f"Content-Type {kind or '(none)'} is not an image or multipart/form-data"
-        )
-    declared = request.headers.get("content-length")
-    expected = int(declared) if declared is not None and declared.isdigit() else cfg.max_request_bytes
-    try:
-        held = await run_in_threadpool(budgets["bytes"].acquire, min(expected, cfg.max_request_bytes))
-    except Busy:
-        raise _BadRequest(503, "busy", "the server holds its limit of request bodies; retry shortly") from None
-    try:
-        return await _parse_and_decode(request, kind, cfg, budgets["pixels"])
-    finally:
-        budgets["bytes"].release(held)
-
-
-async def _parse_and_decode(request: Any, kind: str, cfg: ServeConfig, pixels: Any) -> tuple[list[str], np.ndarray]:
-    """The images of a body (raw or multipart), decoded against the pixel budget."""
-    from starlette.requests import Request
-
-    from dawnpipe.infer.limits import Busy
-
-    body = await _read_body(request, cfg.max_request_bytes, cfg.body_timeout_s)
-    if not body:
-        raise _BadRequest(400, "empty", "the request has no body; send image bytes")
-    if kind != "multipart/form-data":
-        parts = [("image", body)]
-    else:
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=cfg.max_images, max_fields=cfg.max_images)
-        except Exception as err:  # malformed multipart, or more parts than the limit
-            if "Too many" in str(err):
-                raise _BadRequest(413, "too_many", f"more than {cfg.max_images} parts in one request") from None
-            raise _BadRequest(400, "multipart", f"the multipart body could not be read ({err})") from None
-        parts = [(f.filename or key, await f.read()) for key, f in form.multi_items() if hasattr(f, "read")]
-        if not parts:
-            raise _BadRequest(400, "empty", "the multipart body holds no file parts")
-    if len(parts) > cfg.max_images:
-        raise _BadRequest(413, "too_many", f"{len(parts)} images in one request; the limit is {cfg.max_images}")
-    import asyncio
-
-    try:
-        images = await asyncio.get_running_loop().run_in_executor(
-            _decoders(), lambda: [_decode(name, data, pixels) for name, data in parts]
-        )
-    except Busy:
-        raise _BadRequest(503, "busy", "the server is decoding its limit of pixels; retry shortly") from None
-    return [name for name, _ in parts], np.stack(images)
-
-
-_DECODERS: list = []
-
-
-def _decoders() -> Any:
-    """The few threads that decode images: decoding is CPU work, and every extra thread would get its own malloc
-    arena that keeps freed image buffers (32 threads each keeping tens of MB measured 1.5 GB of RSS)."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not _DECODERS:
-        _DECODERS.append(ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="decode"))
-    return _DECODERS[0]
 
 
 def release_freed_memory_eagerly() -> bool:
@@ -442,23 +305,6 @@ def release_freed_memory_eagerly() -> bool:
         return False
     m_mmap_threshold, m_arena_max = -3, -8  # malloc.h
     return bool(mallopt(m_mmap_threshold, 1 << 20)) and bool(mallopt(m_arena_max, 2))
-
-
-def _decode(name: str, data: bytes, pixels: Any) -> np.ndarray:
-    from PIL import UnidentifiedImageError
-
-    from dawnpipe.infer.predict import decode_to_model_input
-
-    if not data:
-        raise _BadRequest(400, "empty", f"{name} has 0 bytes")
-    try:
-        return decode_to_model_input(io.BytesIO(data), name, pixels)
-    except DawnpipeError as err:  # more pixels than dawnpipe (or Pillow) decodes
-        raise _BadRequest(413, "too_many_pixels", str(err)) from None
-    except UnidentifiedImageError:
-        raise _BadRequest(400, "not_an_image", f"{name} is not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError) as err:  # truncated or damaged data
-        raise _BadRequest(400, "damaged_image", f"{name} could not be decoded ({err})") from None
 
 
 def _top(names: list[str], logits: np.ndarray, views: np.ndarray, classes: list[str], k: int) -> list[dict]:
