@@ -445,6 +445,25 @@ def costs(run_dirs: tuple[Path, ...], **opts) -> None:
 
 
 @main.command()
+@click.argument("report", type=_PATH)
+def recheck(report: Path) -> None:
+    """Recompute every margin of REPORT (a report.json) from the per-image bits and timing rounds it carries."""
+    from dawnpipe.costs.recheck import TOLERANCE, recheck
+
+    found = recheck(report)
+    click.echo(
+        f"{found.margins} margins recomputed from {report}: largest gap {100 * found.largest_accuracy_gap:.4f} points "
+        f"(accuracy), {found.largest_latency_gap:.4f} ms (latency)"
+    )
+    if found.disagreements:
+        raise DawnpipeError(
+            f"{len(found.disagreements)} margin(s) disagree by more than {TOLERANCE} with the file's own data, first "
+            f"{found.disagreements[0]}",
+            "rebuild the report with `dawnpipe costs` from its run folders",
+        )
+
+
+@main.command()
 @_options(*_TRAINING, _FAMILY_RESUME, *_RUN_SWITCHES, *_FAMILY, *_RULES)
 def pipeline(**opts) -> None:
     """Train (a family), export, evaluate every TTA mode on the chosen backends, and write the cost report."""

@@ -19,7 +19,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 from dawnpipe.costs.rules import Point
-from dawnpipe.infer.evaluate import wilson_interval
+from dawnpipe.costs.stats import accuracy_interval
 
 _PER_RUN = ("seed", "name", "out", "resume", "model")  # config fields allowed to differ between runs of a family
 
@@ -37,6 +37,13 @@ class Run:
     rows: list[dict[str, Any]]
     skipped: tuple[dict[str, str], ...] = ()  # backends its evaluation could not run, with the reason
     training: dict[str, Any] | None = None  # the manifest's training record: metrics (clocks) and device (CPU)
+    holdout: dict[str, Any] | None = None  # the calibration hold-out the run kept out of training (its indices' hash)
+
+    @property
+    def test_images(self) -> set[str]:
+        """The sha256 of the test images (in order) each of its rows was scored on; empty for rows written before
+        dawnpipe recorded it."""
+        return {row["test_images_sha256"] for row in self.rows if row.get("test_images_sha256")}
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -98,6 +105,7 @@ def load_run(run_dir: str | Path) -> Run:
         rows,
         tuple(evaluation.get("skipped", [])),
         {"metrics": train.get("metrics", {}), "device": train.get("device", {})},
+        train.get("holdout") if isinstance(train.get("holdout"), dict) else None,
     )
 
 
@@ -130,6 +138,7 @@ def load_family(run_dirs: list[str | Path]) -> tuple[list[Run], list[Point]]:
                 f"({sorted(differs) + sorted(model_differs)})",
                 "a family differs only in width and seed; report other runs separately",
             )
+    _check_same_images(runs)
     seen: dict[tuple[float, int], Path] = {}
     for run in runs:
         key = (run.width, run.seed)
@@ -140,6 +149,34 @@ def load_family(run_dirs: list[str | Path]) -> tuple[list[Run], list[Point]]:
             )
         seen[key] = run.path
     return runs, _points(runs)
+
+
+def _check_same_images(runs: list[Run]) -> None:
+    """Every run scored on the same test images in the same order, and calibrated on the same hold-out: a margin
+    pairs images by position, and a selective threshold means what its hold-out made it mean."""
+    for run in runs:
+        if len(run.test_images) > 1:
+            raise DawnpipeError(
+                f"{run.path}'s eval rows were scored on {len(run.test_images)} different test sets",
+                "re-evaluate its artifacts on one test set (same --data and --test-limit)",
+            )
+    scored = [run for run in runs if run.test_images]
+    for run in scored[1:]:
+        if run.test_images != scored[0].test_images:
+            raise DawnpipeError(
+                f"{run.path} and {scored[0].path} were scored on different test images (sha256 "
+                f"{next(iter(run.test_images))[:12]} vs {next(iter(scored[0].test_images))[:12]})",
+                "evaluate every run on the same data and --test-limit, or report them separately",
+            )
+    held = [run for run in runs if (run.holdout or {}).get("indices_sha256")]
+    for run in held[1:]:
+        if run.holdout["indices_sha256"] != held[0].holdout["indices_sha256"]:
+            raise DawnpipeError(
+                f"{run.path} and {held[0].path} calibrated selective TTA on different hold-outs "
+                f"({run.holdout.get('images')} vs {held[0].holdout.get('images')} images, index sha256 "
+                f"{run.holdout['indices_sha256'][:12]} vs {held[0].holdout['indices_sha256'][:12]})",
+                "train the family with one --holdout and --batch-size, or report the runs separately",
+            )
 
 
 def backend_label(row: dict[str, Any]) -> str:
@@ -168,15 +205,26 @@ def _points(runs: list[Run]) -> list[Point]:
 
 
 def _pool(width: float, backend: str, precision: str, tta: str, members: list[tuple[int, dict[str, Any]]]) -> Point:
+    """One configuration over its seeds: accuracy and its interval with each test image counted once, latency
+    averaged over seeds with every seed's rounds kept (the unit of a latency margin)."""
     from dawnpipe.infer.evaluate import unpack_bits
 
     accs = np.array([row["accuracy"] for _, row in members])
-    correct = sum(row["correct"] for _, row in members)
-    total = sum(row["images"] for _, row in members)
+    bits = tuple(unpack_bits(row["correct_bits"], row["images"]) for _, row in members)
+    for (_, row), flags in zip(members, bits, strict=True):
+        if int(flags.sum()) != row["correct"]:
+            raise DawnpipeError(
+                f"an eval row of w{width:g} {tta} on {backend} says {row['correct']} correct images but its "
+                f"per-image bits hold {int(flags.sum())}",
+                "rerun `dawnpipe eval` for that run",
+            )
+    _, low, high = accuracy_interval(bits)
     latencies = [(row.get("latency") or {}).get("batch1") for _, row in members]
     measured = [lat for lat in latencies if lat]
-    selected = [(row.get("selective") or {}).get("selected_fraction") for _, row in members]
-    selected = [s for s in selected if s is not None]
+    selective = [row.get("selective") or {} for _, row in members]
+    selected = [s["selected_fraction"] for s in selective if s.get("selected_fraction") is not None]
+    holdout = [s["holdout_fraction"] for s in selective if s.get("holdout_fraction") is not None]
+    sources = sorted({s["threshold_source"] for s in selective if s.get("threshold_source")})
 
     def mean_of(key: str) -> float | None:
         return float(np.mean([lat[key] for lat in measured])) if measured else None
@@ -190,7 +238,7 @@ def _pool(width: float, backend: str, precision: str, tta: str, members: list[tu
         seeds=tuple(seed for seed, _ in members),
         accuracy=float(accs.mean()),
         accuracy_std=float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-        ci95=wilson_interval(correct, total),
+        ci95=(low, high),
         views_per_image=float(np.mean([row["views_per_image"] for _, row in members])),
         gflops_per_image=float(np.mean([row["gflops_per_image"] for _, row in members])),
         latency_ms=mean_of("mean_ms"),
@@ -200,5 +248,12 @@ def _pool(width: float, backend: str, precision: str, tta: str, members: list[tu
         latency_calls=int(sum(lat["calls"] for lat in measured)),
         latency_flagged=any(lat.get("flagged") for lat in measured),
         selected_fraction=float(np.mean(selected)) if selected else None,
-        correct=tuple(unpack_bits(row["correct_bits"], row["images"]) for _, row in members),
+        selected_fraction_holdout=float(np.mean(holdout)) if holdout else None,
+        threshold_source="; ".join(sources) or None,
+        correct=bits,
+        latency_rounds_ms=tuple(
+            tuple((lat or {}).get("round_mean_ms") or (lat or {}).get("round_p50_ms") or ()) for lat in latencies
+        ),
+        latency_sessions=tuple(str((lat or {}).get("session") or "") for lat in latencies),
+        latency_drift=max((float(lat.get("drift") or 0.0) for lat in measured), default=None),
     )

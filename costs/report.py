@@ -36,6 +36,8 @@ from dawnpipe.costs.rules import (
     verdict,
 )
 
+REPORT_FORMAT = "dawnpipe-report/3"
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -95,8 +97,9 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
     fronts = {cost: [p.label for p in pareto_front(points, cost)] for cost in ("gflops", "latency")}
     unknown = sorted({op for run in runs for row in run.rows for op in row.get("flops_unknown_ops", [])})
     data = {
-        "format": "dawnpipe-report/2",
+        "format": REPORT_FORMAT,
         "runs": [{"path": str(r.path), "width": r.width, "seed": r.seed} for r in runs],
+        "test_images": test_images(runs),
         "recipe": {k: v for k, v in runs[0].config.items() if k not in ("seed", "name", "out", "resume")},
         "reference": {"resnet18_gflops_per_image": reference},
         "rules": [asdict(r) for r in rules],
@@ -105,7 +108,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "views_vs_width_latency": scaling_latency,
         "threshold_note": cfg.threshold_note,
         "precision_vs_fp32": precisions,
-        "points": [_point_dict(p) for p in points],
+        "points": [point_record(p) for p in points],
         "verdicts": [asdict(verdict(r, p)) for p in points for r in rules],
         "pareto": fronts,
         "unknown_ops": unknown,
@@ -288,5 +291,30 @@ def precision_vs_fp32(points: list[Point]) -> list[dict[str, Any]]:
     return rows
 
 
-def _point_dict(p: Point) -> dict[str, Any]:
-    return {k: v for k, v in asdict(p).items() if k != "correct"}
+def point_record(p: Point) -> dict[str, Any]:
+    """A point as report.json holds it: its figures, and per seed its per-image correctness (packed bits, base64,
+    in the order of ``test_images``) and its timing rounds, so every margin can be recomputed from the file."""
+    from dawnpipe.infer.evaluate import pack_bits
+
+    record = {k: v for k, v in asdict(p).items() if k not in ("correct", "latency_rounds_ms", "latency_sessions")}
+    record["correct_by_seed"] = [int(c.sum()) for c in p.correct]
+    record["correct_bits_by_seed"] = [pack_bits(c) for c in p.correct]
+    record["latency_rounds_ms"] = [list(r) for r in p.latency_rounds_ms]
+    record["latency_sessions"] = list(p.latency_sessions)
+    return record
+
+
+def test_images(runs: list[Run]) -> dict[str, Any]:
+    """Which test images every point's bits refer to, and in which order."""
+    row = runs[0].rows[0]
+    data = row.get("data") or {}
+    return {
+        "count": row["images"],
+        "sha256": row.get("test_images_sha256"),
+        "data_sha256": data.get("sha256") or runs[0].data_sha256,
+        "source": data.get("source"),
+        "order": "bit i is test image i in the order dawnpipe loads the test split (an image folder or archive: "
+        "by member path, so class by class in sorted class order and by file name within a class; CIFAR pickle "
+        "batches: the test batch's own order; --test-limit: train.data.balanced_subset of that); sha256 is "
+        "infer.evaluate.test_images_digest of those pixels and labels in that order",
+    }

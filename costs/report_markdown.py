@@ -52,15 +52,21 @@ def render_markdown(
         )
     lines += [
         "",
-        "Margins are paired on the same test images with seeds matched (exact conditional interval from the "
-        "discordant images; McNemar p-value in report.json); `*` marks an interval that excludes zero. A margin "
-        "without `*` is noise at this sample size. `[seed k]` marks a margin over only the seeds both sides have "
-        "(a family not yet complete).",
+        "Accuracy margins are paired on the same test images, seed k with seed k, and count each test image once: "
+        "a side's correctness on an image is its mean over seeds, the margin is the mean over images of the "
+        "difference, and its 95% interval comes from the images (exact conditional interval from the discordant "
+        "images where every per-image difference is -1, 0 or 1, as with one seed; a t interval over the images "
+        "otherwise). Seeds add spread, not sample size. Latency margins count each timing round once (paired over "
+        "rounds timed together, else Welch over the two sides' rounds), so drift between rounds widens them. `*` "
+        "marks an interval that excludes zero; a margin without `*` is noise at this sample size. `[seed k]` marks "
+        "a margin over only the seeds both sides have (a family not yet complete). Every point's per-image bits "
+        "are in report.json: `dawnpipe recheck report.json` recomputes every margin from them.",
         "",
         "## Extra views or a bigger network, at equal cost?",
         "",
         "Each TTA configuration against the cheapest single-view network of the family that costs at least as "
-        "many FLOPs per image (same backend; paired):",
+        "many FLOPs per image (same backend; paired). Where no network of the family costs as much, the row pairs "
+        "the most expensive one and says so; such rows are left out of the counts.",
         "",
         *_scaling_table(scaling, "GFLOP/img", "{:.3f}", "cheaper: no bigger network in the family"),
     ]
@@ -75,12 +81,15 @@ def render_markdown(
         "",
         "## Points",
         "",
-        "Accuracy: mean over seeds, 95% Wilson interval of the pooled count, and the seed-to-seed std. Latency: "
-        "batch 1, one distinct image per call, rows interleaved in rounds; `!` = per-round medians spread too "
-        "widely to trust. F/L: on the Pareto frontier of FLOPs / latency.",
+        "Accuracy: mean over seeds; its 95% interval counts each test image once (the Wilson interval for one "
+        "seed); the seed-to-seed std beside it. Latency: batch 1, one distinct image per call, rows interleaved in "
+        "rounds; `!` = per-round medians spread too widely to trust even after each round's common drift is "
+        "divided out. Selected: the fraction of test images a selective row gave extra views, and in brackets the "
+        "fraction its threshold selects on the hold-out it was fitted on (`t` = a threshold from training, not "
+        "fitted through this artifact). F/L: on the Pareto frontier of FLOPs / latency.",
         "",
         "| configuration | seeds | acc % | 95% CI | seed std | views/img | GFLOP/img | mean ms | p50 ms | p99 ms | "
-        "selected | F/L | " + " | ".join(r.name for r in rules) + " |",
+        "selected (hold-out) | F/L | " + " | ".join(r.name for r in rules) + " |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:-:|" + "|".join(":-:" for _ in rules) + "|",
     ]
     for p in points:
@@ -91,7 +100,7 @@ def render_markdown(
             else (f"{p.latency_ms:.2f}{flag}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
         )
         pareto = ("F" if p.label in fronts["gflops"] else "-") + ("L" if p.label in fronts["latency"] else "-")
-        sel = "-" if p.selected_fraction is None else f"{100 * p.selected_fraction:.1f}%"
+        sel = _selected(p)
         cells = ["pass" if verdict(r, p).passed else "-" for r in rules]
         lines.append(
             f"| {p.label} | {len(p.seeds)} | {_pct(p.accuracy)} | {_pct(p.ci95[0])}-{_pct(p.ci95[1])} | "
@@ -99,6 +108,7 @@ def render_markdown(
             f"{lat[2]} | {sel} | {pareto} | " + " | ".join(cells) + " |"
         )
     flagged = [p.label for p in points if p.latency_flagged]
+    lines += ["", *drift_lines(points)]
     lines += [
         "",
         "## Reading this report",
@@ -112,6 +122,48 @@ def render_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _selected(p: Point) -> str:
+    if p.selected_fraction is None:
+        return "-"
+    text = f"{100 * p.selected_fraction:.1f}%"
+    if p.selected_fraction_holdout is not None:
+        text += f" ({100 * p.selected_fraction_holdout:.1f}%)"
+    if p.threshold_source and "from training" in p.threshold_source:
+        text += " t"
+    return text
+
+
+def drift_lines(points: list[Point]) -> list[str]:
+    """The round-to-round drift of the timing sessions behind each backend's rows, stated once per backend."""
+    by_backend: dict[str, list[float]] = {}
+    for p in points:
+        if p.latency_drift is not None:
+            by_backend.setdefault(f"{p.backend} {p.precision}", []).append(p.latency_drift)
+    if not by_backend:
+        return []
+    parts = [f"{name} up to {100 * max(v):.0f}%" for name, v in sorted(by_backend.items())]
+    return [
+        "Round-to-round drift (the range of a timing session's per-round common factor: how much the whole machine "
+        "sped up or slowed down between rounds; divided out before a row is judged spread, kept inside every "
+        f"latency interval): {'; '.join(parts)}."
+    ]
+
+
+def pairing_counts(rows: list[dict[str, Any]]) -> str:
+    """One line over the real pairings of a views-against-network table (cheaper fallbacks left out)."""
+    real = [r for r in rows if r["network_costs_at_least_as_much"] and r["margin"].get("low") is not None]
+    if not real:
+        return "No TTA configuration has a network of the family that costs at least as much."
+    ahead = sum(r["margin"]["low"] > 0 for r in real)
+    behind = sum(r["margin"]["high"] < 0 for r in real)
+    fallbacks = len(rows) - len(real)
+    return (
+        f"Over {len(real)} pairings with a network that costs at least as much: the views are significantly ahead "
+        f"in {ahead}, significantly behind in {behind}, level within noise in {len(real) - ahead - behind}"
+        + (f" ({fallbacks} row(s) with only a cheaper network left out)." if fallbacks else ".")
+    )
 
 
 def latency_scaling_section(rows: list[dict[str, Any]]) -> str:
@@ -144,7 +196,7 @@ def _scaling_table(rows: list[dict[str, Any]], unit: str, number: str, cheaper: 
         )
     if not rows:
         lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
-    return lines
+    return [*lines, "", pairing_counts(rows)]
 
 
 def precision_section(rows: list[dict[str, Any]]) -> str:
@@ -284,9 +336,12 @@ def _interval(m: dict[str, Any] | None) -> str:
     if not m or m.get("difference") is None:
         return "-"
     if m.get("low") is None:
+        if m["statistic"].startswith("batch-1"):
+            return f"{m['difference']:.3f} ms/img (no interval)"
         return f"{100 * m['difference']:+.2f} pts (unpaired)"
     if m["statistic"].startswith("batch-1"):
-        return f"{m['difference']:.3f} ms/img ({m['low']:.3f} to {m['high']:.3f})"
+        star = " *" if m.get("significant") else ""
+        return f"{m['difference']:.3f} ms/img ({m['low']:.3f} to {m['high']:.3f}){star}"
     star = " *" if m.get("significant") else ""
     text = f"{100 * m['difference']:+.2f} pts ({100 * m['low']:+.2f} to {100 * m['high']:+.2f}){star}"
     # a margin over fewer seeds than the points it compares (a family stopped part-way) names its seeds

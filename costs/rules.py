@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.costs.stats import mean_difference, paired_difference
+from dawnpipe.costs.stats import paired_difference, round_difference
 
 RULE_NAMES = ("no-tta", "dawnbench", "total-flops", "latency")
 DEFAULT_RULES = ("no-tta", "dawnbench", "total-flops")
@@ -45,9 +45,9 @@ class Point:
     backend: str
     precision: str
     seeds: tuple[int, ...]
-    accuracy: float  # mean over seeds
-    accuracy_std: float  # sample std over seeds (0 with one seed)
-    ci95: tuple[float, float]  # Wilson interval of the pooled correct count (seeds x images)
+    accuracy: float  # mean over seeds (= the mean over images of each image's seed mean)
+    accuracy_std: float  # sample std over seeds (0 with one seed): the seed-to-seed spread, beside the interval
+    ci95: tuple[float, float]  # each test image counted once (costs.stats.accuracy_interval)
     views_per_image: float
     gflops_per_image: float
     latency_ms: float | None = None  # batch-1 mean per image, averaged over seeds
@@ -57,7 +57,12 @@ class Point:
     latency_calls: int = 0
     latency_flagged: bool = False
     selected_fraction: float | None = None
+    selected_fraction_holdout: float | None = None  # what the threshold selects on the run's hold-out (its fit)
+    threshold_source: str | None = None  # where the selective threshold came from (per artifact, or training)
     correct: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)  # per seed, for pairing
+    latency_rounds_ms: tuple[tuple[float, ...], ...] = field(default=(), repr=False, compare=False)  # per seed
+    latency_sessions: tuple[str, ...] = field(default=(), repr=False, compare=False)  # per seed: its timing session
+    latency_drift: float | None = None  # largest round-to-round drift of the sessions it was timed in
 
     @property
     def uses_tta(self) -> bool:
@@ -198,23 +203,7 @@ def _rank(rule: Rule, points: list[Point]) -> list[Point]:
 def compare(a: Point, b: Point, by: str) -> dict[str, Any]:
     """Margin of ``a`` over ``b`` with its 95% interval: paired accuracy (same images and seeds) or latency."""
     if by == "latency":
-        if a.latency_ms is None or b.latency_ms is None:
-            return {"statistic": "latency", "difference": None}
-        diff, low, high = mean_difference(
-            b.latency_ms,
-            b.latency_std_ms or 0.0,
-            b.latency_calls,
-            a.latency_ms,
-            a.latency_std_ms or 0.0,
-            a.latency_calls,
-        )
-        return {
-            "statistic": "batch-1 mean ms/image saved",
-            "difference": diff,
-            "low": low,
-            "high": high,
-            "significant": low > 0 or high < 0,
-        }
+        return _latency_margin(a, b)
     # pair seed k of A with seed k of B by seed value, never by position: in a family stopped part-way one width
     # may hold seeds (0, 1) and another (0,) only; the margin then covers the seeds both have, and says which
     seeds = sorted(set(a.seeds) & set(b.seeds))
@@ -224,7 +213,51 @@ def compare(a: Point, b: Point, by: str) -> dict[str, Any]:
     b_by_seed = dict(zip(b.seeds, b.correct, strict=True))
     paired = paired_difference([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds])
     partial = len(seeds) < max(len(a.seeds), len(b.seeds))
-    return {"statistic": "accuracy (paired, exact)", **paired.to_dict(), "seeds": seeds, "partial_seeds": partial}
+    return {
+        "statistic": "accuracy (paired, each image once)",
+        **paired.to_dict(),
+        "seeds": seeds,
+        "partial_seeds": partial,
+    }
+
+
+def _latency_margin(a: Point, b: Point) -> dict[str, Any]:
+    """Batch-1 ms per image ``a`` saves over ``b``, the timing round the unit: seed k's rounds paired with seed k's
+    when both were timed in one session, else the two sides' rounds compared as two samples."""
+    if a.latency_ms is None or b.latency_ms is None:
+        return {"statistic": "latency", "difference": None}
+    a_by, b_by = _rounds_by_seed(a), _rounds_by_seed(b)
+    if not a_by or not b_by:  # rows timed before rounds were recorded: the means, with no interval
+        return {"statistic": "batch-1 mean ms/image saved", "difference": b.latency_ms - a.latency_ms, "low": None,
+                "high": None, "significant": False, "method": "no timing rounds recorded"}  # fmt: skip
+    seeds = sorted(set(a_by) & set(b_by))
+    paired = bool(seeds) and all(a_by[s][1] and a_by[s][1] == b_by[s][1] for s in seeds)
+    if paired:
+        a_rounds = [v for s in seeds for v in a_by[s][0]]
+        b_rounds = [v for s in seeds for v in b_by[s][0]]
+    else:
+        a_rounds = [v for rounds, _ in a_by.values() for v in rounds]
+        b_rounds = [v for rounds, _ in b_by.values() for v in rounds]
+    margin = round_difference(a_rounds, b_rounds, paired)
+    return {
+        "statistic": "batch-1 mean ms/image saved",
+        "difference": margin.difference,
+        "low": margin.low,
+        "high": margin.high,
+        "significant": margin.significant,
+        "rounds": margin.rounds,
+        "paired_rounds": margin.paired,
+        "method": margin.method,
+    }
+
+
+def _rounds_by_seed(p: Point) -> dict[int, tuple[tuple[float, ...], str]]:
+    sessions = p.latency_sessions or ("",) * len(p.latency_rounds_ms)
+    return {
+        seed: (rounds, session)
+        for seed, rounds, session in zip(p.seeds, p.latency_rounds_ms, sessions, strict=False)
+        if rounds
+    }
 
 
 def decide(rule: Rule, points: list[Point]) -> Decision:
@@ -267,6 +300,12 @@ def _lift(rule: Rule, points: list[Point]) -> str:
     return f"{head} The fastest configuration over the bar, {fastest.label}, needs no TTA."
 
 
+def _ms_interval(m: dict[str, Any]) -> str:
+    if m.get("low") is None:
+        return f"{m['difference']:.3f} ms/image (no interval: no timing rounds recorded)"
+    return f"{m['difference']:.3f} ms/image (95% CI {m['low']:.3f} to {m['high']:.3f})"
+
+
 def _fmt_interval(m: dict[str, Any], unit: str = "points") -> str:
     scale = 100 if unit == "points" else 1
     return f"{scale * m['difference']:+.2f} {unit} (95% CI {scale * m['low']:+.2f} to {scale * m['high']:+.2f})"
@@ -291,7 +330,7 @@ def _tta_answer(rule: Rule, points: list[Point], eligible: list[Point]) -> str:
             m = compare(winner, plain[0], "latency")
             return (
                 f"Yes: with TTA, {winner.label} reaches the threshold faster than the fastest single-view model "
-                f"({plain[0].label}) by {m['difference']:.3f} ms/image (95% CI {m['low']:.3f} to {m['high']:.3f})."
+                f"({plain[0].label}) by {_ms_interval(m)}."
             )
         if tta:
             m = compare(winner, tta[0], "latency")

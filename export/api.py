@@ -169,6 +169,9 @@ def export_onnx_model(
         check = _export_int8(module, path, opset, metadata, verify, calibration, int8, INT8_SCHEMES[precision])
     else:
         check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
+    selective, selective_note = (
+        _fit_selective(path, payload, int8.calibration_data) if tta == "none" else (metadata["selective"], None)
+    )
     rules = check_tensorrt(path)
     check["tensorrt_rules"] = {
         "passed": rules["passed"],
@@ -194,8 +197,31 @@ def export_onnx_model(
         complete=meta["complete"],
         batchnorm_folding=metadata["batchnorm_folding"],
         quantization=read_metadata(path).get("quantization") if precision in INT8_SCHEMES else None,
+        selective=selective,
+        selective_note=selective_note,
     )
     return Artifact(path, entry, check)
+
+
+def _fit_selective(path: Path, payload: dict[str, Any], data: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the written file's own selective record, a note): thresholds fitted through the file (export.selective_fit)
+    and stamped into its metadata; where the run's hold-out cannot be rebuilt here (its data is elsewhere),
+    training's threshold stays, labelled as such, and the note says why."""
+    from dawnpipe.export.onnx_export import restamp
+    from dawnpipe.export.selective_fit import fit_artifact, from_training, holdout_images
+
+    trained = payload.get("selective")
+    if not trained:
+        return None, None  # no hold-out: no selective modes (asking for one names --holdout)
+    try:
+        images, labels = holdout_images(payload, data)
+    except DawnpipeError as err:
+        restamp(path, {"selective": from_training(trained)})
+        return from_training(trained), f"{path.name} keeps the selective threshold from training: {err}"
+    target = (payload.get("train_config") or {}).get("selective_target", trained.get("target_fraction"))
+    record = {**fit_artifact(path, target, images, labels), "holdout": trained.get("holdout")}
+    restamp(path, {"selective": record})
+    return record, None
 
 
 def export_notes(onnx: Artifact) -> list[str]:
@@ -204,6 +230,8 @@ def export_notes(onnx: Artifact) -> list[str]:
     folding = onnx.entry.get("batchnorm_folding")
     for kept in folding.get("kept", []) if isinstance(folding, dict) else []:
         notes.append(f"BatchNorm {kept['batchnorm']} was not folded into {kept['conv']}: {kept['reason']}")
+    if onnx.entry.get("selective_note"):
+        notes.append(onnx.entry["selective_note"])
     rules = onnx.check.get("tensorrt_rules", {})
     if rules and not rules["passed"]:
         notes.append(

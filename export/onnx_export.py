@@ -130,6 +130,16 @@ def stamp(model: Any, metadata: dict[str, Any]) -> None:
             dim[1].dim_value = len(classes)
 
 
+def restamp(path: str | Path, updates: dict[str, Any]) -> None:
+    """Rewrite an ONNX file's dawnpipe metadata with ``updates`` (the graph untouched), atomically."""
+    import onnx
+
+    meta = {**read_metadata(path), **updates}
+    model = onnx.load(str(path))
+    stamp(model, meta)
+    atomic_write(path, lambda tmp: onnx.save_model(model, str(tmp), save_as_external_data=False))
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """dawnpipe's metadata of an ONNX file (JSON values decoded), without loading the weights."""
     from dawnpipe.export.trt_rules import load_onnx

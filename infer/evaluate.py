@@ -87,6 +87,16 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return low, high
 
 
+def test_images_digest(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of the test images' pixels and labels in the order they were scored: the per-image bits of every row
+    refer to exactly these images, in this order."""
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def pack_bits(flags: np.ndarray) -> str:
     """Per-image booleans as base64 of numpy.packbits (10,000 images -> 1.7 kB of JSON)."""
     return base64.b64encode(np.packbits(np.asarray(flags, dtype=bool)).tobytes()).decode()
@@ -134,18 +144,10 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
             n_views = _views_per_image(backend, mode, selected.get(mode), cfg)
             row = _row(backend, mode, logits[mode], labels, n_views, base_flops)
             row["data"] = data
+            row["test_images_sha256"] = data["test_images_sha256"]
             row["flops_unknown_ops"] = sorted(set(flops.unknown_ops))
             if mode in selected:
-                threshold, origin = resolve_threshold(backend, cfg.selective_threshold)
-                row["selective"] = {
-                    "threshold": threshold,
-                    "threshold_source": origin,
-                    "target_fraction": (backend.selective or {}).get("target_fraction")
-                    if cfg.selective_threshold is None
-                    else None,
-                    "selected_fraction": float(selected[mode].mean()),
-                    "decision": "per image: extra views when the plain view's top-1 probability < threshold",
-                }
+                row["selective"] = _selective_record(backend, mode, selected[mode], cfg.selective_threshold)
             rows.append(row)
         if cfg.latency:
             say(f"{backend.name}: latency of {len(modes)} rows, interleaved in {cfg.protocol.rounds} rounds")
@@ -154,6 +156,24 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
             _attach_latency(backend, images[interleaved_order(labels)], modes, rows, cfg)
         path = _write(rows, backend, cfg)
     return rows, path
+
+
+def _selective_record(backend: Backend, mode: str, chosen: np.ndarray, override: float | None) -> dict[str, Any]:
+    """What a selective row says about its threshold: the value, where it came from, the fraction it selected on
+    the test images, and (a fitted threshold) the target and the fraction it selects on the hold-out it was fitted
+    on, so the two can be read side by side."""
+    threshold, origin = resolve_threshold(backend, override, mode)
+    selective = backend.selective or {}
+    fitted = (selective.get("modes") or {}).get(mode) or (selective if "modes" not in selective else {})
+    own = override is None
+    return {
+        "threshold": threshold,
+        "threshold_source": origin,
+        "target_fraction": fitted.get("target_fraction") if own else None,
+        "holdout_fraction": fitted.get("selected_fraction_holdout") if own else None,
+        "selected_fraction": float(chosen.mean()),
+        "decision": "per image: extra views when the plain view's top-1 probability < threshold",
+    }
 
 
 def _modes(requested: tuple[str, ...]) -> list[str]:
@@ -170,12 +190,13 @@ def _runnable_modes(backend: Backend, modes: list[str], cfg: EvalConfig) -> list
     """The graph's own mode for a TTA graph; selective modes only with a threshold (else refused or dropped)."""
     if backend.graph_tta != "none":
         return [backend.graph_tta]
-    has_threshold = cfg.selective_threshold is not None or "threshold" in (backend.selective or {})
-    if has_threshold:
+    from dawnpipe.train.calibration import mode_threshold
+
+    if cfg.selective_threshold is not None or mode_threshold(backend.selective, "selective-flip") is not None:
         return modes
     explicit = [m for m in modes if parse_mode(m)[1]]
     if explicit and "all" not in cfg.tta:
-        resolve_threshold(backend, None)  # raises the one-line "no calibrated threshold" error
+        resolve_threshold(backend, None, explicit[0])  # raises the one-line "no calibrated threshold" error
     return [m for m in modes if not parse_mode(m)[1]]
 
 
@@ -201,7 +222,7 @@ def _mode_logits(
         base, selective = parse_mode(mode)
         tta_views = views(base, cfg.shift)
         if selective:
-            threshold, _ = resolve_threshold(backend, cfg.selective_threshold)
+            threshold, _ = resolve_threshold(backend, cfg.selective_threshold, mode)
             logits[mode], selected[mode] = _selective_from_views(per_view(base), tta_views, threshold)
         else:
             logits[mode] = combine(per_view(base), tta_views)
@@ -232,7 +253,12 @@ def _test_data(cfg: EvalConfig, backend: Backend) -> tuple[np.ndarray, np.ndarra
             f"the data's classes {list(data.classes)} differ from the model's {backend.classes}",
             "evaluate on the data set the model was trained for",
         )
-    described = {"source": str(source), "sha256": data.source_sha256, "test_images": int(len(data.test_y))}
+    described = {
+        "source": str(source),
+        "sha256": data.source_sha256,
+        "test_images": int(len(data.test_y)),
+        "test_images_sha256": test_images_digest(data.test_x, data.test_y),
+    }
     if own.get("sha256") and own["sha256"] != data.source_sha256:
         described["note"] = f"not the data the model was trained on (sha256 {own['sha256'][:12]}...)"
     return data.test_x, data.test_y, described

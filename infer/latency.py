@@ -8,16 +8,23 @@ Protocol, per measured configuration ("row"):
 4. in each round a row makes at least ``calls`` calls and runs for at least ``min_seconds``;
 5. every call takes the next distinct images (cycling through the given set), so a selective-TTA row pays
    for its extra views on exactly the images that need them, and its mean and tail show it;
-6. per row: mean, p50, p90, p99, std, min and max per image, the per-round medians, and the spread: the range
-   of the per-round medians over the overall median. A row whose spread exceeds ``max_spread`` is flagged as
-   untrustworthy (the machine was not quiet, or the row is bimodal) in the table and the report.
+6. per row: mean, p50, p90, p99, std, min and max per image, the per-round means and medians, and the spread:
+   the range of the per-round medians over the overall median, after each round's common factor is divided out.
+   The common factor of a round is the median over rows of (that row's round median / the row's own median): a
+   machine that slows down for a round slows every row of it, which is drift, not a row's unreliability. A row
+   whose spread still exceeds ``max_spread`` is flagged as untrustworthy (the row is bimodal, or something hit it
+   alone) in the table and the report; the drift (the range of the common factors) is recorded once per session.
+   With fewer than three rows no common factor is taken (the raw spread is judged).
+
+Every row of one ``measure_rows`` call carries the same ``session`` id: rows of one session were timed in the same
+rounds, so their per-round figures pair (costs.stats.round_difference).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -50,9 +57,14 @@ class Timing:
     min_ms: float
     max_ms: float
     round_p50_ms: list[float]
-    spread: float
+    spread: float  # of the per-round medians, each round's common factor divided out
     flagged: bool
     images_per_s: float
+    round_mean_ms: list[float] = field(default_factory=list)  # per-image mean of each round
+    spread_raw: float = 0.0  # of the per-round medians as measured
+    round_factor: list[float] = field(default_factory=list)  # each round's common factor (1.0: none taken)
+    drift: float = 0.0  # range of the session's common factors over their minimum (0: no drift, or too few rows)
+    session: str = ""  # rows of one session were timed in the same rounds
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -60,11 +72,12 @@ class Timing:
 
 
 def summarize(per_call_s: list[list[float]], batch: int, max_spread: float) -> Timing:
-    """Statistics of one row from its per-round call times (seconds per call)."""
+    """Statistics of one row from its per-round call times (seconds per call), judged on its own."""
     every = np.concatenate([np.asarray(r, dtype=np.float64) for r in per_call_s]) * 1000.0 / batch
     round_p50 = [float(np.median(np.asarray(r) * 1000.0 / batch)) for r in per_call_s]
+    round_mean = [float(np.mean(np.asarray(r) * 1000.0 / batch)) for r in per_call_s]
     p50, p90, p99 = (float(v) for v in np.percentile(every, [50, 90, 99]))
-    spread = (max(round_p50) - min(round_p50)) / p50 if p50 > 0 else 0.0
+    spread = _spread(round_p50, p50)
     return Timing(
         batch=batch,
         calls=int(every.size),
@@ -80,7 +93,33 @@ def summarize(per_call_s: list[list[float]], batch: int, max_spread: float) -> T
         spread=float(spread),
         flagged=bool(spread > max_spread),
         images_per_s=float(batch * every.size / (every.sum() * batch / 1000.0)),
+        round_mean_ms=round_mean,
+        spread_raw=float(spread),
+        round_factor=[1.0] * len(round_p50),
     )
+
+
+def _spread(rounds: list[float], centre: float) -> float:
+    return (max(rounds) - min(rounds)) / centre if centre > 0 else 0.0
+
+
+def judge_session(timings: dict[str, Timing], max_spread: float, session: str) -> dict[str, Timing]:
+    """Each round's common factor (the median over rows of each row's round median over its own median) divided
+    out of every row before its spread is judged; the session's drift and id recorded on every row."""
+    names = list(timings)
+    rounds = {len(t.round_p50_ms) for t in timings.values()}
+    if len(names) < 3 or len(rounds) != 1:
+        return {n: replace(t, session=session) for n, t in timings.items()}
+    ratios = np.array([np.asarray(t.round_p50_ms) / np.median(t.round_p50_ms) for t in timings.values()])
+    factor = np.median(ratios, axis=0)
+    drift = float(factor.max() / factor.min() - 1.0) if factor.min() > 0 else 0.0
+    out = {}
+    for name, t in timings.items():
+        steady = list(np.asarray(t.round_p50_ms) / factor)
+        spread = _spread(steady, float(np.median(steady)))
+        out[name] = replace(t, spread=float(spread), flagged=bool(spread > max_spread), round_factor=factor.tolist(),
+                            drift=drift, session=session)  # fmt: skip
+    return out
 
 
 def measure_rows(
@@ -122,4 +161,7 @@ def measure_rows(
                 sync()
                 this_round.append(clock() - t0)
             times[name].append(this_round)
-    return {name: summarize(t, batch, protocol.max_spread) for name, t in times.items()}
+    import uuid
+
+    timings = {name: summarize(t, batch, protocol.max_spread) for name, t in times.items()}
+    return judge_session(timings, protocol.max_spread, uuid.uuid4().hex[:12])

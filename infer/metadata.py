@@ -72,6 +72,9 @@ def _first_problem(meta: dict[str, Any]) -> str | None:  # noqa: C901 (one check
         target = selective.get("target_fraction")
         if target is not None and not _number(target, 0.0, 1.0):
             return f"'selective.target_fraction' is {_show(target)}, not a fraction in [0, 1]"
+        problem = _selective_modes(selective.get("modes"))
+        if problem:
+            return problem
     for key in ("run_id", "lineage", "weights"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             return f"'{key}' is {_show(meta[key])}, not a string"
@@ -84,6 +87,22 @@ def _first_problem(meta: dict[str, Any]) -> str | None:  # noqa: C901 (one check
         return f"'data' is {_show(data)}, not an object of strings"
     if meta.get("model_config") is not None and not isinstance(meta["model_config"], dict):
         return f"'model_config' is {_show(meta['model_config'])}, not an object"
+    return None
+
+
+def _selective_modes(modes: Any) -> str | None:
+    """The per-mode thresholds of an artifact fitted per mode: known selective modes, each a probability."""
+    from dawnpipe.common.tta import SELECTIVE_MODES
+
+    if modes is None:
+        return None
+    if not isinstance(modes, dict):
+        return f"'selective.modes' is {_show(modes)}, not an object"
+    for mode, record in modes.items():
+        if mode not in SELECTIVE_MODES:
+            return f"'selective.modes' names {_show(mode)}, not one of {', '.join(SELECTIVE_MODES)}"
+        if not isinstance(record, dict) or not _number(record.get("threshold"), 0.0, 1.0):
+            return f"'selective.modes.{mode}.threshold' is not a probability in [0, 1]"
     return None
 
 

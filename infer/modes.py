@@ -27,18 +27,21 @@ class ModeResult:
     views_per_image: float
 
 
-def resolve_threshold(backend: Any, override: float | None = None) -> tuple[float, str]:
-    """The selective threshold to use and where it came from: an explicit override, else the artifact's own."""
+def resolve_threshold(backend: Any, override: float | None = None, mode: str = "selective-flip") -> tuple[float, str]:
+    """The threshold of selective ``mode`` and where it came from: an explicit override, else the artifact's own
+    (fitted per mode through the artifact, or, for artifacts made before that, one threshold from training)."""
+    from dawnpipe.train.calibration import mode_threshold
+
     if override is not None:
         return float(override), "given on the command line"
-    calibration = getattr(backend, "selective", None) or {}
-    if "threshold" not in calibration:
+    found = mode_threshold(getattr(backend, "selective", None), mode)
+    if found is None:
         raise DawnpipeError(
             f"{backend.path.name} carries no calibrated selective-TTA threshold (trained without a hold-out, or by an "
             "older dawnpipe)",
             "pass --selective-threshold T, or retrain with --holdout N so the run calibrates one",
         )
-    return float(calibration["threshold"]), "calibrated on the training hold-out"
+    return found
 
 
 def run_mode(
@@ -71,7 +74,7 @@ def run_mode(
         else:
             logits = tta_logits(backend.infer, images, tta_views, batch)
         return ModeResult(logits, np.full(len(images), len(tta_views) > 1), float(len(tta_views)))
-    value, _ = resolve_threshold(backend, threshold)
+    value, _ = resolve_threshold(backend, threshold, mode)
     if on_device is not None:
         logits, chosen = on_device(images, tta_views, value)
     else:

@@ -189,6 +189,15 @@ class Predictor:
         """Class names in logit order."""
         return self.backend.classes
 
+    def threshold_in_use(self) -> float | None:
+        """The per-image threshold this predictor's selective mode applies (None for a mode without one)."""
+        from dawnpipe.common.tta import parse_mode
+        from dawnpipe.infer.modes import resolve_threshold
+
+        if not parse_mode(self.tta)[1] or self.backend.graph_tta != "none":
+            return None
+        return resolve_threshold(self.backend, self.threshold, self.tta)[0]
+
     def run(self, images: np.ndarray):
         """The mode's result (logits, per-image selection, views per image) for uint8 [N, 32, 32, 3] images."""
         return run_mode(self.backend, images, self.tta, threshold=self.threshold, shift=self.shift)

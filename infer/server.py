@@ -115,7 +115,7 @@ def create_app(cfg: ServeConfig, predictor: Any = None):
         **predictor.backend.describe(),
         "tta": predictor.tta,
         "classes": predictor.classes,
-        "threshold": (predictor.backend.selective or {}).get("threshold"),
+        "threshold": predictor.threshold_in_use(),
     }
 
     @asynccontextmanager

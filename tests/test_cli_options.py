@@ -12,6 +12,7 @@ import click
 from dawnpipe.cli import main
 
 SNAPSHOT = Path(__file__).with_name("cli_options_before.json")
+NEW_COMMANDS = {"recheck"}  # issue 31: recompute a report's margins from the file alone
 ADDED = {  # (command, option): why it is new
     ("serve", "backend"): "issue 33: serve on any backend, openvino among them",
 }
@@ -46,8 +47,10 @@ def describe(command: click.Command) -> list[dict]:
 def test_every_option_keeps_its_name_and_default():
     before = json.loads(SNAPSHOT.read_text())
     now = {name: describe(command) for name, command in sorted(main.commands.items())}
-    assert sorted(now) == sorted(before)
+    assert sorted(now) == sorted(set(before) | NEW_COMMANDS)
     for name, params in now.items():
+        if name in NEW_COMMANDS:
+            continue
         kept = [p for p in params if (name, p["name"]) not in ADDED]
         assert kept == before[name], name
     for command, option in ADDED:

@@ -6,8 +6,13 @@ top-1 probability is below t". Choosing t on test images would leak the test set
 reported; choosing it on images the model trained on would set it far too low (training images are seen with
 high confidence). So the trainer keeps a class-balanced hold-out of the training set out of training, and
 after training sets t so that ``target`` of the hold-out falls below it. The hold-out's indices (a rule plus
-their sha256) and the threshold go into the checkpoint and the manifest; export copies the threshold into
-the ONNX metadata, so every consumer applies the same per-image decision.
+their sha256) and the threshold go into the checkpoint and the manifest.
+
+A threshold belongs to the model and runtime it was fitted through: the same network exported to int8, or run by
+another runtime, is confident to other degrees, and a borrowed threshold selects another fraction than the run
+asked for. So every artifact gets its own (``fit_thresholds`` on the confidences that artifact and its runtime
+give on the hold-out: training fits the checkpoint's, export each ONNX file's), one per selective mode: with
+``auto`` each mode's fraction is fitted to that mode's own hold-out gain.
 """
 
 from __future__ import annotations
@@ -112,6 +117,50 @@ def calibrate_threshold(confidence: np.ndarray, target: float) -> dict[str, Any]
         "selected_fraction_holdout": float((conf < threshold).mean()),
         "statistic": "top-1 softmax probability of the plain (identity) view",
     }
+
+
+BASE_MODES = ("flip", "translate", "flip-translate")  # the TTA modes selective TTA takes its extra views from
+
+
+def fit_thresholds(
+    confidence: np.ndarray,
+    plain_hits: np.ndarray,
+    mode_hits: dict[str, np.ndarray],
+    target: float | str,
+    fitted_through: str,
+) -> dict[str, Any]:
+    """Selective TTA's calibration of one artifact: a threshold per selective mode on its hold-out confidences.
+
+    ``mode_hits``: per base mode (``flip``, ...) whether that mode's views get each hold-out image right. A fixed
+    ``target`` gives every mode the same fraction (so the same threshold); ``auto`` fits each mode's fraction to
+    its own gain (``auto_target``). The record keeps selective-flip's fields at its top level, as artifacts made
+    before per-mode thresholds carried them, so older readers still find a threshold.
+    """
+    check_selective_target(target)
+    modes: dict[str, Any] = {}
+    for base, hits in mode_hits.items():
+        if target == AUTO:
+            fitted = auto_target(confidence, plain_hits, hits)
+            record = {**calibrate_threshold(confidence, fitted["target_fraction"]), "target": AUTO, "auto": fitted}
+        else:
+            record = calibrate_threshold(confidence, float(target))
+        modes[f"selective-{base}"] = record
+    first = modes.get("selective-flip") or next(iter(modes.values()))
+    return {**first, "modes": modes, "fitted_through": fitted_through}
+
+
+def mode_threshold(selective: dict[str, Any] | None, mode: str) -> tuple[float, str] | None:
+    """(threshold, where it came from) of a selective ``mode`` in an artifact's record, or None if it has none.
+
+    Artifacts fitted per mode say through what; older ones carry one threshold from training, used for every mode
+    and labelled so."""
+    selective = selective or {}
+    record = (selective.get("modes") or {}).get(mode)
+    if isinstance(record, dict) and "threshold" in record:
+        return float(record["threshold"]), f"fitted on the hold-out through {selective.get('fitted_through')}"
+    if "threshold" in selective:
+        return float(selective["threshold"]), "threshold from training"
+    return None
 
 
 def auto_target(

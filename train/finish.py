@@ -11,7 +11,7 @@ import torch
 
 from dawnpipe.common.device import DeviceChoice
 from dawnpipe.common.manifest import artifact_entry, update_manifest
-from dawnpipe.train.calibration import AUTO, auto_target, calibrate_threshold
+from dawnpipe.train.calibration import BASE_MODES, fit_thresholds
 from dawnpipe.train.checkpoint import input_contract
 from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.data import Cifar
@@ -100,15 +100,14 @@ def calibrate(
     dev: DeviceChoice,
     target: float | str,
 ) -> dict[str, Any]:
-    """Selective TTA's per-image threshold on the hold-out: at the fixed ``target`` fraction, or with ``auto`` at
-    the fraction train.calibration.auto_target fits to this run's own hold-out (recorded beside the threshold)."""
+    """Selective TTA's per-image thresholds for the checkpoint, one per selective mode, on the hold-out through
+    the model as it is served from the checkpoint (EMA weights, this device's precision): at the fixed ``target``
+    fraction, or with ``auto`` at the fraction train.calibration.auto_target fits to each mode's own hold-out gain."""
     confidence = plain_confidence(model, images, mean, std, dev)
-    if target != AUTO:
-        return calibrate_threshold(confidence, float(target))
-    plain = correct(model, images, labels, mean, std, dev, "none").cpu().numpy()
-    flip = correct(model, images, labels, mean, std, dev, "flip").cpu().numpy()
-    fitted = auto_target(confidence, plain, flip)
-    return {**calibrate_threshold(confidence, fitted["target_fraction"]), "target": AUTO, "auto": fitted}
+    hits = {mode: correct(model, images, labels, mean, std, dev, mode).cpu().numpy() for mode in ("none", *BASE_MODES)}
+    plain = hits.pop("none")
+    through = f"torch {dev.describe()['precision']} on {dev.device.type} (training, EMA weights)"
+    return fit_thresholds(confidence, plain, hits, target, through)
 
 
 def write_manifest(

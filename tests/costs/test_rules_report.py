@@ -103,9 +103,41 @@ def test_paired_interval_against_a_hand_computed_case():
     assert result.low == pytest.approx(0.12 * (2 * low - 1)) and result.high == pytest.approx(0.12 * (2 * high - 1))
     assert result.significant
     assert mcnemar_exact(3, 3) == 1.0 and not paired_difference([a], [a]).significant
-    # seeds pool: two identical seed pairs double every count, same difference, tighter interval
-    pooled = paired_difference([a, a], [b, b])
-    assert pooled.difference == pytest.approx(0.08) and pooled.high - pooled.low < result.high - result.low
+    # each test image counts once: two identical copies of a seed give exactly the one-seed interval (pooling the
+    # copies as 200 independent pairs, as reports once did, would narrow it by a factor of about sqrt(2))
+    twice = paired_difference([a, a], [b, b])
+    assert (twice.difference, twice.low, twice.high, twice.p_value) == (
+        result.difference,
+        result.low,
+        result.high,
+        result.p_value,
+    )
+    assert twice.images == 100 and twice.method == result.method == "exact conditional (McNemar)"
+
+
+def test_seeds_that_disagree_average_per_image_and_the_interval_comes_from_the_images():
+    rng = np.random.default_rng(3)
+    a0, b0 = rng.random(400) < 0.7, rng.random(400) < 0.6
+    # seed 1 agrees with seed 0 on most images (hard images are hard for every seed), as real seeds do
+    a1, b1 = a0 ^ (rng.random(400) < 0.1), b0 ^ (rng.random(400) < 0.1)
+    two = paired_difference([a0, a1], [b0, b1])
+    d = (a0.astype(float) + a1) / 2 - (b0.astype(float) + b1) / 2  # per image: the mean over its seeds
+    half = 1.9659 * d.std(ddof=1) / np.sqrt(400)  # t(0.975, 399)
+    assert two.method == "t over images" and two.images == 400 and two.seed_pairs == 2
+    assert two.difference == pytest.approx(d.mean()) and two.low == pytest.approx(d.mean() - half, abs=2e-5)
+    # pooling the seeds as 800 independent pairs would make the interval about sqrt(2) narrower than the images allow
+    pooled = np.concatenate([a0.astype(float) - b0, a1.astype(float) - b1])
+    pooled_half = 1.9629 * pooled.std(ddof=1) / np.sqrt(800)
+    assert two.high - two.low > 1.25 * 2 * pooled_half
+
+
+def test_a_point_interval_counts_each_image_once():
+    from dawnpipe.costs.stats import accuracy_interval
+    from dawnpipe.infer.evaluate import wilson_interval
+
+    a = np.array([1] * 90 + [0] * 10, bool)
+    assert accuracy_interval([a]) == (0.9, *wilson_interval(90, 100))
+    assert accuracy_interval([a, a]) == accuracy_interval([a])  # a second identical seed adds no images
 
 
 def test_margins_pair_seeds_by_value_and_name_a_partial_pairing():
@@ -164,7 +196,9 @@ def test_decisions_pick_winner_runner_up_and_answer_the_tta_question():
 # ------------------------------------------------------------------------------------- synthetic run folders
 
 
-def _run(root: Path, width: float, seed: int, rows: list[dict], *, data_sha="d" * 64, epochs=3) -> Path:
+def _run(
+    root: Path, width: float, seed: int, rows: list[dict], *, data_sha="d" * 64, epochs=3, holdout="h" * 64
+) -> Path:
     """A run folder as training and eval leave it: checkpoint, manifest with the training config, eval.json."""
     run = root / f"w{width}-s{seed}"
     run.mkdir(parents=True)
@@ -172,7 +206,8 @@ def _run(root: Path, width: float, seed: int, rows: list[dict], *, data_sha="d" 
     config = {"epochs": epochs, "batch_size": 512, "seed": seed, "data": "cifar", "model": {"width": width}}
     data = {"sha256": data_sha, "classes": ["a", "b"]}
     ckpt = artifact_entry(run, run / "checkpoint.pt", kind="checkpoint")
-    update_manifest(run, run=("train", {"config": config, "data": data}), artifacts={"checkpoint": ckpt})
+    record = {"config": config, "data": data, "holdout": {"images": 1000, "indices_sha256": holdout}}
+    update_manifest(run, run=("train", record), artifacts={"checkpoint": ckpt})
     for row in rows:
         row["artifact_sha256"] = ckpt["sha256"]
     atomic_write_json(run / "eval.json", {"format": "dawnpipe-eval/2", "rows": rows})
@@ -180,8 +215,9 @@ def _run(root: Path, width: float, seed: int, rows: list[dict], *, data_sha="d" 
     return run
 
 
-def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False):
+def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False, rounds=None, session="", images="t" * 64):
     return {
+        "test_images_sha256": images,
         "backend": "onnxruntime",
         "provider": "CPUExecutionProvider",
         "precision": "fp32",
@@ -200,6 +236,9 @@ def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False):
                 "std_ms": 0.1 * mean_ms,
                 "calls": 100,
                 "flagged": flagged,
+                "round_mean_ms": rounds or [],
+                "session": session,
+                "drift": 0.1 if rounds else 0.0,
             }
         },
         "flops_unknown_ops": [],
@@ -263,7 +302,8 @@ def test_family_report_decides_and_draws(family, tmp_path):
     versus = {v["tta"]: v for v in data["views_vs_width"]}
     flip_small = versus["w0.5 flip @ onnxruntime/CPU fp32"]
     assert flip_small["network"] == "w1 none @ onnxruntime/CPU fp32" and flip_small["network_costs_at_least_as_much"]
-    assert flip_small["margin"]["difference"] < 0 and flip_small["margin"]["images"] == 2 * IMAGES
+    assert flip_small["margin"]["difference"] < 0 and flip_small["margin"]["images"] == IMAGES  # each image once
+    assert flip_small["margin"]["seeds"] == [0, 1]
     text = (out / "report.md").read_text()
     assert text.index("## Decisions") < text.index("## Extra views") < text.index("## Points")
     assert "0.76" in text and "selective-flip" in text and "spread: w0.5 selective-flip" in text
@@ -422,3 +462,59 @@ def test_the_latency_panels_share_one_unnamed_scaling_curve_entry():
     plt.close(fig)
     assert [h.get_label() for h in named] == ["no TTA across widths: onnxruntime/CPU fp32"]
     assert [h.get_label() for h in unnamed] == ["no TTA across widths"]
+
+
+def test_report_json_carries_the_bits_and_every_margin_rechecks(family, tmp_path):
+    from dawnpipe.costs.recheck import read_report, recheck
+
+    out = tmp_path / "report"
+    build_report(ReportConfig(runs=tuple(map(str, family)), out=str(out), budget_ms=2.5, accuracy_threshold=85))
+    path = out / "report.json"
+    data = read_report(path)
+    assert data["test_images"]["count"] == IMAGES and data["test_images"]["sha256"] == "t" * 64
+    point = data["points"][0]
+    assert len(point["correct_bits_by_seed"]) == len(point["seeds"]) == 2
+    found = recheck(path)
+    assert found.margins >= 5 and not found.disagreements and found.largest_accuracy_gap < 1e-12
+    result = CliRunner().invoke(main, ["recheck", str(path)])
+    assert result.exit_code == 0 and "margins recomputed" in result.output
+    # a margin edited in the file no longer matches its own bits
+    edited = json.loads(path.read_text())
+    edited["views_vs_width"][0]["margin"]["difference"] += 0.01
+    path.write_text(json.dumps(edited))
+    failed = CliRunner().invoke(main, ["recheck", str(path)])
+    assert failed.exit_code == 1 and "disagree" in failed.stderr and failed.stderr.count("\n") == 1
+    # bits that disagree with the counts are refused when read back
+    edited["points"][0]["correct_by_seed"][0] += 1
+    path.write_text(json.dumps(edited))
+    with pytest.raises(DawnpipeError, match="its bits hold"):
+        read_report(path)
+
+
+def test_runs_scored_on_other_test_images_or_fitted_on_another_holdout_are_refused(family, tmp_path):
+    ones = np.ones(IMAGES, bool)
+    moved = _run(tmp_path / "m", 0.75, 0, [_eval_row("none", 1, 0.43, ones, 2.0, images="u" * 64)])
+    with pytest.raises(DawnpipeError, match="different test images") as info:
+        build_report(ReportConfig(runs=(str(family[0]), str(moved)), out=str(tmp_path / "r")))
+    assert str(family[0]) in str(info.value) and str(moved) in str(info.value)
+    other = _run(tmp_path / "h", 0.75, 0, [_eval_row("none", 1, 0.43, ones, 2.0)], holdout="g" * 64)
+    with pytest.raises(DawnpipeError, match="different hold-outs") as info:
+        build_report(ReportConfig(runs=(str(family[0]), str(other)), out=str(tmp_path / "r")))
+    assert str(family[0]) in str(info.value) and str(other) in str(info.value)
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_latency_margins_pair_rounds_timed_together_so_drift_stays_inside():
+    from dawnpipe.costs.rules import compare
+
+    # the machine slows by half in round 3; A is always 1 ms faster than B in the same round
+    a_rounds, b_rounds = (2.0, 2.0, 3.0, 2.0, 2.0), (3.0, 3.0, 4.5, 3.0, 3.0)
+    a = replace(_point(label="a", latency=2.2), latency_rounds_ms=(a_rounds,), latency_sessions=("s1",), seeds=(0,))
+    b = replace(_point(label="b", latency=3.3), latency_rounds_ms=(b_rounds,), latency_sessions=("s1",), seeds=(0,))
+    paired = compare(a, b, "latency")
+    assert paired["paired_rounds"] and paired["rounds"] == 5 and paired["significant"]
+    assert paired["difference"] == pytest.approx(1.1)
+    # timed in different sessions: the rounds cannot be paired, and the drift widens the interval
+    apart = compare(a, replace(b, latency_sessions=("s2",)), "latency")
+    assert not apart["paired_rounds"] and apart["method"] == "Welch t over rounds"
+    assert apart["high"] - apart["low"] > paired["high"] - paired["low"]

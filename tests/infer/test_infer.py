@@ -245,11 +245,16 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
     assert b1["calls"] == 4 and b1["rounds"] == 2 and b1["p50_ms"] > 0 and row["latency"]["threads"] >= 1
     bits = unpack_bits(row["correct_bits"], row["images"])
     assert int(bits.sum()) == row["correct"]
-    selective = next(r for r in rows if r["tta"] == "selective-flip")["selective"]
-    assert selective["threshold_source"].startswith("calibrated") and 0 <= selective["selected_fraction"] <= 1
+    for mode in ("selective-flip", "selective-translate", "selective-flip-translate"):
+        # the file's own threshold, fitted through it on the run's hold-out: it selects its target there
+        selective = next(r for r in rows if r["tta"] == mode)["selective"]
+        assert selective["threshold_source"].startswith("fitted on the hold-out through onnxruntime"), selective
+        assert abs(selective["holdout_fraction"] - selective["target_fraction"]) <= 0.01
+        assert 0 <= selective["selected_fraction"] <= 1
     assert "eval.json" in json.loads((run / "manifest.json").read_text())["artifacts"]
-    # a second backend's rows are merged, not overwritten
-    evaluate(EvalConfig(artifact=str(run), tta=("none",), latency=False))
+    # a second backend's rows are merged, not overwritten; the checkpoint's threshold was fitted by training
+    torch_rows, _ = evaluate(EvalConfig(artifact=str(run), tta=("none", "selective-flip"), latency=False))
+    assert torch_rows[1]["selective"]["threshold_source"].startswith("fitted on the hold-out through torch")
     assert {r["backend"] for r in json.loads(out.read_text())["rows"]} == {"onnxruntime", "torch"}
 
 
@@ -382,3 +387,20 @@ def test_fp32_reference_turns_tf32_off(trained_run):
     with load(trained_run, precision="fp32"):
         assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
         assert torch.get_float32_matmul_precision() == "highest"
+
+
+def test_a_round_that_slows_every_row_is_drift_not_a_spread_row():
+    from dawnpipe.infer.latency import judge_session, summarize
+
+    def row(per_round_ms):  # 10 calls per round at the given ms
+        return summarize([[ms / 1000] * 10 for ms in per_round_ms], batch=1, max_spread=0.25)
+
+    drift = {name: row([base, base, 1.5 * base, base]) for name, base in (("a", 1.0), ("b", 2.0), ("c", 4.0))}
+    raw = {name: t.flagged for name, t in drift.items()}
+    judged = judge_session(drift, 0.25, "s")
+    assert all(raw.values()) and not any(t.flagged for t in judged.values())  # the machine slowed, not the rows
+    assert judged["a"].drift == pytest.approx(0.5) and judged["a"].session == "s"
+    assert judged["a"].spread_raw == pytest.approx(0.5) and judged["a"].spread == pytest.approx(0.0)
+    alone = {**{n: row([b, b, b, b]) for n, b in (("a", 1.0), ("b", 2.0), ("c", 4.0))}, "d": row([1, 1, 1.6, 1])}
+    judged = judge_session(alone, 0.25, "s")
+    assert judged["d"].flagged and not judged["a"].flagged  # one row slowed alone: that row is untrustworthy
