@@ -21,3 +21,9 @@ class Interrupted(DawnpipeError):
     def __init__(self, problem: str, fix: str | None = None) -> None:
         super().__init__(problem, fix)
         self.problem, self.fix = problem, fix
+
+
+class BackendRefused(DawnpipeError):
+    """A backend that cannot run an artifact (an int8 graph refused for disagreeing with fp32, a graph a runtime
+    cannot compile): one line for ``export`` or ``eval`` alone; a family records it as "skipped: reason" for that
+    backend and goes on."""

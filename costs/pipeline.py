@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dawnpipe.common.errors import DawnpipeError, Interrupted
+from dawnpipe.common.errors import BackendRefused, DawnpipeError, Interrupted
 from dawnpipe.costs.report import ReportConfig
 from dawnpipe.train.config import TrainConfig
 
@@ -252,7 +252,10 @@ def _export_and_evaluate(
         needed.insert(needed.index("engine"), "fp16")
     files: dict[str, Path] = {"checkpoint": run}
     written = []
+    refused: dict[str, str] = {}  # artifact -> why it could not be made (an int8 graph refused, ...)
     for precision in needed:
+        if precision in refused or (precision == "engine" and "fp16" in refused):
+            continue
         if precision == "engine":
             engine = build_engine_artifact(Artifact(files["fp16"], {}), run)
             files["engine"] = engine.path
@@ -265,7 +268,14 @@ def _export_and_evaluate(
             continue
         stage("export", f"{tag}{precision} ONNX")
         calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
-        artifact = export_onnx_model(source, run, precision=precision, int8=Int8Spec(calibration_images=calibration))
+        try:
+            artifact = export_onnx_model(
+                source, run, precision=precision, int8=Int8Spec(calibration_images=calibration)
+            )
+        except BackendRefused as err:  # one backend's refusal is that backend's "skipped", not the family's end
+            refused[precision] = f"{run.name}: {err}"
+            stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err})")
+            continue
         files[precision] = artifact.path
         written.append(artifact)
     if written:
@@ -273,8 +283,9 @@ def _export_and_evaluate(
     modes = list(ALL_MODES) if "all" in cfg.tta else list(cfg.tta)
     if "threshold" not in (source.payload.get("selective") or {}):  # no hold-out: no selective rows to expect
         modes = [m for m in modes if not m.startswith("selective-")]
-    reasons = tuple((s["backend"], s["reason"]) for s in skipped)
-    for target in targets:
+    runnable, refusals = _runnable(targets, files, refused, run)
+    reasons = tuple((s["backend"], s["reason"]) for s in skipped) + refusals
+    for target in runnable:
         artifact = files[target.artifact]
         sha = source.sha256 if target.artifact == "checkpoint" else sha256_file(artifact)
         if evaluated(run, sha, "torch-graphs" if target.graphs else target.backend, modes):
@@ -295,6 +306,27 @@ def _export_and_evaluate(
             ),
             progress=lambda message, tag=tag: stage("eval", tag + message),
         )
+
+
+def _runnable(targets: list, files: dict[str, Path], refused: dict[str, str], run: Path) -> tuple[list, tuple]:
+    """The targets that can run this run's artifacts, and (target, reason) for those that cannot: an artifact that
+    was refused, or one a backend cannot open (OpenVINO compiles it here first, so a refusal is known before any
+    evaluation writes eval.json and is recorded with the rest)."""
+    from dawnpipe.infer.backends import load
+
+    runnable, refusals = [], []
+    for target in targets:
+        reason = refused.get(target.artifact) or (refused.get("fp16") if target.artifact == "engine" else None)
+        if reason is None and target.backend == "openvino":
+            try:
+                load(files[target.artifact], "openvino").close()
+            except BackendRefused as err:
+                reason = f"{run.name}: {err}"
+        if reason is None:
+            runnable.append(target)
+        else:
+            refusals.append((target.name, reason))
+    return runnable, tuple(refusals)
 
 
 @contextmanager

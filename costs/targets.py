@@ -6,6 +6,8 @@ Names and what they measure:
 - ``torch-graphs``: the same graph-captured (CUDA graphs; torch.compile on a CPU);
 - ``onnxruntime``, ``onnxruntime-int8``, ``onnxruntime-int8-asym``: the fp32, symmetric int8 and uint8 ONNX
   files on onnxruntime's CPU provider;
+- ``openvino``, ``openvino-int8``: the fp32 and symmetric int8 ONNX files in OpenVINO on the CPU (the ``openvino``
+  extra; the same int8 graph TensorRT takes);
 - ``onnxruntime-cuda``: the fp16 ONNX on onnxruntime's CUDA provider (onnxruntime-gpu);
 - ``tensorrt``: an engine built from the fp16 ONNX (TensorRT and a GPU).
 ``auto`` picks by machine: on a GPU the GPU backends (CPU rows there would measure the host, not the GPU, and cost
@@ -39,18 +41,26 @@ TARGETS = {
         Target("onnxruntime", "fp32", "onnxruntime", "cpu"),
         Target("onnxruntime-int8", "int8", "onnxruntime", "cpu"),
         Target("onnxruntime-int8-asym", "int8-asym", "onnxruntime", "cpu"),
+        Target("openvino", "fp32", "openvino"),
+        Target("openvino-int8", "int8", "openvino"),
         Target("onnxruntime-cuda", "fp16", "onnxruntime", "cuda"),
         Target("tensorrt", "engine", "tensorrt"),
     )
 }
-CPU_DEFAULT = ("torch", "onnxruntime", "onnxruntime-int8")
+CPU_DEFAULT = ("torch", "onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8")
 GPU_DEFAULT = ("torch", "torch-graphs", "onnxruntime-cuda", "tensorrt")
 
 
 def unavailable(name: str) -> str | None:
     """Why the target cannot run on this machine, or None when it can."""
+    import importlib.util
+
     import torch
 
+    if name.startswith("openvino") and importlib.util.find_spec("openvino") is None:
+        from dawnpipe.infer.openvino_backend import INSTALL
+
+        return f"OpenVINO is not installed ({INSTALL})"
     if name in ("onnxruntime-cuda", "tensorrt") and not torch.cuda.is_available():
         return "no CUDA GPU on this machine"
     if name == "onnxruntime-cuda":

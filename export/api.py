@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.errors import BackendRefused, DawnpipeError
 from dawnpipe.common.files import check_folder_option, ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.tta import check_mode, views
@@ -157,7 +157,7 @@ def export_onnx_model(
             )
         need = fp16_min_agreement if precision == "fp16" else int8.min_agreement
         if precision != "fp32" and result["top1_agreement"] < need:
-            raise DawnpipeError(
+            raise BackendRefused(
                 f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
                 f"predictions (need {need:.0%}); the export was not kept",
                 "use --precision fp32" + (" or more --calibration-images" if precision in INT8_SCHEMES else ""),

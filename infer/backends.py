@@ -3,10 +3,10 @@
     with load("runs/x/resnet9-ema-none-fp32.onnx") as model:   # picks onnxruntime from the file
         logits = model.infer(images)                           # images: uint8 [N, 32, 32, 3] RGB
 
-``load`` picks the backend from the artifact (checkpoint or run folder -> torch, .onnx -> onnxruntime,
-.engine/.plan -> tensorrt) and reads the input contract, classes and any TTA already in the graph from the
-artifact's metadata or its run's manifest, never from constants here. The runtimes themselves are imported only
-when an artifact is opened, so ``--help`` and the CPU tests work without them.
+``load`` picks the backend from the artifact (checkpoint or run folder -> torch, .onnx -> onnxruntime, or
+openvino when asked, .engine/.plan -> tensorrt) and reads the input contract, classes and any TTA already in the
+graph from the artifact's metadata or its run's manifest, never from constants here. The runtimes themselves are
+imported only when an artifact is opened, so ``--help`` and the CPU tests work without them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dawnpipe.infer.backend import Backend, default_threads
 from dawnpipe.infer.onnxruntime_backend import PROVIDERS, OnnxRuntimeBackend, choose_providers, provider_options
 from dawnpipe.infer.tensorrt_backend import TensorRTBackend
 
-BACKENDS = ("auto", "torch", "torch-graphs", "onnxruntime", "tensorrt")  # torch-graphs: graph-captured torch
+BACKENDS = ("auto", "torch", "torch-graphs", "onnxruntime", "openvino", "tensorrt")  # torch-graphs: graph-captured
 
 
 def load(
@@ -47,11 +47,11 @@ def load(
     if not path.exists():
         raise DawnpipeError(f"artifact {path} does not exist", "pass a run folder, checkpoint.pt, .onnx or .engine")
     kind = artifact_kind(path)
-    wanted = {"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
-    if backend not in ("auto", wanted):
+    wanted = {"checkpoint": ("torch",), "onnx": ("onnxruntime", "openvino"), "engine": ("tensorrt",)}[kind]
+    if backend not in ("auto", *wanted):
         raise DawnpipeError(
             f"{path.name} is a {kind}, which the {backend} backend cannot run",
-            f"use --backend {wanted} or auto, or pass the matching artifact",
+            f"use --backend {' or '.join(wanted)} or auto, or pass the matching artifact",
         )
     if not (path.is_dir() or path.is_file()):
         raise DawnpipeError(
@@ -61,6 +61,11 @@ def load(
         from dawnpipe.infer.torch_backend import TorchBackend
 
         opened: Backend = TorchBackend(path, device=device, precision=precision, threads=threads, graphs=graphs)
+    elif kind == "onnx" and backend == "openvino":
+        from dawnpipe.infer.openvino_backend import OpenVinoBackend
+
+        _check_onnx_lineage(path, allow_foreign)  # before OpenVINO compiles it and caches the result beside it
+        opened = OpenVinoBackend(path, threads=threads)
     elif kind == "onnx":
         opened = OnnxRuntimeBackend(path, provider=provider, threads=threads)
     else:
@@ -76,6 +81,14 @@ def load(
         opened.close()
         raise
     return opened
+
+
+def _check_onnx_lineage(path: Path, allow_foreign: bool) -> None:
+    from dawnpipe.common.files import sha256_file
+    from dawnpipe.common.lineage import check_lineage
+    from dawnpipe.export.onnx_export import read_metadata
+
+    check_lineage(path, read_metadata(path).get("run_id"), allow_foreign=allow_foreign, sha256=sha256_file(path))
 
 
 def artifact_kind(path: Path) -> str:

@@ -139,6 +139,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
         base_flops = flops.model_flops / max(backend.graph_views, 1)
         say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
         logits, selected = _mode_logits(backend, images, modes, cfg)
+        agreement = _agreement(backend, images, logits, cfg)
         rows = []
         for mode in modes:
             n_views = _views_per_image(backend, mode, selected.get(mode), cfg)
@@ -146,6 +147,8 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
             row["data"] = data
             row["test_images_sha256"] = data["test_images_sha256"]
             row["flops_unknown_ops"] = sorted(set(flops.unknown_ops))
+            if agreement is not None:
+                row["agreement_with_onnxruntime_fp32"] = agreement
             if mode in selected:
                 row["selective"] = _selective_record(backend, mode, selected[mode], cfg.selective_threshold)
             rows.append(row)
@@ -174,6 +177,18 @@ def _selective_record(backend: Backend, mode: str, chosen: np.ndarray, override:
         "selected_fraction": float(chosen.mean()),
         "decision": "per image: extra views when the plain view's top-1 probability < threshold",
     }
+
+
+def _agreement(backend: Backend, images: np.ndarray, logits: dict, cfg: EvalConfig) -> dict[str, Any] | None:
+    """OpenVINO rows carry their top-1 agreement with onnxruntime fp32 on the same test images."""
+    if backend.name != "openvino":
+        return None
+    from dawnpipe.infer.openvino_backend import agreement_with_onnxruntime
+
+    plain = logits.get("none", logits.get(backend.graph_tta))
+    if plain is None:
+        plain = backend.infer(images)
+    return agreement_with_onnxruntime(backend, images, plain)
 
 
 def _modes(requested: tuple[str, ...]) -> list[str]:

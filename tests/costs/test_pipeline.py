@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from dataclasses import replace
 
 from click.testing import CliRunner
 
 from dawnpipe.cli import main
+
+OPENVINO = importlib.util.find_spec("openvino") is not None
 
 
 def test_pipeline_family_end_to_end(image_folder, tmp_path):
@@ -19,10 +23,12 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
         for file in ("checkpoint.pt", "resnet9-ema-none-fp32.onnx", "eval.json", "manifest.json"):
             assert (run / file).exists(), (name, file)
         rows = json.loads((run / "eval.json").read_text())["rows"]
+        openvino = {("openvino", "fp32"), ("openvino", "int8")} if OPENVINO else set()
         assert {(r["backend"], r["precision"]) for r in rows} == {
             ("torch", "fp32"),
             ("onnxruntime", "fp32"),
             ("onnxruntime", "int8"),
+            *openvino,
         }
         assert {r["tta"] for r in rows} >= {"none", "flip", "translate", "flip-translate", "selective-flip"}
         manifest = json.loads((run / "manifest.json").read_text())
@@ -53,3 +59,29 @@ def test_pipeline_refuses_bad_options_before_training(image_folder, tmp_path):
         result = CliRunner().invoke(main, [*base, *bad])
         assert result.exit_code in (1, 2) and len(result.output.strip().splitlines()) == 1, (bad, result.output)
     assert not any(tmp_path.iterdir())  # nothing was trained
+
+
+def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_folder, tmp_path, monkeypatch):
+    # the real int8 export and its real agreement check, held to an agreement no graph reaches
+    from dawnpipe.export import api
+
+    real = api.export_onnx_model
+
+    def strict(source, out_dir, *, precision="fp32", int8=None, **kwargs):
+        if int8 is not None:
+            int8 = replace(int8, min_agreement=1.01)
+        return real(source, out_dir, precision=precision, int8=int8, **kwargs)
+
+    monkeypatch.setattr(api, "export_onnx_model", strict)
+    args = ["pipeline", "--data", str(image_folder), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path)]
+    args += ["--name", "q", "--device", "cpu", "--width", "0.125", "--latency-rounds", "1", "--tta", "none,flip"]
+    args += ["--backends", "onnxruntime,onnxruntime-int8" + (",openvino-int8" if OPENVINO else "")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "q" / "eval.json").read_text())
+    assert {r["precision"] for r in evaluation["rows"]} == {"fp32"}
+    skipped = {s["backend"]: s["reason"] for s in evaluation["skipped"]}
+    assert "agrees with fp32 on only" in skipped["onnxruntime-int8"] and skipped["onnxruntime-int8"].startswith("q:")
+    if OPENVINO:
+        assert "agrees with fp32 on only" in skipped["openvino-int8"]
+    assert "onnxruntime-int8: skipped: q:" in (tmp_path / "q" / "report.md").read_text()
