@@ -323,6 +323,25 @@ _FAMILY_RESUME = click.option(
 # fmt: on
 
 
+def _typed(opts: dict, explicit: set[str]) -> str:
+    """The command line as typed (the options given explicitly, in the command's order), shell-quoted."""
+    import shlex
+
+    ctx = click.get_current_context()
+    words = ["dawnpipe", ctx.info_name or "pipeline"]
+    for param in ctx.command.params:
+        if param.name not in explicit or not isinstance(param, click.Option):
+            continue
+        value, flag = opts[param.name], param.opts[0]
+        if param.is_flag:
+            words += [flag] if value else []
+        elif param.multiple:
+            words += [w for v in value for w in (flag, str(v))]
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return shlex.join(words)
+
+
 def _explicit(opts: dict) -> set[str]:
     """The options the user typed (not defaults): these win over a preset's values."""
     from click.core import ParameterSource
@@ -469,7 +488,9 @@ def pipeline(**opts) -> None:
     """Train (a family), export, evaluate every TTA mode on the chosen backends, and write the cost report."""
     from dawnpipe.costs.pipeline import pipeline_config, run_pipeline
 
-    result = run_pipeline(pipeline_config(explicit=_explicit(opts), **opts), say=lambda m: click.echo(m, err=True))
+    explicit = _explicit(opts)
+    cfg = pipeline_config(explicit=explicit, command=_typed(opts, explicit), **opts)
+    result = run_pipeline(cfg, say=lambda m: click.echo(m, err=True))
     if result.reused:
         click.echo(f"reused (checked): {len(result.reused)} piece(s): {', '.join(result.reused)}", err=True)
     for kind, path in result.artifacts.items():

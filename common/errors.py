@@ -27,3 +27,13 @@ class BackendRefused(DawnpipeError):
     """A backend that cannot run an artifact (an int8 graph refused for disagreeing with fp32, a graph a runtime
     cannot compile): one line for ``export`` or ``eval`` alone; a family records it as "skipped: reason" for that
     backend and goes on."""
+
+
+class DiskFull(DawnpipeError):
+    """A write that found no room: ``problem`` names the folder, the file, the bytes it needed (where known) and
+    the free space; ``fix`` says what to do. Kept apart so a caller can restate the fix (a training run names its
+    ``--resume``)."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        super().__init__(problem, fix)
+        self.problem, self.fix = problem, fix

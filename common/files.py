@@ -7,9 +7,11 @@ run folder and then updates the manifest in it).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError, DiskFull
 
 _CHUNK = 1 << 20  # bytes read per hash update
 LOCK_NAME = ".lock"
@@ -61,21 +63,87 @@ def check_folder_option(path: str | Path, option: str) -> Path:
     return path
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one, never half."""
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL = 1 << 20  # bytes: a writer that failed with less than this left has run out of room
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any], expected_bytes: int | None = None) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers see the old file or the new one, never half.
+
+    A disk (or quota) that fills up during the write is one ``DiskFull`` line naming the folder, the file, the bytes
+    it needed (``expected_bytes``, where the caller knows them) and the free space; the temporary file is removed
+    and the old file, if any, is left whole. Some writers do not say ENOSPC (``torch.save`` raises a RuntimeError
+    about a position); a failure that leaves the disk all but full is read as one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if err.errno in _FULL:
+            raise no_space(path, expected_bytes) from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = _out_of_room(err, path.parent)
         tmp.unlink(missing_ok=True)
+        if full:
+            raise no_space(path, expected_bytes) from None
         raise
     return path
+
+
+def _out_of_room(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in _FULL:
+        return True
+    if isinstance(err, OSError | RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < _NEARLY_FULL
+        except OSError:
+            return False
+    return False
+
+
+def no_space(path: Path, needed: int | None = None, fix: str = "free space or pass another --out") -> DiskFull:
+    """The one line for a write that found no room (the free space read now, after any temporary was removed)."""
+    free = free_bytes(path.parent)
+    need = f"about {human_bytes(needed)} needed, " if needed else ""
+    return DiskFull(f"no space left on {path.parent} writing {path.name} ({need}{human_bytes(free)} free)", fix)
+
+
+def ensure_room(folder: str | Path, needed: int, what: str, option: str = "--out") -> None:
+    """Before any work: refuse a folder without room for ``needed`` bytes (``what`` is the file that will need it)."""
+    free = free_bytes(folder)
+    if free is not None and free < needed:
+        raise DiskFull(
+            f"no room on {folder} for {what} (about {human_bytes(needed)} needed, {human_bytes(free)} free)",
+            f"free space or pass another {option}",
+        )
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    """Free bytes on the file system of ``folder`` (or of its nearest existing parent), None if unknown."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
+def human_bytes(count: int | None) -> str:
+    """1.2 MB, 26 MB, 3.4 GB (decimal units, two significant figures)."""
+    if count is None:
+        return "an unknown amount"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{count} bytes"
 
 
 def _umask() -> int:

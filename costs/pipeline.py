@@ -39,6 +39,7 @@ class PipelineConfig:
     backends: tuple[str, ...] = ("auto",)  # costs.targets names; auto = the machine's default set
     resume: bool = False  # continue the family of this --name, reusing every finished piece
     report: ReportConfig = field(default_factory=lambda: ReportConfig(runs=()))
+    command: str = ""  # the command line as typed (for the "continue with ..." line only; not part of the family)
 
 
 @dataclass
@@ -67,6 +68,7 @@ def pipeline_config(
     budget_ms: float | None = None,
     accuracy_threshold: float = ReportConfig.accuracy_threshold,
     threshold_note: str | None = None,
+    command: str = "",
     **train_options: Any,
 ) -> PipelineConfig:
     """PipelineConfig from the command line's flat options: the training options make the recipe (over its preset;
@@ -84,6 +86,7 @@ def pipeline_config(
         latency_rounds=latency_rounds,
         backends=backends,
         resume=resume,
+        command=command,
         report=report_config(
             rules=rules,
             budget_gflops=budget_gflops,
@@ -105,14 +108,55 @@ def check_pipeline(cfg: PipelineConfig) -> None:
     unknown = [m for m in cfg.tta if m not in (*ALL_MODES, "all")]
     if unknown or not cfg.tta:
         raise DawnpipeError(f"unknown TTA mode(s) {unknown or '(none given)'}", f"use {', '.join(ALL_MODES)} or all")
-    if not cfg.widths or any(not (0 < w <= 16) for w in cfg.widths):
-        raise DawnpipeError(f"widths {list(cfg.widths)} must each lie in (0, 16]", "pass e.g. --widths 0.5,0.75,1.0")
+    if not cfg.widths or any(not (0 < w <= MAX_WIDTH) for w in cfg.widths):
+        raise DawnpipeError(
+            f"widths {list(cfg.widths)} must each lie in (0, {MAX_WIDTH:g}] (width 4 is 16x the FLOPs of width 1)",
+            "pass e.g. --widths 0.5,0.75,1.0",
+        )
+    _check_distinct_channels(cfg)
     if not cfg.seeds or any(s < 0 for s in cfg.seeds):
         raise DawnpipeError(f"seeds {list(cfg.seeds)} must be non-negative", "pass e.g. --seeds 0,1")
-    if cfg.resume and not cfg.train.name:
-        raise DawnpipeError("--resume needs the --name of the pipeline to continue", "pass --name NAME --resume")
     if cfg.resume and cfg.train.overwrite:
         raise DawnpipeError("--resume keeps finished work and --overwrite replaces it", "pass one of them")
+
+
+MAX_WIDTH = 4.0  # channel multiplier: a family's widths lie in (0, MAX_WIDTH]
+
+
+def _check_distinct_channels(cfg: PipelineConfig) -> None:
+    """Two widths that round to the same channel counts would train the same network twice under two names."""
+    seen: dict[tuple[int, ...], float] = {}
+    for width in cfg.widths:
+        channels = replace(cfg.train.model, width=width).channels()
+        if channels in seen:
+            raise DawnpipeError(
+                f"widths {seen[channels]:g} and {width:g} both give channels {list(channels)}: the same network",
+                "drop one of them from --widths",
+            )
+        seen[channels] = width
+
+
+def resolve_name(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineConfig:
+    """``--resume`` without ``--name``: the one unfinished family in ``--out`` (said in one line), or a one-line
+    refusal naming the families there. A new pipeline without a name gets a time stamp."""
+    import time as clock
+
+    if cfg.train.name:
+        return cfg
+    if not cfg.resume:
+        return replace(cfg, train=replace(cfg.train, name=clock.strftime("%Y%m%d-%H%M%S")))
+    from dawnpipe.costs.resume import unfinished_families
+
+    out = Path(cfg.train.out)
+    found = unfinished_families(out)
+    if len(found) != 1:
+        listed = f" ({', '.join(found)})" if found else ""
+        raise DawnpipeError(
+            f"--resume without --name needs exactly one unfinished family in {out}; found {len(found)}{listed}",
+            "pass --name NAME --resume",
+        )
+    say(f"continuing family {found[0]}, the one unfinished family in {out}")
+    return replace(cfg, train=replace(cfg.train, name=found[0]))
 
 
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineResult:
@@ -123,10 +167,11 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
     from dawnpipe.costs.targets import choose_targets
 
     check_pipeline(cfg)
+    cfg = resolve_name(cfg, say)
     targets, skipped = choose_targets(cfg.backends)
     started = time.perf_counter()
     stage = _Stages(say, started)
-    base = check_run_name(cfg.train.name or time.strftime("%Y%m%d-%H%M%S"))
+    base = check_run_name(cfg.train.name)
     family = len(cfg.widths) * len(cfg.seeds) > 1
     out = Path(cfg.train.out)
     # seed-major: every width of the first seed before any second seed, so a family stopped early is still a
@@ -147,10 +192,10 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
         if family:  # a single run's record goes into its own folder once it has trained (a record alone there
             _record(family_dir, RECORD_KEY, record, members)  # would read as a finished run)
         result = PipelineResult(family_dir, [], {}, [f"{s['backend']}: {s['reason']}" for s in skipped], 0.0)
-        with _abandon_on_sigterm():
+        with _abandon_on_sigterm(_continue(cfg)):
             for key, name in names.items():
                 tag = f"{name}: " if family else ""
-                run = _train_member(expected[key], out / name, members.get(name), stage, tag, result)
+                run = _train_member(expected[key], out / name, members.get(name), stage, tag, result, _continue(cfg))
                 members[name] = _member(run)
                 _record(family_dir, RECORD_KEY, record, members)
                 result.runs.append(run)
@@ -191,7 +236,7 @@ def _check_member(run_dir: Path, expected: TrainConfig, member: dict[str, Any] |
 
 
 def _train_member(
-    run_cfg: TrainConfig, run_dir: Path, member: dict | None, stage, tag: str, result: PipelineResult
+    run_cfg: TrainConfig, run_dir: Path, member: dict | None, stage, tag: str, result: PipelineResult, how: str
 ) -> Path:
     from dawnpipe.costs.resume import training_state
     from dawnpipe.train.trainer import train
@@ -207,7 +252,7 @@ def _train_member(
     try:
         trained = train(resume_cfg, progress=True)
     except Interrupted as err:
-        raise Interrupted(f"{err.problem}; the family's finished work is kept", _CONTINUE) from None
+        raise Interrupted(f"{err.problem}; the family's finished work is kept", how) from None
     m = trained.metrics
     stage(
         "train",
@@ -217,7 +262,16 @@ def _train_member(
     return trained.run_dir
 
 
-_CONTINUE = "continue with the same command and --resume"
+def _continue(cfg: PipelineConfig) -> str:
+    """The exact command that continues this family: the one typed, with its --name and --resume."""
+    import shlex
+
+    words = shlex.split(cfg.command) if cfg.command else ["dawnpipe", "pipeline"]
+    if "--name" not in words and not any(w.startswith("--name=") for w in words):
+        words += ["--name", cfg.train.name or ""]
+    if "--resume" not in words:
+        words.append("--resume")
+    return f"continue with `{shlex.join(words)}`"
 
 
 def _member(run_dir: Path) -> dict[str, Any]:
@@ -330,7 +384,7 @@ def _runnable(targets: list, files: dict[str, Path], refused: dict[str, str], ru
 
 
 @contextmanager
-def _abandon_on_sigterm() -> Iterator[None]:
+def _abandon_on_sigterm(how: str) -> Iterator[None]:
     """SIGTERM (what schedulers and containers send) ends an export or evaluation like Ctrl-C does: the stage is
     abandoned, its temporaries removed at the next lock, and the one line says how to continue. Training installs
     its own handler (a clean stop at the next step) while it runs."""
@@ -347,7 +401,7 @@ def _abandon_on_sigterm() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted("the pipeline was interrupted during an export or evaluation", _CONTINUE) from None
+        raise Interrupted("the pipeline was interrupted during an export or evaluation", how) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

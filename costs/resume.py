@@ -25,6 +25,7 @@ RECORD_KEY = "pipeline"  # the family manifest's runs.<key>
 # TrainConfig fields that may differ between a family's runs, or between a run and its record, without the runs
 # differing: where it is written, how it was resumed, how often progress was shown, the device name asked for
 _NOT_RECIPE = ("name", "out", "resume", "overwrite", "device", "eval_every", "seed")
+_GROWS = ("widths", "seeds")  # a resumed family may add widths and seeds (joined), never drop one
 
 
 def family_record(cfg: Any, targets: list[str]) -> dict[str, Any]:
@@ -70,7 +71,16 @@ def check_family(family_dir: Path, record: dict[str, Any], resume: bool) -> dict
             f"{family_dir} already records a pipeline family; nothing was trained",
             "continue it with the same options and --resume, or pick another --name",
         )
-    diff = differences(recorded.get("config", {}), record)
+    config = dict(recorded.get("config", {}))
+    for key in _GROWS:  # joined, not differences: a family grows by new widths or seeds, finished members kept
+        dropped = [v for v in config.pop(key, []) if v not in record[key]]
+        if dropped:
+            raise DawnpipeError(
+                f"--resume was given {key} {record[key]} without the family's {dropped} (in {family_dir}); a resumed "
+                "family may add widths and seeds but never drop finished ones",
+                f"resume with every recorded {key[:-1]} plus any new ones, or start a new family under another --name",
+            )
+    diff = differences(config, {k: v for k, v in record.items() if k not in _GROWS})
     if diff:
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
         raise DawnpipeError(
@@ -78,6 +88,19 @@ def check_family(family_dir: Path, record: dict[str, Any], resume: bool) -> dict
             "resume with the family's options, or start a new family under another --name",
         )
     return dict(recorded.get("members", {}))
+
+
+def unfinished_families(out: Path) -> list[str]:
+    """Names of the families in ``out`` that record a pipeline and have not written their report yet."""
+    found = []
+    for manifest in sorted(out.glob(f"*/{MANIFEST_NAME}")) if out.is_dir() else []:
+        try:
+            runs = read_manifest(manifest.parent).get("runs", {})
+        except DawnpipeError:
+            continue
+        if RECORD_KEY in runs and "costs" not in runs:
+            found.append(manifest.parent.name.removesuffix("-report"))
+    return found
 
 
 def _recorded(family_dir: Path) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dawnpipe.common.errors import BackendRefused, DawnpipeError
-from dawnpipe.common.files import check_folder_option, ensure_writable_dir, sha256_file
+from dawnpipe.common.files import check_folder_option, ensure_room, ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.common.tta import check_mode, views
 from dawnpipe.export.config import EXPORT_PRECISIONS, ExportConfig, Int8Spec
@@ -301,6 +301,9 @@ def export(cfg: ExportConfig) -> ExportResult:
             check_folder_option(folder, option)  # before the checkpoint is even read
     source = load_source(cfg.source, allow_foreign=cfg.allow_foreign, allow_incomplete=cfg.allow_incomplete)
     out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else source.run_dir)
+    ensure_room(
+        out_dir, onnx_bytes(source.payload, cfg.precision), f"resnet9-{cfg.weights}-{cfg.tta}-{cfg.precision}.onnx"
+    )
     onnx = export_onnx_model(
         source,
         out_dir,
@@ -380,6 +383,15 @@ def _export_int8(
 
         atomic_write(path, write)
     return result
+
+
+def onnx_bytes(payload: dict[str, Any], precision: str) -> int:
+    """About how large the exported file is (its weights at the precision's width, plus 1 MB): the room checked
+    before an export starts."""
+    from dawnpipe.train.checkpoint import parameter_count
+
+    width = {"fp32": 4, "fp16": 2}.get(precision, 1)
+    return width * parameter_count(payload.get("model_config") or {}) + (1 << 20)
 
 
 def _version() -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import atomic_write_json
+from dawnpipe.common.files import atomic_write_json, ensure_writable_dir
 from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
 from dawnpipe.common.run_folder import RunFolder
 from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, combine, parse_mode, view_logits, views
@@ -122,6 +122,9 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
     artifact = Path(cfg.artifact).expanduser()
     if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise DawnpipeError(f"--out {cfg.out} is a file, not a folder", "pass a folder for eval.json")
+    if cfg.out or artifact.exists():  # eval.json's folder can be written, checked before any row is timed
+        own = artifact if artifact.is_dir() else artifact.parent
+        ensure_writable_dir(Path(cfg.out) if cfg.out else own, "--out" if cfg.out else "--out (beside the artifact)")
     with load(
         artifact,
         cfg.backend,

@@ -151,7 +151,7 @@ def _write_cache(compiled: Any, blob: Path, record: Path, wanted: dict[str, Any]
         data = exported.getvalue() if hasattr(exported, "getvalue") else bytes(exported)
         atomic_write(blob, lambda tmp: tmp.write_bytes(data))
         atomic_write_json(record, {**wanted, "blob_sha256": hashlib.sha256(data).hexdigest()})
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, DawnpipeError):  # read-only or full: the cache is only a start-up saving
         return "none (the folder cannot be written)"
     return "written"
 

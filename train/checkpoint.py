@@ -68,9 +68,35 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write atomically; ``payload`` gets the format tag and version."""
+    """Write atomically (a full disk is one ``DiskFull`` line, the previous checkpoint left whole); ``payload``
+    gets the format tag and version."""
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), expected_bytes=_tensor_bytes(payload))
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in a nested payload: what a checkpoint file is, give or take its small metadata."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def parameter_count(model_cfg: ModelConfig | dict[str, Any]) -> int:
+    """Numbers in the model's state (weights, biases, BatchNorm statistics), counted without allocating them."""
+    if isinstance(model_cfg, dict):
+        model_cfg = ModelConfig(**{**MODEL_FIELDS_ADDED, **model_cfg})
+    with torch.device("meta"):
+        return sum(t.numel() for t in ResNet9(model_cfg).state_dict().values())
+
+
+def checkpoint_bytes(model_cfg: ModelConfig) -> int:
+    """About how large a checkpoint of this model is (weights, EMA, momentum in fp32, plus 1 MB of the rest),
+    known before training: the room a run folder needs, checked before any work."""
+    return 3 * 4 * parameter_count(model_cfg) + (1 << 20)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

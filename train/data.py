@@ -14,6 +14,7 @@ import io
 import os
 import re
 import stat
+import sys
 import tarfile
 import urllib.request
 import zlib
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.errors import DawnpipeError, DiskFull
 from dawnpipe.common.files import atomic_write, sha256_file
 from dawnpipe.train.cifar_batches import BATCH_FILES, IMAGE_SIZE, MAX_BATCH_BYTES, decode_batches
 
@@ -312,9 +313,11 @@ def _write_cache(path: Path, arrays: tuple) -> None:
             np.savez(handle, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=np.array(classes))
 
     try:
-        atomic_write(path, _save)
+        atomic_write(path, _save, expected_bytes=sum(a.nbytes for a in (train_x, train_y, test_x, test_y)))
+    except DiskFull as full:  # the cache is an optimisation: a full disk is said, and the run goes on without it
+        print(f"notice: the decoded data was not cached: {full.problem}", file=sys.stderr, flush=True)
     except OSError:
-        pass  # the cache is an optimisation; a read-only cache folder must not stop training
+        pass  # a read-only cache folder must not stop training either
 
 
 def cached_test_images(source_sha256: str, limit: int) -> tuple[np.ndarray, np.ndarray, list[str]] | None:

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 
 from dawnpipe.common.device import DeviceChoice, choose_device
-from dawnpipe.common.errors import DawnpipeError, Interrupted
+from dawnpipe.common.errors import DawnpipeError, DiskFull, Interrupted
+from dawnpipe.common.files import ensure_room
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.train.calibration import check_selective_target
 from dawnpipe.train.checkpoint import (
     CHECKPOINT_NAME,
+    checkpoint_bytes,
     input_contract,
     load_checkpoint,
     restore_rng,
@@ -109,6 +111,8 @@ def _train(
 ) -> TrainResult:
     """The run itself, top to bottom: data, model, resumed state, epochs, final evaluation and manifest."""
     cfg, resume = _resumed_config(cfg, changes, resume)
+    if dist is None or dist.rank == 0:  # room for two checkpoints (the new one is written beside the old), first
+        ensure_room(run_dir, 2 * checkpoint_bytes(cfg.model), CHECKPOINT_NAME)
     dev = choose_device(cfg.device) if dist is None else dist.device_choice
     if resume is not None:
         dev = resumed_precision(dev, resume["state"].get("precision"))
@@ -139,7 +143,7 @@ def _train(
                 if progress and rank0 and bar.disable:
                     print(epoch_line(record, cfg.epochs), file=sys.stderr, flush=True)
                 if rank0:
-                    saver.save(epoch + 1, 0, complete=False)
+                    _save_or_say_how_to_resume(saver, run_dir, epoch + 1)
                 loop.epoch, loop.done, loop.epoch_start = epoch + 1, 0, None  # a Ctrl-C now resumes at the next epoch
     except KeyboardInterrupt:
         running = 0.0 if loop.epoch_start is None else time.perf_counter() - loop.epoch_start
@@ -247,6 +251,22 @@ def _resumed_config(
             f"the run in {cfg.resume} already finished all {saved.epochs} epochs", "start a new run without --resume"
         )
     return replace(saved, **{"resume": cfg.resume, "device": cfg.device, **changes}), resume
+
+
+def _save_or_say_how_to_resume(saver: _Saver, run_dir: Path, epoch: int) -> None:
+    """The end-of-epoch checkpoint; a full disk stops the run with the previous checkpoint whole, and says how to
+    continue from it once there is room (a resumed run replays the lost epoch exactly)."""
+    try:
+        saver.save(epoch, 0, complete=False)
+    except DiskFull as full:
+        fix = (
+            f"free space, then continue from epoch {epoch - 1} with `dawnpipe train --resume {run_dir}`"
+            if epoch > 1
+            else "free space or pass another --out"
+        )
+        raise DiskFull(
+            f"{full.problem}; the run stopped after epoch {epoch}, its checkpoint was not written", fix
+        ) from None
 
 
 class _Saver:

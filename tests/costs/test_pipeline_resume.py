@@ -66,7 +66,7 @@ def test_killed_mid_training_resumes_that_training_and_redoes_nothing(image_fold
         return contextlib.nullcontext(StopAfter(5)) if calls["n"] == 2 else real()
 
     monkeypatch.setattr(trainer_mod, "graceful_interrupt", interrupt_second_run)
-    with pytest.raises(Interrupted, match="continue with the same command and --resume"):
+    with pytest.raises(Interrupted, match="continue with `dawnpipe pipeline --name fam --resume`"):
         run_pipeline(_cfg(image_folder, tmp_path), say=lambda _: None)
     monkeypatch.undo()
     first = tmp_path / "fam-w0.125-s0"
@@ -124,9 +124,9 @@ def finished(image_folder, tmp_path_factory) -> Path:
 
 
 _CHANGES = [
-    ({"widths": (0.125, 0.25)}, "widths [0.125, 0.25] (family: [0.125])"),
-    ({"seeds": (0,)}, "seeds [0] (family: [0, 1])"),
-    ({"tta": ("none",)}, "tta ['none']"),
+    ({"widths": (0.25,)}, "widths [0.25] without the family's [0.125]"),  # a family never drops a finished width
+    ({"seeds": (0,)}, "seeds [0] without the family's [1]"),
+    ({"tta": ("none",)}, "other options than the family in"),
     ({"backends": ("torch",)}, "backends ['torch']"),
 ]
 
@@ -134,9 +134,9 @@ _CHANGES = [
 def test_resume_with_other_options_is_refused_by_name_and_writes_nothing(image_folder, finished):
     before = _snapshot(finished)
     for changes, named in _CHANGES:
-        with pytest.raises(DawnpipeError, match="other options than the family") as info:
+        with pytest.raises(DawnpipeError) as info:
             run_pipeline(_cfg(image_folder, finished, resume=True, **changes), say=lambda _: None)
-        assert named in str(info.value) and "\n" not in str(info.value)
+        assert named in str(info.value) and "\n" not in str(info.value), str(info.value)
     # another recipe (epochs) or other data are refused the same way, through the CLI, in one line
     base = ["pipeline", "--data", str(image_folder), "--batch-size", "32", "--lr", "2", "--width", "0.125"]
     base += ["--out", str(finished), "--name", "fam", "--device", "cpu", "--seeds", "0,1", "--resume"]
@@ -207,3 +207,51 @@ def test_sigkill_between_runs_then_resume_from_the_command_line(image_folder, tm
     assert (tmp_path / "fam-w0.125-s0" / "checkpoint.pt").read_bytes() == checkpoint
     assert (tmp_path / "fam-report" / "report.md").exists()
     assert not list(tmp_path.rglob("*.tmp"))  # temporaries of the killed writer were removed
+
+
+def test_resume_with_more_widths_joins_them_and_retrains_nothing_finished(image_folder, finished, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    before = {k: v for k, v in _snapshot(out).items() if k.startswith("fam-w0.125")}
+    said: list[str] = []
+    result = run_pipeline(_cfg(image_folder, out, resume=True, widths=(0.125, 0.25)), say=said.append)
+    assert {p.name for p in result.runs} == {"fam-w0.125-s0", "fam-w0.25-s0", "fam-w0.125-s1", "fam-w0.25-s1"}
+    assert {k: v for k, v in _snapshot(out).items() if k in before} == before  # finished members untouched
+    assert sum("finished earlier; reused" in line for line in said) == 2 and sum("starts" in line for line in said) == 2
+    recorded = json.loads((out / "fam-report" / "manifest.json").read_text())["runs"]["pipeline"]["config"]
+    assert recorded["widths"] == [0.125, 0.25]
+    report = json.loads((out / "fam-report" / "report.json").read_text())
+    assert {p["width"] for p in report["points"]} == {0.125, 0.25}
+
+
+def test_an_unnamed_family_says_its_exact_resume_command_and_resume_finds_it(image_folder, tmp_path, monkeypatch):
+    args = ["pipeline", "--data", str(image_folder), "--epochs", "2", "--batch-size", "32", "--width", "0.125"]
+    args += ["--out", str(tmp_path), "--device", "cpu", "--tta", "none", "--backends", "torch", "--seeds", "0,1"]
+    monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(3)))
+    stopped = CliRunner().invoke(main, args)
+    (error,) = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]  # one line
+    assert stopped.exit_code == 1 and "Traceback" not in stopped.output, stopped.output
+    (family,) = [p.name.removesuffix("-report") for p in tmp_path.glob("*-report")]
+    command = error[error.index("continue with `") + len("continue with `") : -1]
+    assert command.startswith("dawnpipe pipeline --data") and f"--name {family} --resume" in command
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(main, [*args, "--resume"])  # no --name: the one unfinished family in --out
+    assert resumed.exit_code == 0, resumed.output
+    assert f"continuing family {family}" in resumed.stderr
+    assert (tmp_path / f"{family}-report" / "report.md").exists()
+    again = CliRunner().invoke(main, [*args, "--resume"])  # now finished: nothing left to continue
+    assert again.exit_code == 1 and "exactly one unfinished family" in again.stderr and "--name NAME" in again.stderr
+    import shlex
+
+    words = shlex.split(command)
+    assert words[:2] == ["dawnpipe", "pipeline"] and words[-1] == "--resume"
+    pairs = lambda w: sorted(zip(w[::2], w[1::2], strict=True))  # noqa: E731 (option, value) pairs, any order
+    assert pairs(words[2:-1]) == pairs([*args[1:], "--name", family])  # what was typed, with the generated name
+
+
+@pytest.mark.parametrize(("widths", "said"), [("5", "must each lie in (0, 4]"), ("0.125,0.1251", "both give channels")])
+def test_widths_out_of_range_or_the_same_network_twice_are_refused(image_folder, tmp_path, widths, said):
+    args = ["pipeline", "--data", str(image_folder), "--out", str(tmp_path), "--widths", widths]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and said in result.stderr and result.stderr.count("\n") == 1, result.output
+    assert not any(tmp_path.iterdir())
