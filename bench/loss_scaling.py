@@ -23,11 +23,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import write_result  # noqa: E402
 
 
+def _guard_class():
+    """The guard the trainer used before GradScaler (train/guard.py until issue 34), kept here as the baseline."""
+    import torch
+
+    class NonFiniteGuard:
+        """Unscale, check and (conditionally) undo one optimizer step, without reading anything on the host."""
+
+        def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> None:
+            self.optimizer = optimizer
+            self.params = params
+            device = params[0].device
+            self.skipped = torch.zeros((), dtype=torch.long, device=device)
+            self._found = torch.zeros(1, device=device)
+
+        @torch.no_grad()
+        def step(self, inv_scale: float = 1.0) -> torch.Tensor:
+            """Unscale the gradients by ``inv_scale`` and step; a step with inf/nan gradients leaves weights and
+            momentum as they were. Returns the 0-dim bool flag (on the device)."""
+            with_grad = [p for p in self.params if p.grad is not None]
+            grads = [p.grad for p in with_grad]
+            self._found.zero_()
+            inv = torch.full((1,), inv_scale, device=self._found.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found, inv)
+            bad = self._found[0] > 0
+            for g in grads:
+                g.masked_fill_(bad, 0.0)  # the step itself stays finite; it is undone below anyway
+            before = [p.detach().clone() for p in with_grad]
+            buffers = [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in with_grad]
+            saved = [None if b is None else b.clone() for b in buffers]
+            self.optimizer.step()
+            for p, old in zip(with_grad, before, strict=True):
+                p.copy_(torch.where(bad, old, p))
+            for p, old in zip(with_grad, saved, strict=True):
+                buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf.copy_(torch.where(bad, torch.zeros_like(buf) if old is None else old, buf))
+            self.skipped += bad
+            return bad
+
+    return NonFiniteGuard
+
+
 def _rows(width: float, device: str) -> dict:
     import torch
 
     from dawnpipe.train.config import ModelConfig
-    from dawnpipe.train.guard import NonFiniteGuard
     from dawnpipe.train.model import ResNet9
 
     def make(fused: bool):
@@ -40,7 +81,7 @@ def _rows(width: float, device: str) -> dict:
         return params, torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4, **kwargs)
 
     params, sgd = make(False)
-    guard = NonFiniteGuard(sgd, params)
+    guard = _guard_class()(sgd, params)
     params_f, sgd_f = make(True)
     scaler = torch.amp.GradScaler(device, init_scale=512.0)
     scaler.scale(torch.ones((), device=device))  # its scale tensor exists before timing

@@ -1,6 +1,7 @@
 """Load test of `dawnpipe serve` on loopback against calling Predictor in-process on the same images.
 
     python bench/serve.py ARTIFACT [--requests 400] [--concurrency 1,8,32] [--max-wait-ms 5] [--seconds 120]
+                                   [--backend auto|onnxruntime|openvino|torch]
 
 The server runs in its own process (as deployed); the load comes from this one: at each concurrency level a
 fixed number of requests (one distinct test image each, PNG), bounded by --seconds. Every answer is checked
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--backend", default="auto", help="the runtime the server and the baseline use")
     args = parser.parse_args()
     meta = read_metadata(args.artifact)
     images = load_cifar(meta["data"]["source"], trusted_sha256=meta["data"]["sha256"], test_limit=args.requests).test_x
@@ -103,7 +105,8 @@ def main() -> None:
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
-    with Predictor(args.artifact, threads=args.threads) as predictor:
+    with Predictor(args.artifact, threads=args.threads, backend=args.backend) as predictor:
+        described = predictor.backend.describe()
         want = [p.top[0][0] for p in predictor.predict_arrays(images)]
         single = []
         for i in range(len(images)):
@@ -114,7 +117,8 @@ def main() -> None:
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "dawnpipe", "serve", str(args.artifact), "--port", str(port), "--threads",
-         str(args.threads), "--max-wait-ms", str(args.max_wait_ms), "--max-batch", str(args.max_batch)],
+         str(args.threads), "--max-wait-ms", str(args.max_wait_ms), "--max-batch", str(args.max_batch),
+         "--backend", args.backend],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -130,9 +134,12 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     write_result(
-        f"serve-wait{args.max_wait_ms:g}ms",
+        f"serve-{described['backend']}-{described['precision']}-wait{args.max_wait_ms:g}ms",
         {
             "artifact": str(args.artifact),
+            "backend": described["backend"],
+            "precision": described["precision"],
+            "openvino": described.get("openvino"),
             "max_wait_ms": args.max_wait_ms,
             "max_batch": args.max_batch,
             "threads": args.threads,

@@ -22,6 +22,7 @@ from dawnpipe.costs.report_markdown import (
     precision_section,
     render_csv,
     render_markdown,
+    scaling_curve_section,
     skipped_lines,
     training_lines,
 )
@@ -125,6 +126,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
             out_dir / "report.md",
             render_markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown, cfg.threshold_note)
             + latency_scaling_section(scaling_latency)
+            + scaling_curve_section(points)
             + precision_section(precisions)
             + "\n".join(["", *training_lines(data["trainings"]), *machine_lines(data["machines"])])
             + "\n".join(["", *skipped_lines(data["skipped"])]),

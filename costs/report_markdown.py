@@ -199,6 +199,32 @@ def _scaling_table(rows: list[dict[str, Any]], unit: str, number: str, cheaper: 
     return [*lines, "", pairing_counts(rows)]
 
 
+def scaling_curve_section(points: list[Point]) -> str:
+    """How a single-view network's accuracy, FLOPs and batch-1 latency grow with width, one table per backend: the
+    curve every TTA configuration competes with."""
+    plain = [p for p in points if p.tta == "none"]
+    if len({p.width for p in plain}) < 2:
+        return ""
+    lines = [
+        "",
+        "## The scaling curve: one view, each width",
+        "",
+        "| backend | width | GFLOP/img | acc % (95% CI) | seeds | batch-1 mean ms | x the narrowest width's ms |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for backend in sorted({f"{p.backend} {p.precision}" for p in plain}):
+        row = sorted((p for p in plain if f"{p.backend} {p.precision}" == backend), key=lambda p: p.width)
+        base = row[0].latency_ms
+        for p in row:
+            ms = "-" if p.latency_ms is None else f"{p.latency_ms:.2f}{'!' if p.latency_flagged else ''}"
+            ratio = "-" if p.latency_ms is None or not base else f"{p.latency_ms / base:.2f}"
+            lines.append(
+                f"| {backend} | {p.width:g} | {p.gflops_per_image:.3f} | {_pct(p.accuracy)} ({_pct(p.ci95[0])}-"
+                f"{_pct(p.ci95[1])}) | {len(p.seeds)} | {ms} | {ratio} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def precision_section(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
