@@ -53,10 +53,18 @@ def _no_temporaries(folder: Path) -> None:
     assert not [p.name for p in folder.rglob("*.tmp")], list(folder.rglob("*.tmp"))
 
 
-def test_a_checkpoint_that_finds_no_room_stops_and_resume_gives_the_same_weights(image_folder, tmp_path, monkeypatch):
-    whole = CliRunner().invoke(main, ["train", "--data", str(image_folder), "--out", str(tmp_path), "--name", "whole",
-                                      *_TRAIN])  # fmt: skip
-    assert whole.exit_code == 0, whole.output
+@pytest.fixture(scope="module")
+def whole(image_folder, tmp_path_factory) -> Path:
+    """The run never interrupted: what a run stopped by a full disk must reach once resumed."""
+    out = tmp_path_factory.mktemp("whole")
+    done = CliRunner().invoke(main, ["train", "--data", str(image_folder), "--out", str(out), "--name", "w", *_TRAIN])
+    assert done.exit_code == 0, done.output
+    return out / "w"
+
+
+def test_a_checkpoint_that_finds_no_room_stops_and_resume_gives_the_same_weights(
+    image_folder, tmp_path, monkeypatch, whole
+):
     real, calls = torch.save, []
 
     def fills_at_the_second(obj, target, *args, **kwargs):
@@ -81,7 +89,7 @@ def test_a_checkpoint_that_finds_no_room_stops_and_resume_gives_the_same_weights
     monkeypatch.undo()
     resumed = CliRunner().invoke(main, ["train", "--resume", str(run)])
     assert resumed.exit_code == 0, resumed.output
-    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(run)
+    a, b = load_checkpoint(whole), load_checkpoint(run)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # bit for bit
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
 
@@ -201,7 +209,7 @@ def test_eval_into_a_read_only_folder_refuses_before_timing_anything(trained_run
         subprocess.run(["umount", str(ro)], capture_output=True)
 
 
-def test_a_real_tmpfs_that_fills_at_the_second_checkpoint(image_folder, tmp_path, monkeypatch):
+def test_a_real_tmpfs_that_fills_at_the_second_checkpoint(image_folder, tmp_path, monkeypatch, whole):
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "6m"):
         pytest.skip("this machine does not let the tests mount a tmpfs (needs root)")
@@ -228,10 +236,7 @@ def test_a_real_tmpfs_that_fills_at_the_second_checkpoint(image_folder, tmp_path
         monkeypatch.undo()
         resumed = CliRunner().invoke(main, ["train", "--resume", str(disk / "r")])
         assert resumed.exit_code == 0, resumed.output
-        whole = CliRunner().invoke(main, ["train", "--data", str(image_folder), "--out", str(tmp_path), "--name", "w",
-                                          *_TRAIN])  # fmt: skip
-        assert whole.exit_code == 0
-        a, b = load_checkpoint(tmp_path / "w"), load_checkpoint(disk / "r")
+        a, b = load_checkpoint(whole), load_checkpoint(disk / "r")
         assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
         assert json.loads((disk / "r" / "manifest.json").read_text())["runs"]["train"]["metrics"]["processes"] == 2
     finally:

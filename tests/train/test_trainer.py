@@ -227,15 +227,21 @@ def _agree(eager, other, init) -> tuple[float, str]:
     return drift[worst], worst
 
 
+@pytest.fixture(scope="module")
+def eager_run(image_folder, tmp_path_factory):
+    """One eager epoch and the model's state when it began: the reference every compiled step is held to."""
+    return _train_capturing_init(_cfg(image_folder, tmp_path_factory.mktemp("eager"), name="eager", epochs=1))
+
+
 @pytest.mark.slow
-def test_compiled_step_agrees_with_eager(image_folder, tmp_path):
+def test_compiled_step_agrees_with_eager(image_folder, tmp_path, eager_run):
     """The compiled training step takes the eager step's path: every tensor ends within a quarter of the distance
     it trained (rounding of other kernels only), the loss and the EMA accuracy agree.
 
     Checked on an AMD EPYC with AVX2 only (worst drift 0.6%, prep.1.bias) and against the AVX-512 Xeon figures
     of issue 35 (prep.1.bias 0.022 apart on a bias of 0.63 trained from 0: 3.5%).
     """
-    eager, init = _train_capturing_init(_cfg(image_folder, tmp_path, name="eager", epochs=1))
+    eager, init = eager_run
     compiled = train(_cfg(image_folder, tmp_path, name="compiled", epochs=1, compile=True), progress=False)
     worst, name = _agree(eager, compiled, init)
     assert worst < _DRIFT_LIMIT, (name, worst)
@@ -267,9 +273,9 @@ def _batchnorm_statistics_lost(module):
 
 
 @pytest.mark.parametrize("fault", [_bias_lr_dropped, _batchnorm_statistics_lost])
-def test_the_agreement_check_fails_on_a_wrong_compiled_step(image_folder, tmp_path, monkeypatch, fault):
+def test_the_agreement_check_fails_on_a_wrong_compiled_step(image_folder, tmp_path, monkeypatch, fault, eager_run):
     # torch.compile replaced by an eager step with one injected fault: the check above must catch it
-    eager, init = _train_capturing_init(_cfg(image_folder, tmp_path, name="eager", epochs=1))
+    eager, init = eager_run
     monkeypatch.setattr(torch, "compile", lambda module, **options: fault(module))
     faulty = train(_cfg(image_folder, tmp_path, name="faulty", epochs=1, compile=True), progress=False)
     assert faulty.metrics["compiled"]["ran_compiled"]  # the faulty step really ran in place of the compiled one
