@@ -41,7 +41,8 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
     assert {p["width"] for p in report["points"]} == {0.125, 0.25} and report["views_vs_width"]
     assert "note: skipped tensorrt: no CUDA GPU on this machine" in result.output
     skipped = json.loads((tmp_path / "p-w0.125-s0" / "eval.json").read_text())["skipped"]
-    assert {s["backend"] for s in skipped} >= {"tensorrt", "onnxruntime-cuda", "openvino", "openvino-int8"}
+    # the GPU backends are named as skipped on a CPU; OpenVINO's were not asked for, so they are not named
+    assert {s["backend"] for s in skipped} == {"tensorrt", "onnxruntime-cuda"}
     assert "## Skipped backends" in (report_dir / "report.md").read_text()
 
 
