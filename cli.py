@@ -227,6 +227,11 @@ _RULES = (
 )
 _ROUNDS = click.option("--latency-rounds", type=click.IntRange(1, 100), default=default(Protocol, "rounds"),
                        help="Interleaved timing rounds.")
+_CALLS = click.option("--latency-calls", type=click.IntRange(1, 10_000), default=default(Protocol, "calls"),
+                      help="Calls per row per round.")
+_THROUGHPUT = click.option("--throughput-batch", type=click.IntRange(1, 65_536),
+                           default=default(EvalConfig, "throughput_batch"),
+                           help="Images per call for the throughput figure (test images cycled to fill it).")
 _BACKEND = click.option("--backend", type=click.Choice(BACKENDS), default="auto",
                         help="Runtime (auto: from the artifact's kind).")
 _EXPORT = (
@@ -279,8 +284,8 @@ _EVAL = (
                  help="Override the artifact's calibrated per-image confidence threshold for the selective modes."),
     click.option("--no-latency", is_flag=True, help="Skip latency and throughput."),
     _ROUNDS,
-    click.option("--latency-calls", type=click.IntRange(1, 10_000), default=default(Protocol, "calls"),
-                 help="Calls per row per round."),
+    _CALLS,
+    _THROUGHPUT,
     click.option("--out", type=_PATH, default=None, help="Folder for eval.json (default: the artifact's)."),
 )
 _PREDICT = (
@@ -313,6 +318,8 @@ _FAMILY = (
     click.option("--tta", "tta_modes", type=_MODES, default=",".join(default(PipelineConfig, "tta")),
                  help=f"Comma-separated modes to evaluate, from {', '.join(ALL_MODES)}, or all."),
     _ROUNDS,
+    _CALLS,
+    _THROUGHPUT,
 )
 _TRAIN_RESUME = click.option(
     "--resume", type=_PATH, default=None, help="Continue an interrupted run folder from its checkpoint; options that "

@@ -24,6 +24,8 @@ from typing import Any
 
 from dawnpipe.common.errors import BackendRefused, DawnpipeError, Interrupted
 from dawnpipe.costs.report import ReportConfig
+from dawnpipe.infer.evaluate import EvalConfig
+from dawnpipe.infer.latency import Protocol
 from dawnpipe.train.config import TrainConfig
 
 
@@ -35,7 +37,9 @@ class PipelineConfig:
     widths: tuple[float, ...] = (1.0,)  # channel multipliers trained with the one recipe
     seeds: tuple[int, ...] = (0,)  # seeds per width
     tta: tuple[str, ...] = ("all",)  # modes evaluated on every backend
-    latency_rounds: int = 5  # interleaved timing rounds per backend
+    latency_rounds: int = Protocol.rounds  # interleaved timing rounds per backend
+    latency_calls: int = Protocol.calls  # timed calls per row per round, at least (as eval's --latency-calls)
+    throughput_batch: int = EvalConfig.throughput_batch  # images per call for the throughput figure
     backends: tuple[str, ...] = ("auto",)  # costs.targets names; auto = the machine's default set
     resume: bool = False  # continue the family of this --name, reusing every finished piece
     report: ReportConfig = field(default_factory=lambda: ReportConfig(runs=()))
@@ -61,6 +65,8 @@ def pipeline_config(
     seeds: tuple[int, ...] | None = None,
     tta_modes: tuple[str, ...] = PipelineConfig.tta,
     latency_rounds: int = PipelineConfig.latency_rounds,
+    latency_calls: int = PipelineConfig.latency_calls,
+    throughput_batch: int = PipelineConfig.throughput_batch,
     backends: tuple[str, ...] = PipelineConfig.backends,
     resume: bool = False,
     rules: tuple[str, ...] = (),
@@ -84,6 +90,8 @@ def pipeline_config(
         seeds=seeds or (train.seed,),
         tta=tta_modes,
         latency_rounds=latency_rounds,
+        latency_calls=latency_calls,
+        throughput_batch=throughput_batch,
         backends=backends,
         resume=resume,
         command=command,
@@ -297,8 +305,7 @@ def _export_and_evaluate(
     from dawnpipe.costs.resume import evaluated, reusable_export
     from dawnpipe.export.api import Artifact, build_engine_artifact, export_onnx_model, load_source, record
     from dawnpipe.export.config import Int8Spec
-    from dawnpipe.infer.evaluate import EvalConfig, evaluate
-    from dawnpipe.infer.latency import Protocol
+    from dawnpipe.infer.evaluate import evaluate
 
     source = load_source(run)
     needed = list(dict.fromkeys(t.artifact for t in targets if t.artifact != "checkpoint"))
@@ -355,7 +362,8 @@ def _export_and_evaluate(
                 provider=target.provider,
                 graphs=target.graphs,
                 test_limit=cfg.train.test_limit,
-                protocol=Protocol(rounds=cfg.latency_rounds),
+                protocol=Protocol(rounds=cfg.latency_rounds, calls=cfg.latency_calls),
+                throughput_batch=cfg.throughput_batch,
                 skipped=reasons,
             ),
             progress=lambda message, tag=tag: stage("eval", tag + message),

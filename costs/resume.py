@@ -25,6 +25,7 @@ RECORD_KEY = "pipeline"  # the family manifest's runs.<key>
 # TrainConfig fields that may differ between a family's runs, or between a run and its record, without the runs
 # differing: where it is written, how it was resumed, how often progress was shown, the device name asked for
 _NOT_RECIPE = ("name", "out", "resume", "overwrite", "device", "eval_every", "seed")
+_BEFORE_RECORDED = {"latency_calls": 20, "throughput_batch": 256}  # what families timed with before the options
 _GROWS = ("widths", "seeds")  # a resumed family may add widths and seeds (joined), never drop one
 
 
@@ -39,6 +40,8 @@ def family_record(cfg: Any, targets: list[str]) -> dict[str, Any]:
         "seeds": list(cfg.seeds),
         "tta": list(cfg.tta),
         "latency_rounds": cfg.latency_rounds,
+        "latency_calls": cfg.latency_calls,
+        "throughput_batch": cfg.throughput_batch,
         "rules": report,
         "backends": targets,
     }
@@ -72,6 +75,8 @@ def check_family(family_dir: Path, record: dict[str, Any], resume: bool) -> dict
             "continue it with the same options and --resume, or pick another --name",
         )
     config = dict(recorded.get("config", {}))
+    for key, value in _BEFORE_RECORDED.items():  # families recorded before these were pipeline options
+        config.setdefault(key, value)
     for key in _GROWS:  # joined, not differences: a family grows by new widths or seeds, finished members kept
         dropped = [v for v in config.pop(key, []) if v not in record[key]]
         if dropped:

@@ -24,6 +24,20 @@ def check_metadata(meta: dict[str, Any], path: Path) -> None:
         raise DawnpipeError(f"{path}: its metadata field {problem}", "re-export it with `dawnpipe export`")
 
 
+def onnx_metadata(path: Path) -> dict[str, Any]:
+    """The checked dawnpipe metadata of an ONNX file, as every ONNX-reading backend needs it before it loads."""
+    from dawnpipe.export.onnx_export import read_metadata
+
+    meta = read_metadata(path)
+    if meta.get("format") != "dawnpipe-onnx/1":
+        raise DawnpipeError(
+            f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
+            "export it with `dawnpipe export`, which records the input contract",
+        )
+    check_metadata(meta, path)
+    return meta
+
+
 def _number(value: Any, low: float, high: float) -> bool:
     return (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high

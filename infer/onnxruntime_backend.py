@@ -9,7 +9,7 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.infer.backend import Backend
-from dawnpipe.infer.metadata import check_metadata
+from dawnpipe.infer.metadata import onnx_metadata
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -20,18 +20,10 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: Path, provider: str = "auto", threads: int = 0) -> None:
-        from dawnpipe.export.onnx_export import onnxruntime_module, read_metadata
+        from dawnpipe.export.onnx_export import onnxruntime_module
 
         ort = onnxruntime_module()
-
-        meta = read_metadata(path)
-        if meta.get("format") != "dawnpipe-onnx/1":
-            raise DawnpipeError(
-                f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
-                "export it with `dawnpipe export`, which records the input contract",
-            )
-        check_metadata(meta, path)
-        super().__init__(path, meta, threads)
+        super().__init__(path, onnx_metadata(path), threads)
         chosen = choose_providers(provider, ort.get_available_providers())
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -42,7 +34,7 @@ class OnnxRuntimeBackend(Backend):
             raise DawnpipeError(
                 f"onnxruntime could not load {path} ({str(err).splitlines()[0][:200]})", "re-export the model"
             ) from None
-        _check_graph_io(self._session, meta, path)
+        _check_graph_io(self._session, self.meta, path)
         # get_available_providers() lists CUDA/TensorRT even when their libraries are missing; what the session
         # really runs on is get_providers() after creation
         self.provider = self._session.get_providers()[0]

@@ -23,7 +23,7 @@ import numpy as np
 
 from dawnpipe.common.errors import BackendRefused, DawnpipeError
 from dawnpipe.infer.backend import Backend
-from dawnpipe.infer.metadata import check_metadata
+from dawnpipe.infer.metadata import onnx_metadata
 
 HINT = "LATENCY"
 CACHE_DIR = "openvino-cache"
@@ -45,17 +45,8 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        from dawnpipe.export.onnx_export import read_metadata
-
         ov = openvino_module()
-        meta = read_metadata(path)
-        if meta.get("format") != "dawnpipe-onnx/1":
-            raise DawnpipeError(
-                f"{path} was not exported by dawnpipe (no dawnpipe metadata)",
-                "export it with `dawnpipe export`, which records the input contract",
-            )
-        check_metadata(meta, path)
-        super().__init__(path, meta, threads)
+        super().__init__(path, onnx_metadata(path), threads)
         self.version = ov.__version__.split("-")[0]
         self.settings = {"PERFORMANCE_HINT": HINT, "INFERENCE_NUM_THREADS": self.threads,
                          "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip

@@ -16,6 +16,9 @@ NEW_COMMANDS = {"recheck"}  # issue 31: recompute a report's margins from the fi
 ADDED_CHOICES = {"openvino": "issue 33: the OpenVINO backend"}
 ADDED = {  # (command, option): why it is new
     ("serve", "backend"): "issue 33: serve on any backend, openvino among them",
+    ("pipeline", "latency_calls"): "issue 34: a family times with eval's --latency-calls",
+    ("pipeline", "throughput_batch"): "issue 34: the throughput figure's batch, as eval's",
+    ("eval", "throughput_batch"): "issue 34: the throughput figure's batch, named (it was fixed at 256)",
 }
 
 

@@ -16,6 +16,7 @@ OPENVINO = importlib.util.find_spec("openvino") is not None
 def test_pipeline_family_end_to_end(image_folder, tmp_path):
     args = ["pipeline", "--data", str(image_folder), "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path)]
     args += ["--name", "p", "--device", "cpu", "--widths", "0.125,0.25", "--seeds", "0", "--latency-rounds", "1"]
+    args += ["--latency-calls", "2", "--throughput-batch", "16"]
     # the CPU default set without OpenVINO's two (tests/infer/test_openvino.py and the refusal test below run them)
     args += ["--backends", "torch,onnxruntime,onnxruntime-int8"]
     result = CliRunner().invoke(main, [*args, "--budget-ms", "50", "--accuracy-threshold", "50"])
@@ -76,6 +77,7 @@ def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_f
     monkeypatch.setattr(api, "export_onnx_model", strict)
     args = ["pipeline", "--data", str(image_folder), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path)]
     args += ["--name", "q", "--device", "cpu", "--width", "0.125", "--latency-rounds", "1", "--tta", "none,flip"]
+    args += ["--latency-calls", "2", "--throughput-batch", "16"]
     args += ["--backends", "onnxruntime,onnxruntime-int8" + (",openvino-int8" if OPENVINO else "")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -28,6 +28,7 @@ from dawnpipe.train.api import config_from_options
 from tests.conftest import StopAfter
 
 _TTA = ("none", "flip", "selective-flip")
+_TIMING = ["--latency-rounds", "1", "--latency-calls", "2", "--throughput-batch", "16"]  # as _cfg's: a quick family
 
 
 def _cfg(image_folder, out: Path, resume=False, **changes) -> PipelineConfig:
@@ -40,6 +41,8 @@ def _cfg(image_folder, out: Path, resume=False, **changes) -> PipelineConfig:
         seeds=(0, 1),
         tta=_TTA,
         latency_rounds=1,
+        latency_calls=2,
+        throughput_batch=16,
         backends=("torch", "onnxruntime"),
         resume=resume,
         report=ReportConfig(runs=(), accuracy_threshold=50),
@@ -128,6 +131,7 @@ _CHANGES = [
     ({"seeds": (0,)}, "seeds [0] without the family's [1]"),
     ({"tta": ("none",)}, "other options than the family in"),
     ({"backends": ("torch",)}, "backends ['torch']"),
+    ({"throughput_batch": 32}, "throughput_batch 32 (family: 16)"),  # timed otherwise: not the same family
 ]
 
 
@@ -140,7 +144,7 @@ def test_resume_with_other_options_is_refused_by_name_and_writes_nothing(image_f
     # another recipe (epochs) or other data are refused the same way, through the CLI, in one line
     base = ["pipeline", "--data", str(image_folder), "--batch-size", "32", "--lr", "2", "--width", "0.125"]
     base += ["--out", str(finished), "--name", "fam", "--device", "cpu", "--seeds", "0,1", "--resume"]
-    base += ["--tta", ",".join(_TTA), "--latency-rounds", "1", "--backends", "torch,onnxruntime"]
+    base += ["--tta", ",".join(_TTA), "--backends", "torch,onnxruntime", *_TIMING]
     base += ["--accuracy-threshold", "50"]
     for extra, word in ((["--epochs", "3"], "recipe.epochs 3 (family: 2)"), (["--epochs", "2", "--data", "x"], "data")):
         result = CliRunner().invoke(main, _swap(base, extra))
@@ -190,7 +194,7 @@ def test_a_finished_run_replaced_by_another_is_refused(image_folder, finished, t
 def test_sigkill_between_runs_then_resume_from_the_command_line(image_folder, tmp_path):
     args = [sys.executable, "-m", "dawnpipe", "pipeline", "--data", str(image_folder), "--epochs", "2"]
     args += ["--batch-size", "32", "--lr", "2", "--width", "0.125", "--out", str(tmp_path), "--name", "fam"]
-    args += ["--device", "cpu", "--seeds", "0,1", "--tta", ",".join(_TTA), "--latency-rounds", "1"]
+    args += ["--device", "cpu", "--seeds", "0,1", "--tta", ",".join(_TTA), *_TIMING]
     args += ["--backends", "torch,onnxruntime", "--accuracy-threshold", "50"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = tmp_path / "fam-w0.125-s0" / "eval.json"
@@ -227,6 +231,7 @@ def test_resume_with_more_widths_joins_them_and_retrains_nothing_finished(image_
 def test_an_unnamed_family_says_its_exact_resume_command_and_resume_finds_it(image_folder, tmp_path, monkeypatch):
     args = ["pipeline", "--data", str(image_folder), "--epochs", "2", "--batch-size", "32", "--width", "0.125"]
     args += ["--out", str(tmp_path), "--device", "cpu", "--tta", "none", "--backends", "torch", "--seeds", "0,1"]
+    args += _TIMING
     monkeypatch.setattr(trainer_mod, "graceful_interrupt", lambda: contextlib.nullcontext(StopAfter(3)))
     stopped = CliRunner().invoke(main, args)
     (error,) = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]  # one line

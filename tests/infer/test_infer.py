@@ -294,12 +294,16 @@ def test_eval_cli_prints_table(trained_run, onnx_plain, tmp_path):
             "2",
             "--latency-rounds",
             "1",
+            "--throughput-batch",
+            "24",
             "--out",
             str(tmp_path),
         ],
     )
     assert result.exit_code == 0, result.output
     assert "selective-flip" in result.output and (tmp_path / "eval.json").exists()
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert {r["latency"]["throughput"]["batch"] for r in rows} == {24}  # the batch asked for, named in every row
 
 
 def test_eval_classes_differ(onnx_plain, tmp_path):
