@@ -9,18 +9,19 @@ printed as one line (exit 1), never as a traceback. Nothing here imports torch: 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from dawnpipe.common.cli_types import CommaList, Finite
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.tta import ALL_MODES, TTA_MODES
 from dawnpipe.costs.pipeline import PipelineConfig
 from dawnpipe.costs.report import ReportConfig
 from dawnpipe.costs.rules import RULE_NAMES
+from dawnpipe.costs.targets import TARGETS
 from dawnpipe.export.config import EXPORT_PRECISIONS, ExportConfig, Int8Spec
 from dawnpipe.export.tensorrt_build import EngineSpec
 from dawnpipe.infer.backends import BACKENDS, PROVIDERS
@@ -65,18 +66,6 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- parameter types
 
 
-class _Finite(click.FloatRange):
-    """A float range that also refuses nan and inf (click's FloatRange lets nan through every comparison)."""
-
-    name = "finite float"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
 class _SelectiveTarget(click.ParamType):
     """``auto`` or a fraction strictly inside (0, 1) (train.calibration.check_selective_target decides)."""
 
@@ -97,47 +86,6 @@ class _SelectiveTarget(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
-class _CommaList(click.ParamType):
-    """Comma-separated values: names from ``choices`` (plus ``all`` when allowed), or numbers of ``kind`` in a
-    range, each checked, never repeated; a tuple passes through (a default already parsed)."""
-
-    def __init__(self, name: str, choices=(), allow_all=False, kind=str, low=None, high=None, repeats=True) -> None:
-        self.name, self.choices, self.allow_all = name, tuple(choices), allow_all
-        self.kind, self.low, self.high, self.repeats = kind, low, high, repeats
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            items = tuple(self.kind(v.strip()) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of {self.kind.__name__}s", param, ctx)
-        if not items:
-            self.fail(f"no {self.name[:-1] if self.name.endswith('s') else self.name} given", param, ctx)
-        if self.choices:
-            known = (*self.choices, "all") if self.allow_all else self.choices
-            unknown = [v for v in items if v not in known]
-            if unknown:
-                listed = ", ".join(self.choices) + (" or all" if self.allow_all else "")
-                self.fail(f"unknown {self.name} {', '.join(unknown)}; choose from {listed}", param, ctx)
-        if self.low is not None:  # floats in (low, high], integers in [low, high]
-            closed = self.kind is int
-            bad = [v for v in items if not (math.isfinite(v) and (v >= self.low if closed else v > self.low))]
-            bad += [v for v in items if v > self.high]
-            if bad:
-                span = f"{'[' if closed else '('}{self.low:g}, {self.high:g}]"
-                self.fail(f"{value!r}: each value must lie in {span}", param, ctx)
-        if not self.repeats and len(set(items)) != len(items):
-            self.fail(f"{value!r} repeats a value", param, ctx)
-        return items
-
-    def shell_complete(self, ctx, param, incomplete):
-        from click.shell_completion import CompletionItem
-
-        names = (*self.choices, "all") if self.allow_all else self.choices
-        return [CompletionItem(c) for c in names if c.startswith(incomplete)]
-
-
 def _options(*options):
     """Apply click options in the order listed (one decorator for a whole group)."""
 
@@ -150,8 +98,8 @@ def _options(*options):
 
 
 _PATH = click.Path(path_type=Path)
-_MODES = _CommaList("modes", ALL_MODES, allow_all=True)
-_BACKEND_NAMES = "torch, torch-graphs, onnxruntime, onnxruntime-int8, onnxruntime-int8-asym, onnxruntime-cuda, tensorrt"
+_MODES = CommaList("modes", ALL_MODES, allow_all=True)
+_BACKEND_NAMES = ", ".join(TARGETS)
 
 # ---------------------------------------------------------------------------------------------- options, each once
 # fmt: off
@@ -167,9 +115,9 @@ _TRAINING = (
                  help="Passes over the training set."),
     click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=default(TrainConfig, "batch_size"),
                  help="Images per step (global)."),
-    click.option("--lr", type=_Finite(min=0, min_open=True, max=1e6), default=default(TrainConfig, "lr_peak"),
+    click.option("--lr", type=Finite(min=0, min_open=True, max=1e6), default=default(TrainConfig, "lr_peak"),
                  help="Peak learning rate of the one-cycle schedule (mean-loss units; Myrtle's value)."),
-    click.option("--width", type=_Finite(min=0, min_open=True, max=16), default=default(ModelConfig, "width"),
+    click.option("--width", type=Finite(min=0, min_open=True, max=16), default=default(ModelConfig, "width"),
                  help="Channel multiplier on 64/128/256/512 (0.125 trains a tiny model fast)."),
     click.option("--cutout", type=click.IntRange(0, 32), default=default(TrainConfig, "cutout"),
                  help="Side in pixels of a random zeroed square per training image; 0 turns cutout off."),
@@ -215,11 +163,11 @@ _RULES = (
     click.option("--rule", "rules", type=click.Choice(RULE_NAMES), multiple=True, show_default=False,
                  help="Rule to judge by (repeatable). Default: no-tta, dawnbench, total-flops (+ latency with "
                  "--budget-ms)."),
-    click.option("--budget-gflops", type=_Finite(min=0, min_open=True, max=1e6), default=None,
+    click.option("--budget-gflops", type=Finite(min=0, min_open=True, max=1e6), default=None,
                  help="total-flops budget, GFLOPs per image (default: one ResNet-18 pass on 32x32, computed)."),
-    click.option("--budget-ms", type=_Finite(min=0, min_open=True, max=1e6), default=None,
+    click.option("--budget-ms", type=Finite(min=0, min_open=True, max=1e6), default=None,
                  help="latency rule budget: batch-1 mean ms per image."),
-    click.option("--accuracy-threshold", type=_Finite(0, 100), default=default(ReportConfig, "accuracy_threshold"),
+    click.option("--accuracy-threshold", type=Finite(0, 100), default=default(ReportConfig, "accuracy_threshold"),
                  help="dawnbench rule: accuracy (%) a configuration must reach before its latency counts."),
     click.option("--threshold-note", default=None,
                  help="Why the dawnbench bar is where it is, written into the report (e.g. the published 94% recipe's "
@@ -280,7 +228,7 @@ _EVAL = (
                  help="Images per call."),
     click.option("--test-limit", type=click.IntRange(min=1), default=None,
                  help="Evaluate on N test images (balanced)."),
-    click.option("--selective-threshold", type=_Finite(0, 1), default=None,
+    click.option("--selective-threshold", type=Finite(0, 1), default=None,
                  help="Override the artifact's calibrated per-image confidence threshold for the selective modes."),
     click.option("--no-latency", is_flag=True, help="Skip latency and throughput."),
     _ROUNDS,
@@ -301,19 +249,19 @@ _SERVE = (
                  help="TTA mode per image (selective modes use the artifact's calibrated threshold)."),
     click.option("--max-batch", type=click.IntRange(1, 4096), default=default(ServeConfig, "max_batch"),
                  help="Images per model call (dynamic batching across concurrent requests)."),
-    click.option("--max-wait-ms", type=_Finite(0, 1000), default=default(ServeConfig, "max_wait_ms"),
+    click.option("--max-wait-ms", type=Finite(0, 1000), default=default(ServeConfig, "max_wait_ms"),
                  help="How long a batch's first request waits for others, ms."),
     click.option("--threads", type=click.IntRange(min=0), default=default(ServeConfig, "threads"),
                  help="Backend CPU threads (0 = all cores)."),
     _BACKEND,
 )
 _FAMILY = (
-    click.option("--backends", type=_CommaList("names"), default=",".join(default(PipelineConfig, "backends")),
+    click.option("--backends", type=CommaList("names"), default=",".join(default(PipelineConfig, "backends")),
                  help=f"Comma-separated backends to evaluate: {_BACKEND_NAMES}, or auto (the machine's default set; "
                  "the others are recorded as skipped with the reason)."),
-    click.option("--widths", type=_CommaList("list", kind=float, low=0.0, high=16.0, repeats=False), default=None,
+    click.option("--widths", type=CommaList("list", kind=float, low=0.0, high=16.0, repeats=False), default=None,
                  help="Train a width family with one recipe, e.g. 0.5,0.75,1.0 (default: --width alone)."),
-    click.option("--seeds", type=_CommaList("list", kind=int, low=0, high=2**31 - 1, repeats=False), default=None,
+    click.option("--seeds", type=CommaList("list", kind=int, low=0, high=2**31 - 1, repeats=False), default=None,
                  help="Seeds per width, e.g. 0,1 (default: --seed alone)."),
     click.option("--tta", "tta_modes", type=_MODES, default=",".join(default(PipelineConfig, "tta")),
                  help=f"Comma-separated modes to evaluate, from {', '.join(ALL_MODES)}, or all."),
@@ -388,14 +336,7 @@ def export(**opts) -> None:
     from dawnpipe.export.config import export_config
 
     result = run_export(export_config(**opts))
-    for precision, check in result.checks.items():
-        click.echo(
-            f"{precision} check vs PyTorch: max |logit diff| {check['max_abs_diff']:.2e}, top-1 agreement "
-            f"{check['top1_agreement']:.2%} on {check['images']} images"
-        )
-    for label, path in [("onnx:", result.onnx), ("engine:", result.engine), *(("triton:", p) for p in result.triton)]:
-        if path:
-            click.echo(f"{label:<10}{path}")
+    click.echo("\n".join(result.lines()))
     for note in result.notes:
         click.echo(f"notice: {note}", err=True)
     click.echo(f"manifest: {result.out_dir / 'manifest.json'} ({result.seconds:.1f} s)")
@@ -474,19 +415,9 @@ def costs(run_dirs: tuple[Path, ...], **opts) -> None:
 @click.argument("report", type=_PATH)
 def recheck(report: Path) -> None:
     """Recompute every margin of REPORT (a report.json) from the per-image bits and timing rounds it carries."""
-    from dawnpipe.costs.recheck import TOLERANCE, recheck
+    from dawnpipe.costs.recheck import recheck_command
 
-    found = recheck(report)
-    click.echo(
-        f"{found.margins} margins recomputed from {report}: largest gap {100 * found.largest_accuracy_gap:.4f} points "
-        f"(accuracy), {found.largest_latency_gap:.4f} ms (latency)"
-    )
-    if found.disagreements:
-        raise DawnpipeError(
-            f"{len(found.disagreements)} margin(s) disagree by more than {TOLERANCE} with the file's own data, first "
-            f"{found.disagreements[0]}",
-            "rebuild the report with `dawnpipe costs` from its run folders",
-        )
+    click.echo(recheck_command(report))
 
 
 @main.command()

@@ -97,6 +97,22 @@ def points_of(report: dict[str, Any]) -> dict[str, Point]:
     return out
 
 
+def recheck_command(path: str | Path) -> str:
+    """``dawnpipe recheck``: the line that says what recomputing found, or the one-line refusal when any margin
+    disagrees with the file's own data by more than TOLERANCE."""
+    found = recheck(path)
+    if found.disagreements:
+        raise DawnpipeError(
+            f"{len(found.disagreements)} margin(s) disagree by more than {TOLERANCE} with the file's own data, first "
+            f"{found.disagreements[0]}",
+            "rebuild the report with `dawnpipe costs` from its run folders",
+        )
+    return (
+        f"{found.margins} margins recomputed from {path}: largest gap {100 * found.largest_accuracy_gap:.4f} points "
+        f"(accuracy), {found.largest_latency_gap:.4f} ms (latency)"
+    )
+
+
 def recheck(path: str | Path) -> Recheck:
     """Recompute every margin report.json states from its bits and rounds, and compare."""
     report = read_report(path)

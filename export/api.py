@@ -68,6 +68,16 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)  # what the user should know: BatchNorms kept, TensorRT rules
     seconds: float = 0.0
 
+    def lines(self) -> list[str]:
+        """What ``dawnpipe export`` prints: each check against PyTorch, then where each artifact went."""
+        out = [
+            f"{precision} check vs PyTorch: max |logit diff| {c['max_abs_diff']:.2e}, top-1 agreement "
+            f"{c['top1_agreement']:.2%} on {c['images']} images"
+            for precision, c in self.checks.items()
+        ]
+        written = [("onnx:", self.onnx), ("engine:", self.engine), *(("triton:", p) for p in self.triton)]
+        return out + [f"{label:<10}{path}" for label, path in written if path]
+
 
 def load_source(source: str | Path, *, allow_foreign: bool = False, allow_incomplete: bool = False) -> Source:
     """Resolve, load and hash a checkpoint; it must be the one its run's manifest recorded and come from a
