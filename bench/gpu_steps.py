@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_TRAIN, SMOKE_TEST, SMOKE_WIDTH, SMOKE_BATCH = 2048, 512, 0.25, 64  # --smoke: the plumbing only
+SMOKE_TRAIN, SMOKE_TEST, SMOKE_WIDTH, SMOKE_BATCH = 2048, 512, 0.125, 64  # --smoke: the plumbing only (the width
+# of the test suite's models, so a CPU run reuses the compilations the suite has cached)
 
 
 def run_step(name: str, args: Any) -> dict[str, Any]:

@@ -72,7 +72,9 @@ def test_graph_captured_on_a_cpu_runs_compiled_and_agrees_with_eager(trained_run
         load(trained_run, device="cpu", precision="fp32", graphs=True) as graphed,
     ):
         assert graphed.name == "torch-graphs" and graphed.describe()["graphs"].startswith("torch.compile")
-        for n in (1, 7, 48):  # a dynamic batch: one compilation serves every size
+        # batch 1 (what latency is timed at) and a dynamic batch; torch specializes size 1 and this torch's conv
+        # guards split sizes 2-15 from 16 and up (TORCH_LOGS=recompiles), so each range costs a CPU compilation
+        for n in (1, 9):
             assert_logits_close(graphed.infer(images[:n]), eager.infer(images[:n]), 1e-4)
         assert graphed.graph_notice is None
 
