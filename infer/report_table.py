@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-NAN = float("nan")
+
+def _num(value: float | None, width: int, digits: int) -> str:
+    """A right-aligned figure, or "-" where it was not measured (``--no-latency``), never "nan"."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
@@ -28,8 +31,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{backend:<16} {r['precision']:<5} {r['tta']:<25} {100 * r['accuracy']:>6.2f} "
             f"{100 * r['ci95'][0]:>6.2f}-{100 * r['ci95'][1]:<6.2f} {r['views_per_image']:>5.2f} "
-            f"{r['gflops_per_image']:>6.3f} {b1.get('mean_ms', NAN):>7.2f}{mark} {b1.get('p50_ms', NAN):>7.2f} "
-            f"{b1.get('p99_ms', NAN):>7.2f} {bulk.get('images_per_s', NAN):>7.1f} "
+            f"{r['gflops_per_image']:>6.3f} {_num(b1.get('mean_ms'), 7, 2)}{mark} {_num(b1.get('p50_ms'), 7, 2)} "
+            f"{_num(b1.get('p99_ms'), 7, 2)} {_num(bulk.get('images_per_s'), 7, 1)} "
             f"{'' if sel is None else f'{100 * sel:.1f}':>6} {'' if held is None else f'{100 * held:.1f}':>8}"
         )
     if rows and (rows[0].get("latency") or {}).get("threads"):

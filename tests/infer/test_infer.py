@@ -306,6 +306,14 @@ def test_eval_cli_prints_table(trained_run, onnx_plain, tmp_path):
     assert {r["latency"]["throughput"]["batch"] for r in rows} == {24}  # the batch asked for, named in every row
 
 
+def test_eval_without_latency_prints_dashes_not_nan(onnx_plain, tmp_path):
+    args = ["eval", str(onnx_plain), "--tta", "none", "--no-latency", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("onnxruntime/CPU "))
+    assert "nan" not in row and row.split()[-4:] == ["-", "-", "-", "-"], row  # mean, p50, p99, img/s: unmeasured
+
+
 def test_eval_classes_differ(onnx_plain, tmp_path):
     other = write_image_folder(
         tmp_path / "other", {"train": make_images(2, 1, 3), "test": make_images(2, 2, 3)}, classes=["x", "y", "z"]
