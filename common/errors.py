@@ -7,20 +7,17 @@ and keeps its traceback.
 
 
 class DawnpipeError(Exception):
-    """A user-facing failure: ``str(err)`` is one line saying what is wrong and how to fix it."""
+    """A user-facing failure: ``str(err)`` is one line saying what is wrong and how to fix it; ``problem`` and
+    ``fix`` are kept apart so a caller can restate the fix (the pipeline names its own ``--resume``)."""
 
     def __init__(self, problem: str, fix: str | None = None) -> None:
         message = problem if fix is None else f"{problem}; {fix}"
         super().__init__(" ".join(message.split()))  # always a single line
+        self.problem, self.fix = problem, fix
 
 
 class Interrupted(DawnpipeError):
-    """A run stopped by Ctrl-C or SIGTERM at a safe point; ``problem`` and ``fix`` kept apart so a caller (the
-    pipeline) can restate how to continue."""
-
-    def __init__(self, problem: str, fix: str | None = None) -> None:
-        super().__init__(problem, fix)
-        self.problem, self.fix = problem, fix
+    """A run stopped by Ctrl-C or SIGTERM at a safe point; the pipeline restates its ``fix`` (how to continue)."""
 
 
 class BackendRefused(DawnpipeError):
@@ -31,9 +28,4 @@ class BackendRefused(DawnpipeError):
 
 class DiskFull(DawnpipeError):
     """A write that found no room: ``problem`` names the folder, the file, the bytes it needed (where known) and
-    the free space; ``fix`` says what to do. Kept apart so a caller can restate the fix (a training run names its
-    ``--resume``)."""
-
-    def __init__(self, problem: str, fix: str | None = None) -> None:
-        super().__init__(problem, fix)
-        self.problem, self.fix = problem, fix
+    the free space; ``fix`` says what to do (a training run restates it with its ``--resume``)."""

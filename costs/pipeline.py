@@ -147,12 +147,10 @@ def _check_distinct_channels(cfg: PipelineConfig) -> None:
 def resolve_name(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineConfig:
     """``--resume`` without ``--name``: the one unfinished family in ``--out`` (said in one line), or a one-line
     refusal naming the families there. A new pipeline without a name gets a time stamp."""
-    import time as clock
-
     if cfg.train.name:
         return cfg
     if not cfg.resume:
-        return replace(cfg, train=replace(cfg.train, name=clock.strftime("%Y%m%d-%H%M%S")))
+        return replace(cfg, train=replace(cfg.train, name=time.strftime("%Y%m%d-%H%M%S")))
     from dawnpipe.costs.resume import unfinished_families
 
     out = Path(cfg.train.out)
@@ -200,10 +198,11 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
         if family:  # a single run's record goes into its own folder once it has trained (a record alone there
             _record(family_dir, RECORD_KEY, record, members)  # would read as a finished run)
         result = PipelineResult(family_dir, [], {}, [f"{s['backend']}: {s['reason']}" for s in skipped], 0.0)
-        with _abandon_on_sigterm(_continue(cfg)):
+        how = _continue(cfg)
+        with _abandon_on_sigterm(how):
             for key, name in names.items():
                 tag = f"{name}: " if family else ""
-                run = _train_member(expected[key], out / name, members.get(name), stage, tag, result, _continue(cfg))
+                run = _train_member(expected[key], out / name, members.get(name), stage, tag, result, how)
                 members[name] = _member(run)
                 _record(family_dir, RECORD_KEY, record, members)
                 result.runs.append(run)

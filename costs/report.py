@@ -86,10 +86,10 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
     rules = check_config(cfg)
     if len(cfg.runs) > 1 and not cfg.out:
         raise DawnpipeError("a report over several runs needs a folder of its own", "pass --out DIR")
-    if cfg.out:  # checked before the runs are read; one run's own folder is checked once it is known to be a run
-        ensure_writable_dir(cfg.out)
+    # --out is checked before the runs are read; one run's own folder once it is known to be a run
+    out_dir = ensure_writable_dir(cfg.out) if cfg.out else None
     runs, points = load_family(list(cfg.runs))
-    out_dir = ensure_writable_dir(Path(cfg.out) if cfg.out else runs[0].path)
+    out_dir = out_dir or ensure_writable_dir(runs[0].path)
     reference = resnet18_flops() / 1e9
     # a rule decides among models (width x TTA) run the same way: one decision per backend and precision
     backends = sorted({(p.backend, p.precision) for p in points})

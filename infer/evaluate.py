@@ -120,8 +120,6 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
     if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:
         raise DawnpipeError(f"--selective-threshold {cfg.selective_threshold} is outside [0, 1]", "use a probability")
     artifact = Path(cfg.artifact).expanduser()
-    if cfg.out and Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise DawnpipeError(f"--out {cfg.out} is a file, not a folder", "pass a folder for eval.json")
     if cfg.out or artifact.exists():  # eval.json's folder can be written, checked before any row is timed
         own = artifact if artifact.is_dir() else artifact.parent
         ensure_writable_dir(Path(cfg.out) if cfg.out else own, "--out" if cfg.out else "--out (beside the artifact)")
