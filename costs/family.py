@@ -207,7 +207,7 @@ def _points(runs: list[Run]) -> list[Point]:
 def _pool(width: float, backend: str, precision: str, tta: str, members: list[tuple[int, dict[str, Any]]]) -> Point:
     """One configuration over its seeds: accuracy and its interval with each test image counted once, latency
     averaged over seeds with every seed's rounds kept (the unit of a latency margin)."""
-    from dawnpipe.infer.evaluate import unpack_bits
+    from dawnpipe.infer.scoring import unpack_bits
 
     accs = np.array([row["accuracy"] for _, row in members])
     bits = tuple(unpack_bits(row["correct_bits"], row["images"]) for _, row in members)

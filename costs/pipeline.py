@@ -14,10 +14,8 @@ redoes only what is missing.
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from dawnpipe.costs.report import ReportConfig
 from dawnpipe.infer.evaluate import EvalConfig
 from dawnpipe.infer.latency import Protocol
 from dawnpipe.train.config import TrainConfig
+from dawnpipe.train.run_control import abandon_on_sigterm
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
             _record(family_dir, RECORD_KEY, record, members)  # would read as a finished run)
         result = PipelineResult(family_dir, [], {}, [f"{s['backend']}: {s['reason']}" for s in skipped], 0.0)
         how = _continue(cfg)
-        with _abandon_on_sigterm(how):
+        with abandon_on_sigterm("the pipeline was interrupted during an export or evaluation", how):
             for key, name in names.items():
                 tag = f"{name}: " if family else ""
                 run = _train_member(expected[key], out / name, members.get(name), stage, tag, result, how)
@@ -388,29 +387,6 @@ def _runnable(targets: list, files: dict[str, Path], refused: dict[str, str], ru
         else:
             refusals.append((target.name, reason))
     return runnable, tuple(refusals)
-
-
-@contextmanager
-def _abandon_on_sigterm(how: str) -> Iterator[None]:
-    """SIGTERM (what schedulers and containers send) ends an export or evaluation like Ctrl-C does: the stage is
-    abandoned, its temporaries removed at the next lock, and the one line says how to continue. Training installs
-    its own handler (a clean stop at the next step) while it runs."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted("the pipeline was interrupted during an export or evaluation", how) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_name(base: str, width: float, seed: int, family: bool) -> str:

@@ -55,7 +55,7 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 
 def _check_point(path: Path, point: dict[str, Any], count: int) -> None:
-    from dawnpipe.infer.evaluate import unpack_bits
+    from dawnpipe.infer.scoring import unpack_bits
 
     label = point.get("label", "?")
     seeds, bits, counts = point.get("seeds"), point.get("correct_bits_by_seed"), point.get("correct_by_seed")
@@ -80,7 +80,7 @@ def _check_point(path: Path, point: dict[str, Any], count: int) -> None:
 
 def points_of(report: dict[str, Any]) -> dict[str, Point]:
     """The report's points rebuilt (figures, per-seed bits and timing rounds), by label."""
-    from dawnpipe.infer.evaluate import unpack_bits
+    from dawnpipe.infer.scoring import unpack_bits
 
     names = {f.name for f in fields(Point)} - {"correct", "latency_rounds_ms", "latency_sessions"}
     count = report["test_images"]["count"]

@@ -298,7 +298,7 @@ def precision_vs_fp32(points: list[Point]) -> list[dict[str, Any]]:
 def point_record(p: Point) -> dict[str, Any]:
     """A point as report.json holds it: its figures, and per seed its per-image correctness (packed bits, base64,
     in the order of ``test_images``) and its timing rounds, so every margin can be recomputed from the file."""
-    from dawnpipe.infer.evaluate import pack_bits
+    from dawnpipe.infer.scoring import pack_bits
 
     record = {k: v for k, v in asdict(p).items() if k not in ("correct", "latency_rounds_ms", "latency_sessions")}
     record["correct_by_seed"] = [int(c.sum()) for c in p.correct]
@@ -320,5 +320,5 @@ def test_images(runs: list[Run]) -> dict[str, Any]:
         "order": "bit i is test image i in the order dawnpipe loads the test split (an image folder or archive: "
         "by member path, so class by class in sorted class order and by file name within a class; CIFAR pickle "
         "batches: the test batch's own order; --test-limit: train.data.balanced_subset of that); sha256 is "
-        "infer.evaluate.test_images_digest of those pixels and labels in that order",
+        "infer.scoring.test_images_digest of those pixels and labels in that order",
     }

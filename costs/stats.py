@@ -119,7 +119,7 @@ def paired_difference(a_correct: list[np.ndarray], b_correct: list[np.ndarray]) 
 
 def accuracy_interval(correct_by_seed: list[np.ndarray] | tuple[np.ndarray, ...]) -> tuple[float, float, float]:
     """(accuracy, low, high): the mean over images of the per-image seed mean, each image counted once."""
-    from dawnpipe.infer.evaluate import wilson_interval
+    from dawnpipe.infer.scoring import wilson_interval
 
     p = per_image(correct_by_seed)
     if np.all(np.isin(p, (0.0, 1.0))):

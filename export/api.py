@@ -116,7 +116,8 @@ def export_onnx_model(
     rules (export/trt_rules.py) and the result recorded; only int8-asym is expected to break them.
     """
     from dawnpipe.export.flops import count_onnx
-    from dawnpipe.export.quantize import INT8_SCHEMES
+    from dawnpipe.export.quantize import INT8_SCHEMES, calibration_images, export_int8
+    from dawnpipe.export.selective_fit import fit_and_stamp
     from dawnpipe.export.trt_rules import check_tensorrt
 
     check_mode(tta)
@@ -125,7 +126,7 @@ def export_onnx_model(
     check_opset(opset)
     payload = source.payload
     int8 = int8 or Int8Spec()
-    calibration = _calibration_images(payload, int8) if precision in INT8_SCHEMES else None
+    calibration = calibration_images(payload, int8) if precision in INT8_SCHEMES else None
     tta_views = views(tta, shift)
     images = _check_images(payload, max(128, check_images // len(tta_views)))
     reference = build_deploy_model(payload, weights=weights, tta=tta, shift=shift, precision="fp32", fold_bn=False)
@@ -176,11 +177,11 @@ def export_onnx_model(
 
     path = out_dir / f"resnet9-{weights}-{tta}-{precision}.onnx"
     if precision in INT8_SCHEMES:
-        check = _export_int8(module, path, opset, metadata, verify, calibration, int8, INT8_SCHEMES[precision])
+        check = export_int8(module, path, opset, metadata, verify, calibration, int8, INT8_SCHEMES[precision])
     else:
         check = export_onnx(module, path, opset=opset, metadata=metadata, verify=verify)
     selective, selective_note = (
-        _fit_selective(path, payload, int8.calibration_data) if tta == "none" else (metadata["selective"], None)
+        fit_and_stamp(path, payload, int8.calibration_data) if tta == "none" else (metadata["selective"], None)
     )
     rules = check_tensorrt(path)
     check["tensorrt_rules"] = {
@@ -211,27 +212,6 @@ def export_onnx_model(
         selective_note=selective_note,
     )
     return Artifact(path, entry, check)
-
-
-def _fit_selective(path: Path, payload: dict[str, Any], data: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """(the written file's own selective record, a note): thresholds fitted through the file (export.selective_fit)
-    and stamped into its metadata; where the run's hold-out cannot be rebuilt here (its data is elsewhere),
-    training's threshold stays, labelled as such, and the note says why."""
-    from dawnpipe.export.onnx_export import restamp
-    from dawnpipe.export.selective_fit import fit_artifact, from_training, holdout_images
-
-    trained = payload.get("selective")
-    if not trained:
-        return None, None  # no hold-out: no selective modes (asking for one names --holdout)
-    try:
-        images, labels = holdout_images(payload, data)
-    except DawnpipeError as err:
-        restamp(path, {"selective": from_training(trained)})
-        return from_training(trained), f"{path.name} keeps the selective threshold from training: {err}"
-    target = (payload.get("train_config") or {}).get("selective_target", trained.get("target_fraction"))
-    record = {**fit_artifact(path, target, images, labels), "holdout": trained.get("holdout")}
-    restamp(path, {"selective": record})
-    return record, None
 
 
 def export_notes(onnx: Artifact) -> list[str]:
@@ -344,54 +324,6 @@ def export(cfg: ExportConfig) -> ExportResult:
     if len(written) > 1:
         record(out_dir, source, written, asdict(cfg))
     result.seconds = time.perf_counter() - started
-    return result
-
-
-def _calibration_images(payload: dict[str, Any], spec: Int8Spec) -> np.ndarray:
-    """The class-balanced training images int8 ranges are set on; every option checked before any export work."""
-    from dawnpipe.export.quantize import check_calibration
-    from dawnpipe.train.data import balanced_subset, load_cifar
-
-    check_calibration(spec.calibration_images, spec.calibration_method)  # before the data is read
-    own = payload.get("data", {})
-    source = spec.calibration_data or own.get("source")
-    if not source or not Path(source).expanduser().exists():
-        raise DawnpipeError(
-            f"int8 calibration needs the model's training images, and its data {source!r} is not here",
-            "pass --calibration-data PATH to the CIFAR-10 copy it was trained on",
-        )
-    data = load_cifar(source, trusted_sha256=own.get("sha256"))
-    check_calibration(spec.calibration_images, spec.calibration_method, available=len(data.train_y))
-    return data.train_x[balanced_subset(data.train_y, spec.calibration_images)]
-
-
-def _export_int8(
-    module, path: Path, opset: int, metadata: dict[str, Any], verify, images, spec: Int8Spec, scheme: str
-) -> dict:
-    """Export fp32 to a scratch folder, quantize it, stamp the metadata, check it, and rename it into place."""
-    import tempfile
-
-    import onnx
-
-    from dawnpipe.common.files import atomic_write
-    from dawnpipe.export.onnx_export import stamp
-    from dawnpipe.export.quantize import quantize_int8
-
-    result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="dawnpipe-export-") as work:
-        fp32 = Path(work) / "fp32.onnx"
-        fp32_meta = {**metadata, "precision": "fp32"}
-        export_onnx(module, fp32, opset=opset, metadata=fp32_meta, verify=lambda tmp: {})
-
-        def write(tmp: Path) -> None:
-            quantization = quantize_int8(fp32, tmp, images, method=spec.calibration_method, scheme=scheme)
-            model = onnx.load(str(tmp))
-            stamp(model, {**metadata, "quantization": quantization})
-            onnx.save_model(model, str(tmp), save_as_external_data=False)
-            onnx.checker.check_model(str(tmp), full_check=True)
-            result.update(verify(tmp))
-
-        atomic_write(path, write)
     return result
 
 

@@ -1,6 +1,7 @@
 """INT8 ONNX by static quantization (onnxruntime.quantization) in the QDQ format, in two schemes.
 
     onnx_int8 = quantize_int8(fp32_onnx, target, calibration_images, method="minmax", scheme="symmetric")
+    export_int8(module, target, ...)  # export's composition: fp32 to a scratch file, quantized, stamped, checked
 
 Schemes (INT8_SCHEMES):
 - ``symmetric`` (precision ``int8``, the default and the one TensorRT builds): signed int8 activations and weights,
@@ -27,11 +28,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
+
+if TYPE_CHECKING:
+    from dawnpipe.export.config import Int8Spec
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 INT8_SCHEMES = {"int8": "symmetric", "int8-asym": "asymmetric"}  # export precision -> quantization scheme
@@ -144,3 +148,47 @@ def quantize_int8(
         "calibration_images": int(len(images)),
         "calibration_source": "training images (class-balanced, never test images)",
     }
+
+
+def calibration_images(payload: dict[str, Any], spec: Int8Spec) -> np.ndarray:
+    """The class-balanced training images int8 ranges are set on; every option checked before any export work."""
+    from dawnpipe.train.data import balanced_subset, load_cifar
+
+    check_calibration(spec.calibration_images, spec.calibration_method)  # before the data is read
+    own = payload.get("data", {})
+    source = spec.calibration_data or own.get("source")
+    if not source or not Path(source).expanduser().exists():
+        raise DawnpipeError(
+            f"int8 calibration needs the model's training images, and its data {source!r} is not here",
+            "pass --calibration-data PATH to the CIFAR-10 copy it was trained on",
+        )
+    data = load_cifar(source, trusted_sha256=own.get("sha256"))
+    check_calibration(spec.calibration_images, spec.calibration_method, available=len(data.train_y))
+    return data.train_x[balanced_subset(data.train_y, spec.calibration_images)]
+
+
+def export_int8(
+    module, path: Path, opset: int, metadata: dict[str, Any], verify, images, spec: Int8Spec, scheme: str
+) -> dict:
+    """Export fp32 to a scratch folder, quantize it, stamp the metadata, check it, and rename it into place."""
+    import onnx
+
+    from dawnpipe.common.files import atomic_write
+    from dawnpipe.export.onnx_export import export_onnx, stamp
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="dawnpipe-export-") as work:
+        fp32 = Path(work) / "fp32.onnx"
+        fp32_meta = {**metadata, "precision": "fp32"}
+        export_onnx(module, fp32, opset=opset, metadata=fp32_meta, verify=lambda tmp: {})
+
+        def write(tmp: Path) -> None:
+            quantization = quantize_int8(fp32, tmp, images, method=spec.calibration_method, scheme=scheme)
+            model = onnx.load(str(tmp))
+            stamp(model, {**metadata, "quantization": quantization})
+            onnx.save_model(model, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+            result.update(verify(tmp))
+
+        atomic_write(path, write)
+    return result

@@ -86,3 +86,23 @@ def fit_artifact(path: Path, target: float | str, images: np.ndarray, labels: np
     version = onnxruntime_module().__version__
     through = f"onnxruntime {version} CPUExecutionProvider, {path.name} itself"
     return fit_thresholds(softmax_confidence(plain), plain.argmax(1) == labels, hits, target, through)
+
+
+def fit_and_stamp(path: Path, payload: dict[str, Any], data: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the written file's own selective record, a note): thresholds fitted through the file (export.selective_fit)
+    and stamped into its metadata; where the run's hold-out cannot be rebuilt here (its data is elsewhere),
+    training's threshold stays, labelled as such, and the note says why."""
+    from dawnpipe.export.onnx_export import restamp
+
+    trained = payload.get("selective")
+    if not trained:
+        return None, None  # no hold-out: no selective modes (asking for one names --holdout)
+    try:
+        images, labels = holdout_images(payload, data)
+    except DawnpipeError as err:
+        restamp(path, {"selective": from_training(trained)})
+        return from_training(trained), f"{path.name} keeps the selective threshold from training: {err}"
+    target = (payload.get("train_config") or {}).get("selective_target", trained.get("target_fraction"))
+    record = {**fit_artifact(path, target, images, labels), "holdout": trained.get("holdout")}
+    restamp(path, {"selective": record})
+    return record, None

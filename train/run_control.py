@@ -1,5 +1,6 @@
-"""How a training run is watched and stopped: the progress bar and epoch lines, and Ctrl-C / SIGTERM handled at a
-step boundary so the checkpoint written on the way out is whole."""
+"""How a run is watched and stopped: the progress bar and epoch lines; Ctrl-C / SIGTERM handled at a training step
+boundary so the checkpoint written on the way out is whole; SIGTERM turned into Ctrl-C for the stages that have no
+steps (an export, an evaluation), which are abandoned whole."""
 
 from __future__ import annotations
 
@@ -64,3 +65,26 @@ def graceful_interrupt() -> Iterator[dict[str, Any]]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def abandon_on_sigterm(problem: str, how: str) -> Iterator[None]:
+    """SIGTERM (what schedulers and containers send) ends a stage like Ctrl-C does: the stage is abandoned (its files
+    are written under temporary names, so nothing half-written is kept) and one line, ``problem``, says ``how`` to
+    continue. Training installs its own handler (graceful_interrupt) while it runs."""
+    from dawnpipe.common.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(problem, how) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)

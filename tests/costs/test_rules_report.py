@@ -19,7 +19,7 @@ from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.costs.report import ReportConfig, build_report
 from dawnpipe.costs.rules import Point, decide, make_rules, pareto_front, verdict
 from dawnpipe.costs.stats import clopper_pearson, mcnemar_exact, paired_difference
-from dawnpipe.infer.evaluate import pack_bits
+from dawnpipe.infer.scoring import pack_bits
 
 IMAGES = 400
 
@@ -133,7 +133,7 @@ def test_seeds_that_disagree_average_per_image_and_the_interval_comes_from_the_i
 
 def test_a_point_interval_counts_each_image_once():
     from dawnpipe.costs.stats import accuracy_interval
-    from dawnpipe.infer.evaluate import wilson_interval
+    from dawnpipe.infer.scoring import wilson_interval
 
     a = np.array([1] * 90 + [0] * 10, bool)
     assert accuracy_interval([a]) == (0.9, *wilson_interval(90, 100))

@@ -26,9 +26,10 @@ from dawnpipe.common.tta import (
 )
 from dawnpipe.export.api import ExportConfig, export
 from dawnpipe.infer.backends import OnnxRuntimeBackend, choose_providers, load, provider_options
-from dawnpipe.infer.evaluate import EvalConfig, evaluate, unpack_bits, wilson_interval
+from dawnpipe.infer.evaluate import EvalConfig, evaluate
 from dawnpipe.infer.latency import Protocol, measure_rows
 from dawnpipe.infer.modes import run_mode
+from dawnpipe.infer.scoring import unpack_bits, wilson_interval
 from dawnpipe.infer.torch_backend import TorchBackend
 from dawnpipe.train.calibration import calibrate_threshold, split_holdout
 from tests.conftest import assert_logits_close, make_images, write_image_folder
