@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path
     if cfg.out or artifact.exists():  # eval.json's folder can be written, checked before any row is timed
         own = artifact if artifact.is_dir() else artifact.parent
         ensure_writable_dir(Path(cfg.out) if cfg.out else own, "--out" if cfg.out else "--out (beside the artifact)")
+        _check_mergeable(Path(cfg.out) if cfg.out else own)
     with load(
         artifact,
         cfg.backend,
@@ -330,6 +332,20 @@ def read_eval(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_mergeable(out_dir: Path) -> None:
+    """Rows merge into the folder's eval.json, so one that cannot be read (damaged, or an older format) would lose
+    its rows: refused before any work, naming the way out."""
+    path = out_dir / EVAL_NAME
+    if path.exists():
+        try:
+            read_eval(path)
+        except DawnpipeError as err:
+            raise DawnpipeError(
+                f"{err.problem}; this evaluation's rows would be merged into it and its own rows lost",
+                f"move it aside (mv {path} {path}.old) or pass --out to another folder",
+            ) from None
+
+
 def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
     out_dir = Path(cfg.out) if cfg.out else (backend.path if backend.path.is_dir() else backend.path.parent)
     if out_dir.exists() and not out_dir.is_dir():
@@ -346,8 +362,8 @@ def _merge_and_record(out_dir: Path, rows: list[dict[str, Any]], backend: Backen
         try:
             previous = read_eval(path)
             existing, existing_skipped = previous["rows"], previous.get("skipped", [])
-        except DawnpipeError:
-            existing = []  # an older or damaged file: replaced by this evaluation's rows
+        except DawnpipeError:  # damaged since _check_mergeable passed: kept aside whole, never dropped
+            path.replace(path.with_name(f"{EVAL_NAME}.unreadable-{int(time.time())}"))
     key = lambda r: (r.get("artifact_sha256"), r.get("backend"), r.get("provider"), r.get("precision"), r.get("tta"))  # noqa: E731
     fresh = {key(r) for r in rows}
     merged = [r for r in existing if key(r) not in fresh] + rows

@@ -315,6 +315,16 @@ def test_eval_without_latency_prints_dashes_not_nan(onnx_plain, tmp_path):
     assert "nan" not in row and row.split()[-4:] == ["-", "-", "-", "-"], row  # mean, p50, p99, img/s: unmeasured
 
 
+def test_eval_refuses_to_merge_into_an_unreadable_eval_json_before_any_work(onnx_plain, tmp_path):
+    damaged = tmp_path / "eval.json"
+    damaged.write_text('{"format": "dawnpipe-eval/2", "rows": [')  # cut short: its rows cannot be read back
+    args = ["eval", str(onnx_plain), "--tta", "none", "--no-latency", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "rows lost" in result.output and "move it aside" in result.output
+    assert damaged.read_text() == '{"format": "dawnpipe-eval/2", "rows": [' and sorted(tmp_path.iterdir()) == [damaged]
+
+
 def test_eval_classes_differ(onnx_plain, tmp_path):
     other = write_image_folder(
         tmp_path / "other", {"train": make_images(2, 1, 3), "test": make_images(2, 2, 3)}, classes=["x", "y", "z"]
