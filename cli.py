@@ -18,7 +18,7 @@ import click
 from dawnpipe.common.cli_types import CommaList, Finite
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.tta import ALL_MODES, TTA_MODES
-from dawnpipe.costs.pipeline import PipelineConfig
+from dawnpipe.costs.pipeline import MAX_WIDTH, PipelineConfig
 from dawnpipe.costs.report import ReportConfig
 from dawnpipe.costs.rules import RULE_NAMES
 from dawnpipe.costs.targets import TARGETS
@@ -259,8 +259,9 @@ _FAMILY = (
     click.option("--backends", type=CommaList("names"), default=",".join(default(PipelineConfig, "backends")),
                  help=f"Comma-separated backends to evaluate: {_BACKEND_NAMES}, or auto (the machine's default set; "
                  "the others are recorded as skipped with the reason)."),
-    click.option("--widths", type=CommaList("list", kind=float, low=0.0, high=16.0, repeats=False), default=None,
-                 help="Train a width family with one recipe, e.g. 0.5,0.75,1.0 (default: --width alone)."),
+    click.option("--widths", type=CommaList("list", kind=float, low=0.0, high=MAX_WIDTH, repeats=False), default=None,
+                 help=f"Train a width family with one recipe, e.g. 0.5,0.75,1.0, each in (0, {MAX_WIDTH:g}] "
+                 "(default: --width alone)."),
     click.option("--seeds", type=CommaList("list", kind=int, low=0, high=2**31 - 1, repeats=False), default=None,
                  help="Seeds per width, e.g. 0,1 (default: --seed alone)."),
     click.option("--tta", "tta_modes", type=_MODES, default=",".join(default(PipelineConfig, "tta")),
