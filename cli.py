@@ -355,16 +355,18 @@ def check_trt(models: tuple[Path, ...]) -> None:
 
 
 @main.command(name="eval")
-@click.argument("artifact", type=_PATH)
+@click.argument("artifacts", nargs=-1, required=True, type=_PATH)
 @_options(*_EVAL, *_TRUST)
-def eval_command(**opts) -> None:
-    """Evaluate ARTIFACT (run folder, checkpoint, .onnx or .engine) with and without TTA."""
-    from dawnpipe.infer.evaluate import eval_config, evaluate
+def eval_command(artifacts: tuple[Path, ...], **opts) -> None:
+    """Evaluate ARTIFACTS (run folders, checkpoints, .onnx or .engine files) with and without TTA. Several are
+    timed in one session, so their rows pair by round in `dawnpipe costs`."""
+    from dawnpipe.infer.evaluate import eval_configs, evaluate_together
     from dawnpipe.infer.report_table import format_rows
 
-    rows, path = evaluate(eval_config(**opts), progress=lambda message: click.echo(message, err=True))
-    click.echo(format_rows(rows))
-    click.echo(f"results: {path}")
+    results = evaluate_together(eval_configs(artifacts, **opts), progress=lambda line: click.echo(line, err=True))
+    click.echo(format_rows([row for rows, _ in results for row in rows]))
+    for path in dict.fromkeys(path for _, path in results):
+        click.echo(f"results: {path}")
 
 
 @main.command()

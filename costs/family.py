@@ -48,7 +48,7 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     """Read and check one run folder's manifest and eval.json."""
-    from dawnpipe.infer.evaluate import EVAL_NAME, read_eval
+    from dawnpipe.infer.eval_file import EVAL_NAME, read_eval
 
     run_dir = Path(run_dir)
     if not run_dir.exists():

@@ -180,7 +180,7 @@ def reusable_export(run_dir: Path, filename: str, source_sha256: str) -> dict[st
 
 def evaluated(run_dir: Path, artifact_sha256: str, backend: str, modes: list[str]) -> bool:
     """True when the run's recorded eval.json holds a row for every mode of this artifact on this backend."""
-    from dawnpipe.infer.evaluate import EVAL_NAME, read_eval
+    from dawnpipe.infer.eval_file import EVAL_NAME, read_eval
 
     path = run_dir / EVAL_NAME
     recorded = read_manifest(run_dir).get("artifacts", {}).get(EVAL_NAME, {}).get("sha256")

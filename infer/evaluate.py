@@ -5,36 +5,35 @@ Accuracy: every distinct view is run once over the test set and each mode is com
 per-image threshold, which is exactly the decision ``run_mode`` makes one image at a time. Each row keeps its
 per-image correctness (a bitmap) so the costs stage can pair rows on the same images.
 
-Latency: every row through ``run_mode`` under the interleaved protocol of ``infer.latency``.
+Latency: every row through ``run_mode`` under the interleaved protocol of ``infer.latency``. Several artifacts
+(``evaluate_together``, ``dawnpipe eval A B ...``) are timed in one session, so rows of different widths or
+precisions pair by round in the costs stage.
 
-Rows go to ``eval.json`` beside the artifact (or ``--out``), merged with rows other backends wrote there, and to
-that folder's manifest when it has one.
+Rows go to ``eval.json`` beside each artifact (or ``--out``), merged with rows other backends wrote there
+(``infer.eval_file``), and to that folder's manifest when it has one.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import atomic_write_json, ensure_writable_dir
-from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
-from dawnpipe.common.run_folder import RunFolder
+from dawnpipe.common.files import ensure_writable_dir
 from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, combine, parse_mode, view_logits, views
 from dawnpipe.common.tta import selective_from_views as _selective_from_views
 from dawnpipe.infer.backends import Backend, load
+from dawnpipe.infer.eval_file import EVAL_NAME, check_mergeable, read_eval, write_rows
 from dawnpipe.infer.latency import Protocol, measure_rows
 from dawnpipe.infer.modes import resolve_threshold, run_mode
 from dawnpipe.infer.scoring import pack_bits, test_images_digest, wilson_interval
 
-EVAL_NAME = "eval.json"
-EVAL_FORMAT = "dawnpipe-eval/2"
+__all__ = ["EVAL_NAME", "EvalConfig", "eval_config", "eval_configs", "evaluate", "evaluate_together", "read_eval"]
 
 
 @dataclass(frozen=True)
@@ -76,54 +75,122 @@ def eval_config(
     return EvalConfig(latency=not no_latency, protocol=Protocol(rounds=latency_rounds, calls=latency_calls), **fields)
 
 
+def eval_configs(artifacts: Sequence[str | Path], **options: Any) -> list[EvalConfig]:
+    """One EvalConfig per artifact named on the command line (eval ARTIFACT...), the other options shared."""
+    return [eval_config(artifact=artifact, **options) for artifact in artifacts]
+
+
 def evaluate(cfg: EvalConfig, progress=None) -> tuple[list[dict[str, Any]], Path]:
-    """Evaluate every requested mode; returns the rows and the eval.json path."""
+    """Evaluate every requested mode of one artifact; returns the rows and the eval.json path."""
+    ((rows, path),) = evaluate_together((cfg,), progress)
+    return rows, path
+
+
+def evaluate_together(cfgs: Sequence[EvalConfig], progress=None) -> list[tuple[list[dict[str, Any]], Path]]:
+    """Several artifacts, each scored as evaluate() scores one, with the latency of all their rows timed in one
+    session (interleaved rounds over every artifact's rows). Rows of one session pair by round in the costs stage,
+    so a width-1 flip row and a width-1.25 plain row are compared round by round with the machine's drift inside
+    the interval, not as two samples taken at different times. The configs differ only in their artifact, and all
+    are scored on the same test images. Returns (rows, eval.json path) per artifact, in order."""
     say = progress or (lambda _message: None)
-    requested = _modes(cfg.tta)
+    _check_together(cfgs)
+    for cfg in cfgs:
+        _check_options(cfg)
+    with ExitStack() as stack:
+        loaded = []
+        for cfg in cfgs:
+            backend = stack.enter_context(
+                load(
+                    Path(cfg.artifact).expanduser(),
+                    cfg.backend,
+                    provider=cfg.provider,
+                    threads=cfg.threads,
+                    allow_foreign=cfg.allow_foreign,
+                    allow_incomplete=cfg.allow_incomplete,
+                    graphs=cfg.graphs,
+                )
+            )
+            modes = _runnable_modes(backend, _modes(cfg.tta), cfg)
+            loaded.append((cfg, backend, modes, *_test_data(cfg, backend)))
+        if len({data["test_images_sha256"] for *_, data in loaded}) > 1:
+            raise DawnpipeError(
+                "the artifacts are scored on different test images, so their rows cannot be timed and paired together",
+                "evaluate them one at a time",
+            )
+        scored = [(cfg, backend, _score(cfg, backend, modes, images, labels, data, say))
+                  for cfg, backend, modes, images, labels, data in loaded]  # fmt: skip
+        if cfgs[0].latency:
+            from dawnpipe.train.data import interleaved_order
+
+            cfg, _, _, images, labels, _ = loaded[0]
+            count = sum(len(rows) for *_, rows in scored)
+            say(f"latency of {count} rows of {len(scored)} artifact(s), interleaved in {cfg.protocol.rounds} rounds")
+            _attach_latency([(backend, rows) for _, backend, rows in scored], images[interleaved_order(labels)], cfg)
+        return [(rows, _write(rows, backend, cfg)) for cfg, backend, rows in scored]
+
+
+def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
+    out_dir = Path(cfg.out) if cfg.out else (backend.path if backend.path.is_dir() else backend.path.parent)
+    return write_rows(rows, out_dir, backend.path, asdict(cfg), cfg.skipped)
+
+
+def _check_together(cfgs: Sequence[EvalConfig]) -> None:
+    """Artifacts timed together share every option but the artifact, and none is named twice."""
+    if not cfgs:
+        raise DawnpipeError("no artifact to evaluate", "name a run folder, checkpoint, .onnx or .engine")
+    if any(replace(cfg, artifact="") != replace(cfgs[0], artifact="") for cfg in cfgs):
+        raise DawnpipeError("artifacts evaluated together take one set of options", "evaluate them one at a time")
+    seen: dict[Path, str] = {}
+    for cfg in cfgs:
+        key = Path(cfg.artifact).expanduser().resolve()
+        if key in seen:
+            raise DawnpipeError(f"{cfg.artifact} is named twice (as {seen[key]})", "name each artifact once")
+        seen[key] = cfg.artifact
+
+
+def _check_options(cfg: EvalConfig) -> None:
+    """Before any artifact is loaded: the modes, the threshold override, and eval.json's folder (writable, and any
+    eval.json in it readable, so its rows are merged rather than lost)."""
+    _modes(cfg.tta)
     if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:
         raise DawnpipeError(f"--selective-threshold {cfg.selective_threshold} is outside [0, 1]", "use a probability")
     artifact = Path(cfg.artifact).expanduser()
-    if cfg.out or artifact.exists():  # eval.json's folder can be written, checked before any row is timed
+    if cfg.out or artifact.exists():
         own = artifact if artifact.is_dir() else artifact.parent
         ensure_writable_dir(Path(cfg.out) if cfg.out else own, "--out" if cfg.out else "--out (beside the artifact)")
-        _check_mergeable(Path(cfg.out) if cfg.out else own)
-    with load(
-        artifact,
-        cfg.backend,
-        provider=cfg.provider,
-        threads=cfg.threads,
-        allow_foreign=cfg.allow_foreign,
-        allow_incomplete=cfg.allow_incomplete,
-        graphs=cfg.graphs,
-    ) as backend:
-        modes = _runnable_modes(backend, requested, cfg)
-        images, labels, data = _test_data(cfg, backend)
-        from dawnpipe.export.flops import artifact_flops
+        check_mergeable(Path(cfg.out) if cfg.out else own)
 
-        flops = artifact_flops(backend.path)
-        base_flops = flops.model_flops / max(backend.graph_views, 1)
-        say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
-        logits, selected = _mode_logits(backend, images, modes, cfg)
-        agreement = _agreement(backend, images, logits, cfg)
-        rows = []
-        for mode in modes:
-            n_views = _views_per_image(backend, mode, selected.get(mode), cfg)
-            row = _row(backend, mode, logits[mode], labels, n_views, base_flops)
-            row["data"] = data
-            row["test_images_sha256"] = data["test_images_sha256"]
-            row["flops_unknown_ops"] = sorted(set(flops.unknown_ops))
-            if agreement is not None:
-                row["agreement_with_onnxruntime_fp32"] = agreement
-            if mode in selected:
-                row["selective"] = _selective_record(backend, mode, selected[mode], cfg.selective_threshold)
-            rows.append(row)
-        if cfg.latency:
-            say(f"{backend.name}: latency of {len(modes)} rows, interleaved in {cfg.protocol.rounds} rounds")
-            from dawnpipe.train.data import interleaved_order
 
-            _attach_latency(backend, images[interleaved_order(labels)], modes, rows, cfg)
-        path = _write(rows, backend, cfg)
-    return rows, path
+def _score(
+    cfg: EvalConfig,
+    backend: Backend,
+    modes: list[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    data: dict[str, Any],
+    say,
+) -> list[dict[str, Any]]:
+    """One artifact's accuracy rows: every distinct view run once, each mode combined from those logits."""
+    from dawnpipe.export.flops import artifact_flops
+
+    flops = artifact_flops(backend.path)
+    base_flops = flops.model_flops / max(backend.graph_views, 1)
+    say(f"{backend.name}: accuracy of {', '.join(modes)} on {len(labels)} images")
+    logits, selected = _mode_logits(backend, images, modes, cfg)
+    agreement = _agreement(backend, images, logits, cfg)
+    rows = []
+    for mode in modes:
+        n_views = _views_per_image(backend, mode, selected.get(mode), cfg)
+        row = _row(backend, mode, logits[mode], labels, n_views, base_flops)
+        row["data"] = data
+        row["test_images_sha256"] = data["test_images_sha256"]
+        row["flops_unknown_ops"] = sorted(set(flops.unknown_ops))
+        if agreement is not None:
+            row["agreement_with_onnxruntime_fp32"] = agreement
+        if mode in selected:
+            row["selective"] = _selective_record(backend, mode, selected[mode], cfg.selective_threshold)
+        rows.append(row)
+    return rows
 
 
 def _selective_record(backend: Backend, mode: str, chosen: np.ndarray, override: float | None) -> dict[str, Any]:
@@ -271,17 +338,23 @@ def _row(
     }
 
 
-def _attach_latency(
-    backend: Backend, images: np.ndarray, modes: list[str], rows: list[dict[str, Any]], cfg: EvalConfig
-) -> None:
-    """Batch-1 latency (distinct images, interleaved rounds) and throughput at throughput_batch, every row.
-    ``images`` come with the classes interleaved, so the first ``latency_images`` are a class-balanced sample."""
+def _attach_latency(scored: list[tuple[Backend, list[dict[str, Any]]]], images: np.ndarray, cfg: EvalConfig) -> None:
+    """Batch-1 latency (distinct images, interleaved rounds) and throughput at throughput_batch, every row of every
+    artifact in one session. ``images`` come with the classes interleaved, so the first ``latency_images`` are a
+    class-balanced sample."""
 
-    def runner(mode: str):
+    def runner(backend: Backend, mode: str):
         return lambda x: run_mode(backend, x, mode, threshold=cfg.selective_threshold, shift=cfg.shift)
 
-    runs = {mode: runner(mode) for mode in modes}
-    single = measure_rows(runs, images[: cfg.latency_images], batch=1, protocol=cfg.protocol, sync=backend.synchronize)
+    runs = {
+        f"{i}:{row['tta']}": runner(backend, row["tta"]) for i, (backend, rows) in enumerate(scored) for row in rows
+    }
+
+    def sync() -> None:
+        for backend, _ in scored:
+            backend.synchronize()
+
+    single = measure_rows(runs, images[: cfg.latency_images], batch=1, protocol=cfg.protocol, sync=sync)
     bulk_protocol = Protocol(
         rounds=cfg.protocol.rounds,
         calls=cfg.throughput_calls,
@@ -289,100 +362,12 @@ def _attach_latency(
         warmup=1,
         max_spread=cfg.protocol.max_spread,
     )
-    bulk = measure_rows(runs, images, batch=cfg.throughput_batch, protocol=bulk_protocol, sync=backend.synchronize)
-    for row in rows:
-        row["latency"] = {
-            "batch1": single[row["tta"]].to_dict(),
-            "throughput": bulk[row["tta"]].to_dict(),
-            "threads": backend.threads,
-            "protocol": asdict(cfg.protocol),
-        }
-
-
-def read_eval(path: Path) -> dict[str, Any]:
-    """An eval.json, checked against the fields the costs stage relies on; one-line errors name the problem."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise DawnpipeError(f"{path} is not readable JSON ({type(err).__name__})", "rerun `dawnpipe eval`") from None
-    if not isinstance(data, dict) or data.get("format") != EVAL_FORMAT:
-        raise DawnpipeError(
-            f"{path} is not a {EVAL_FORMAT} file (format {data.get('format') if isinstance(data, dict) else None!r})",
-            "rerun `dawnpipe eval` with this version",
-        )
-    rows = data.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise DawnpipeError(f"{path} holds no eval rows", "rerun `dawnpipe eval`")
-    skipped = data.setdefault("skipped", [])
-    if not isinstance(skipped, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("backend"), str) and isinstance(s.get("reason"), str) for s in skipped
-    ):
-        raise DawnpipeError(f"{path}: 'skipped' is not a list of backend/reason entries", "rerun `dawnpipe eval`")
-    numbers = ("accuracy", "views_per_image", "gflops_per_image")
-    for i, row in enumerate(rows):
-        bad = [k for k in numbers if not isinstance(row.get(k), int | float) or not math.isfinite(row[k])]
-        bad += [k for k in ("tta", "backend", "precision", "correct_bits") if not isinstance(row.get(k), str)]
-        bad += [k for k in ("images", "correct") if not isinstance(row.get(k), int) or row[k] < 0]
-        latency = (row.get("latency") or {}).get("batch1") or {}
-        bad += [k for k, v in latency.items() if k.endswith("_ms") and isinstance(v, int | float) and v < 0]
-        if not bad and not 0.0 <= row["accuracy"] <= 1.0:
-            bad.append("accuracy")
-        if bad:
-            raise DawnpipeError(f"{path}: row {i} has missing or invalid {sorted(set(bad))}", "rerun `dawnpipe eval`")
-    return data
-
-
-def _check_mergeable(out_dir: Path) -> None:
-    """Rows merge into the folder's eval.json, so one that cannot be read (damaged, or an older format) would lose
-    its rows: refused before any work, naming the way out."""
-    path = out_dir / EVAL_NAME
-    if path.exists():
-        try:
-            read_eval(path)
-        except DawnpipeError as err:
-            raise DawnpipeError(
-                f"{err.problem}; this evaluation's rows would be merged into it and its own rows lost",
-                f"move it aside (mv {path} {path}.old) or pass --out to another folder",
-            ) from None
-
-
-def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
-    out_dir = Path(cfg.out) if cfg.out else (backend.path if backend.path.is_dir() else backend.path.parent)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DawnpipeError(f"--out {out_dir} is a file, not a folder", "pass a folder for eval.json")
-    with RunFolder(out_dir, wait=30.0):  # eval.json is merged (read-modify-write): one writer at a time
-        return _merge_and_record(out_dir, rows, backend, cfg)
-
-
-def _merge_and_record(out_dir: Path, rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
-    path = out_dir / EVAL_NAME
-    existing: list[dict[str, Any]] = []
-    existing_skipped: list[dict[str, Any]] = []
-    if path.exists():
-        try:
-            previous = read_eval(path)
-            existing, existing_skipped = previous["rows"], previous.get("skipped", [])
-        except DawnpipeError:  # damaged since _check_mergeable passed: kept aside whole, never dropped
-            path.replace(path.with_name(f"{EVAL_NAME}.unreadable-{int(time.time())}"))
-    key = lambda r: (r.get("artifact_sha256"), r.get("backend"), r.get("provider"), r.get("precision"), r.get("tta"))  # noqa: E731
-    fresh = {key(r) for r in rows}
-    merged = [r for r in existing if key(r) not in fresh] + rows
-    ran = {r.get("backend") for r in merged}
-    skipped = {s["backend"]: s for s in existing_skipped if s.get("backend") not in ran}
-    skipped.update({name: {"backend": name, "reason": why} for name, why in cfg.skipped if name not in ran})
-    atomic_write_json(path, {"format": EVAL_FORMAT, "rows": merged, "skipped": list(skipped.values())})
-    if (out_dir / MANIFEST_NAME).exists():
-        update_manifest(
-            out_dir,
-            run=("eval", {"config": asdict(cfg)}),
-            artifacts={
-                EVAL_NAME: artifact_entry(
-                    out_dir,
-                    path,
-                    kind="eval",
-                    made_from={"artifact": str(backend.path), "sha256": rows[0].get("artifact_sha256")},
-                    metrics={f"{r['backend']}:{r['precision']}:{r['tta']}": r["accuracy"] for r in merged},
-                )
-            },
-        )
-    return path
+    bulk = measure_rows(runs, images, batch=cfg.throughput_batch, protocol=bulk_protocol, sync=sync)
+    for i, (backend, rows) in enumerate(scored):
+        for row in rows:
+            row["latency"] = {
+                "batch1": single[f"{i}:{row['tta']}"].to_dict(),
+                "throughput": bulk[f"{i}:{row['tta']}"].to_dict(),
+                "threads": backend.threads,
+                "protocol": asdict(cfg.protocol),
+            }

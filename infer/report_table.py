@@ -1,4 +1,4 @@
-"""The plain-text table eval prints (one row per backend and TTA mode)."""
+"""The plain-text table eval prints (one row per backend and TTA mode; several artifacts, each under its name)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     )
     lines = [header, "-" * len(header)]
     flagged = False
-    for r in rows:
+    several = len({r.get("artifact") for r in rows}) > 1
+    for i, r in enumerate(rows):
+        if several and (i == 0 or r.get("artifact") != rows[i - 1].get("artifact")):
+            lines.append(f"{r.get('artifact')}:")  # several artifacts: each one's rows under its name
         lat = r.get("latency") or {}
         b1, bulk = lat.get("batch1") or {}, lat.get("throughput") or {}
         mark = "!" if b1.get("flagged") or bulk.get("flagged") else " "

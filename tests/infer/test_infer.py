@@ -325,6 +325,29 @@ def test_eval_refuses_to_merge_into_an_unreadable_eval_json_before_any_work(onnx
     assert damaged.read_text() == '{"format": "dawnpipe-eval/2", "rows": [' and sorted(tmp_path.iterdir()) == [damaged]
 
 
+def test_eval_times_several_artifacts_in_one_session(trained_run, onnx_plain, tmp_path):
+    # torch from the run folder and onnxruntime from its ONNX: accuracy per artifact, latency in one session, so
+    # costs pairs their rows round by round
+    args = ["eval", str(trained_run), str(onnx_plain), "--tta", "none,flip", "--latency-calls", "2"]
+    args += ["--latency-rounds", "2", "--throughput-batch", "8", "--test-limit", "40", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "checkpoint.pt:" in result.output and f"{onnx_plain}:" in result.output  # each one's rows under its name
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert sorted((r["backend"], r["tta"]) for r in rows) == [
+        ("onnxruntime", "flip"), ("onnxruntime", "none"), ("torch", "flip"), ("torch", "none")
+    ]  # fmt: skip
+    sessions = {r["latency"]["batch1"]["session"] for r in rows} | {r["latency"]["throughput"]["session"] for r in rows}
+    assert len({r["latency"]["batch1"]["session"] for r in rows}) == 1 and len(sessions) == 2  # batch 1, bulk
+    assert all(len(r["latency"]["batch1"]["round_p50_ms"]) == 2 for r in rows)
+
+
+def test_eval_refuses_an_artifact_named_twice_before_any_work(onnx_plain, tmp_path):
+    args = ["eval", str(onnx_plain), str(onnx_plain.parent / "." / onnx_plain.name), "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "named twice" in result.output and not any(tmp_path.iterdir()), result.output
+
+
 def test_eval_classes_differ(onnx_plain, tmp_path):
     other = write_image_folder(
         tmp_path / "other", {"train": make_images(2, 1, 3), "test": make_images(2, 2, 3)}, classes=["x", "y", "z"]
