@@ -118,7 +118,6 @@ def export_onnx_model(
     from dawnpipe.export.flops import count_onnx
     from dawnpipe.export.quantize import INT8_SCHEMES, calibration_images, export_int8
     from dawnpipe.export.selective_fit import fit_and_stamp
-    from dawnpipe.export.trt_rules import check_tensorrt
 
     check_mode(tta)
     if precision not in EXPORT_PRECISIONS:
@@ -137,43 +136,9 @@ def export_onnx_model(
         payload, weights=weights, tta=tta, shift=shift, precision=graph_precision, fold_bn=fold_bn
     )
     meta = checkpoint_meta(payload)
-    metadata = {
-        "format": "dawnpipe-onnx/1",
-        "dawnpipe_version": _version(),
-        "run_id": meta["run_id"],
-        "classes": meta["classes"],
-        "input_contract": meta["input_contract"],
-        "data": meta["data"],
-        "model_config": meta["model_config"],
-        "selective": meta["selective"],
-        "complete": meta["complete"],
-        "source_checkpoint_sha256": source.sha256,
-        "lineage": source.lineage,
-        "weights": weights,
-        "tta_mode": tta,
-        "tta_views": len(tta_views),
-        "tta_shift": shift,
-        "tta_weights": [v.weight for v in tta_views],
-        "precision": precision,
-        "batchnorm_folding": module.folding if fold_bn else "not folded (--no-fold-bn)",
-    }
-
-    def verify(tmp: Path) -> dict[str, Any]:
-        result = {**compare_logits(run_onnxruntime(tmp, images), want), "reference": "pytorch fp32"}
-        if precision == "fp32" and result["max_abs_diff"] > fp32_tolerance:
-            raise DawnpipeError(
-                f"onnxruntime disagrees with PyTorch by {result['max_abs_diff']:.2e} in the logits "
-                f"(tolerance {fp32_tolerance:.0e}); the export was not kept",
-                "report this with the checkpoint; try another --opset",
-            )
-        need = fp16_min_agreement if precision == "fp16" else int8.min_agreement
-        if precision != "fp32" and result["top1_agreement"] < need:
-            raise BackendRefused(
-                f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
-                f"predictions (need {need:.0%}); the export was not kept",
-                "use --precision fp32" + (" or more --calibration-images" if precision in INT8_SCHEMES else ""),
-            )
-        return result
+    metadata = _metadata(source, meta, weights, tta, shift, precision)
+    metadata["batchnorm_folding"] = module.folding if fold_bn else "not folded (--no-fold-bn)"
+    verify = _verifier(images, want, precision, fp32_tolerance, fp16_min_agreement, int8)
 
     path = out_dir / f"resnet9-{weights}-{tta}-{precision}.onnx"
     if precision in INT8_SCHEMES:
@@ -183,14 +148,7 @@ def export_onnx_model(
     selective, selective_note = (
         fit_and_stamp(path, payload, int8.calibration_data) if tta == "none" else (metadata["selective"], None)
     )
-    rules = check_tensorrt(path)
-    check["tensorrt_rules"] = {
-        "passed": rules["passed"],
-        "rules": rules["rules"],
-        "violations": rules["violations"][:5],
-        "violation_count": len(rules["violations"]),
-        "parser": rules["parser"],
-    }
+    check["tensorrt_rules"] = _tensorrt_record(path)
     flops = count_onnx(path)
     entry = artifact_entry(
         out_dir,
@@ -212,6 +170,73 @@ def export_onnx_model(
         selective_note=selective_note,
     )
     return Artifact(path, entry, check)
+
+
+def _metadata(source: Source, meta: dict[str, Any], weights: str, tta: str, shift: int, precision: str) -> dict:
+    """What the ONNX file says about itself (dawnpipe-onnx/1): where it came from, its input contract, its views
+    and precision, so it loads and checks wherever it is copied."""
+    tta_views = views(tta, shift)
+    return {
+        "format": "dawnpipe-onnx/1",
+        "dawnpipe_version": _version(),
+        "run_id": meta["run_id"],
+        "classes": meta["classes"],
+        "input_contract": meta["input_contract"],
+        "data": meta["data"],
+        "model_config": meta["model_config"],
+        "selective": meta["selective"],
+        "complete": meta["complete"],
+        "source_checkpoint_sha256": source.sha256,
+        "lineage": source.lineage,
+        "weights": weights,
+        "tta_mode": tta,
+        "tta_views": len(tta_views),
+        "tta_shift": shift,
+        "tta_weights": [v.weight for v in tta_views],
+        "precision": precision,
+    }
+
+
+def _verifier(
+    images: np.ndarray, want: np.ndarray, precision: str, fp32_tolerance: float, fp16_min: float, int8: Int8Spec
+):
+    """The check a written file must pass before it is renamed into place: fp32 within ``fp32_tolerance`` of the
+    PyTorch logits; fp16 and int8 agreeing with PyTorch fp32's top-1 often enough (else BackendRefused, which a
+    family records as a skipped backend)."""
+    from dawnpipe.export.quantize import INT8_SCHEMES
+
+    def verify(tmp: Path) -> dict[str, Any]:
+        result = {**compare_logits(run_onnxruntime(tmp, images), want), "reference": "pytorch fp32"}
+        if precision == "fp32" and result["max_abs_diff"] > fp32_tolerance:
+            raise DawnpipeError(
+                f"onnxruntime disagrees with PyTorch by {result['max_abs_diff']:.2e} in the logits "
+                f"(tolerance {fp32_tolerance:.0e}); the export was not kept",
+                "report this with the checkpoint; try another --opset",
+            )
+        need = fp16_min if precision == "fp16" else int8.min_agreement
+        if precision != "fp32" and result["top1_agreement"] < need:
+            raise BackendRefused(
+                f"the {precision} graph agrees with fp32 on only {result['top1_agreement']:.2%} of top-1 "
+                f"predictions (need {need:.0%}); the export was not kept",
+                "use --precision fp32" + (" or more --calibration-images" if precision in INT8_SCHEMES else ""),
+            )
+        return result
+
+    return verify
+
+
+def _tensorrt_record(path: Path) -> dict[str, Any]:
+    """The file held to TensorRT's ONNX rules (export.trt_rules), the first five violations kept."""
+    from dawnpipe.export.trt_rules import check_tensorrt
+
+    rules = check_tensorrt(path)
+    return {
+        "passed": rules["passed"],
+        "rules": rules["rules"],
+        "violations": rules["violations"][:5],
+        "violation_count": len(rules["violations"]),
+        "parser": rules["parser"],
+    }
 
 
 def export_notes(onnx: Artifact) -> list[str]:
