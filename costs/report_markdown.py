@@ -42,14 +42,7 @@ def render_markdown(
         "| rule | backend | ranks by | winner | runner-up | margin (95% CI) | does TTA earn its cost? |",
         "|---|---|---|---|---|---|---|",
     ]
-    for d in decisions:
-        stat = "batch-1 mean latency" if d.rule.ranks_by == "latency" else "accuracy (mean over seeds)"
-        backend = d.backend
-        answer = f"{d.tta_answer} {d.lift}".strip()
-        lines.append(
-            f"| {d.rule.name} | {backend} | {stat} | {_short(d.winner)} | {_short(d.runner_up)} | "
-            f"{_interval(d.margin)} | {answer} |"
-        )
+    lines += [_decision_row(d) for d in decisions]
     lines += [
         "",
         "Accuracy margins are paired on the same test images, seed k with seed k, and count each test image once: "
@@ -88,25 +81,8 @@ def render_markdown(
         "fraction its threshold selects on the hold-out it was fitted on (`t` = a threshold from training, not "
         "fitted through this artifact). F/L: on the Pareto frontier of FLOPs / latency.",
         "",
-        "| configuration | seeds | acc % | 95% CI | seed std | views/img | GFLOP/img | mean ms | p50 ms | p99 ms | "
-        "selected (hold-out) | F/L | " + " | ".join(r.name for r in rules) + " |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:-:|" + "|".join(":-:" for _ in rules) + "|",
     ]
-    for p in points:
-        flag = "!" if p.latency_flagged else ""
-        lat = (
-            ("-", "-", "-")
-            if p.latency_ms is None
-            else (f"{p.latency_ms:.2f}{flag}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
-        )
-        pareto = ("F" if p.label in fronts["gflops"] else "-") + ("L" if p.label in fronts["latency"] else "-")
-        sel = _selected(p)
-        cells = ["pass" if verdict(r, p).passed else "-" for r in rules]
-        lines.append(
-            f"| {p.label} | {len(p.seeds)} | {_pct(p.accuracy)} | {_pct(p.ci95[0])}-{_pct(p.ci95[1])} | "
-            f"{100 * p.accuracy_std:.2f} | {p.views_per_image:.2f} | {p.gflops_per_image:.3f} | {lat[0]} | {lat[1]} | "
-            f"{lat[2]} | {sel} | {pareto} | " + " | ".join(cells) + " |"
-        )
+    lines += _points_table(points, rules, fronts)
     flagged = [p.label for p in points if p.latency_flagged]
     lines += ["", *drift_lines(points)]
     lines += [
@@ -122,6 +98,39 @@ def render_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _decision_row(d: Decision) -> str:
+    stat = "batch-1 mean latency" if d.rule.ranks_by == "latency" else "accuracy (mean over seeds)"
+    answer = f"{d.tta_answer} {d.lift}".strip()
+    return (
+        f"| {d.rule.name} | {d.backend} | {stat} | {_short(d.winner)} | {_short(d.runner_up)} | "
+        f"{_interval(d.margin)} | {answer} |"
+    )
+
+
+def _points_table(points: list[Point], rules: list[Rule], fronts: dict[str, list[str]]) -> list[str]:
+    """Every configuration's accuracy, cost, latency, selection and rule verdicts, one row each."""
+    lines = [
+        "| configuration | seeds | acc % | 95% CI | seed std | views/img | GFLOP/img | mean ms | p50 ms | p99 ms | "
+        "selected (hold-out) | F/L | " + " | ".join(r.name for r in rules) + " |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|:-:|" + "|".join(":-:" for _ in rules) + "|",
+    ]
+    for p in points:
+        flag = "!" if p.latency_flagged else ""
+        lat = (
+            ("-", "-", "-")
+            if p.latency_ms is None
+            else (f"{p.latency_ms:.2f}{flag}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
+        )
+        pareto = ("F" if p.label in fronts["gflops"] else "-") + ("L" if p.label in fronts["latency"] else "-")
+        cells = ["pass" if verdict(r, p).passed else "-" for r in rules]
+        lines.append(
+            f"| {p.label} | {len(p.seeds)} | {_pct(p.accuracy)} | {_pct(p.ci95[0])}-{_pct(p.ci95[1])} | "
+            f"{100 * p.accuracy_std:.2f} | {p.views_per_image:.2f} | {p.gflops_per_image:.3f} | {lat[0]} | {lat[1]} | "
+            f"{lat[2]} | {_selected(p)} | {pareto} | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def _selected(p: Point) -> str:
