@@ -130,8 +130,13 @@ def evaluate_together(cfgs: Sequence[EvalConfig], progress=None) -> list[tuple[l
 
 
 def _write(rows: list[dict[str, Any]], backend: Backend, cfg: EvalConfig) -> Path:
-    out_dir = Path(cfg.out) if cfg.out else (backend.path if backend.path.is_dir() else backend.path.parent)
-    return write_rows(rows, out_dir, backend.path, asdict(cfg), cfg.skipped)
+    return write_rows(rows, _out_dir(cfg), backend.path, asdict(cfg), cfg.skipped)
+
+
+def _out_dir(cfg: EvalConfig) -> Path:
+    """eval.json's folder: --out, else the artifact's own (a run folder, or the folder holding the file)."""
+    artifact = Path(cfg.artifact).expanduser()
+    return Path(cfg.out) if cfg.out else (artifact if artifact.is_dir() else artifact.parent)
 
 
 def _check_together(cfgs: Sequence[EvalConfig]) -> None:
@@ -154,11 +159,9 @@ def _check_options(cfg: EvalConfig) -> None:
     _modes(cfg.tta)
     if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:
         raise DawnpipeError(f"--selective-threshold {cfg.selective_threshold} is outside [0, 1]", "use a probability")
-    artifact = Path(cfg.artifact).expanduser()
-    if cfg.out or artifact.exists():
-        own = artifact if artifact.is_dir() else artifact.parent
-        ensure_writable_dir(Path(cfg.out) if cfg.out else own, "--out" if cfg.out else "--out (beside the artifact)")
-        check_mergeable(Path(cfg.out) if cfg.out else own)
+    if cfg.out or Path(cfg.artifact).expanduser().exists():
+        ensure_writable_dir(_out_dir(cfg), "--out" if cfg.out else "--out (beside the artifact)")
+        check_mergeable(_out_dir(cfg))
 
 
 def _score(
