@@ -231,6 +231,10 @@ _EVAL = (
     click.option("--selective-threshold", type=Finite(0, 1), default=None,
                  help="Override the artifact's calibrated per-image confidence threshold for the selective modes."),
     click.option("--no-latency", is_flag=True, help="Skip latency and throughput."),
+    click.option("--latency-only", is_flag=True,
+                 help="Time the rows each artifact's eval.json already holds, without scoring accuracy again (checked: "
+                 "same artifact, backend, test images, threshold and CPU); e.g. a family scored with --no-latency, "
+                 "then timed in one session."),
     _ROUNDS,
     _CALLS,
     _THROUGHPUT,

@@ -3,7 +3,9 @@ and write one cost report over the family; stop it anywhere and continue it with
 
 Every option is validated before training starts. Each run is exported once per artifact its backends need (the
 fp32 and int8 ONNX on a CPU; the fp16 ONNX and a TensorRT engine on a GPU that has them). Backends come from
-``costs.targets`` (``--backends``); those that cannot run here are recorded as skipped with the reason.
+``costs.targets`` (``--backends``); those that cannot run here are recorded as skipped with the reason. Each
+member's accuracy is scored as it finishes; once all have, each backend's rows of the whole family are timed in one
+latency session (``costs.family_eval``), so the costs stage pairs rows of different widths round by round.
 
 Interruptions: Ctrl-C or SIGTERM during training stops at a step boundary with a checkpoint; during an export or
 an evaluation the stage is abandoned (its files are written under temporary names, so nothing half-written is
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dawnpipe.common.errors import BackendRefused, DawnpipeError, Interrupted
+from dawnpipe.common.errors import DawnpipeError, Interrupted
 from dawnpipe.costs.report import ReportConfig
 from dawnpipe.infer.evaluate import EvalConfig
 from dawnpipe.infer.latency import Protocol
@@ -167,6 +169,7 @@ def resolve_name(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> PipelineResult:
     """Run (or continue) every stage for every (width, seed), then the report over the family."""
     from dawnpipe.common.run_folder import RunFolder, check_run_name
+    from dawnpipe.costs.family_eval import export_and_score, time_family
     from dawnpipe.costs.report import build_report
     from dawnpipe.costs.resume import RECORD_KEY, check_family, check_strays, family_record
     from dawnpipe.costs.targets import choose_targets
@@ -198,6 +201,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
             _record(family_dir, RECORD_KEY, record, members)  # would read as a finished run)
         result = PipelineResult(family_dir, [], {}, [f"{s['backend']}: {s['reason']}" for s in skipped], 0.0)
         how = _continue(cfg)
+        scored: dict[str, list] = {}  # target name -> each member's scored artifact, timed together at the end
         with abandon_on_sigterm("the pipeline was interrupted during an export or evaluation", how):
             for key, name in names.items():
                 tag = f"{name}: " if family else ""
@@ -205,7 +209,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> Pip
                 members[name] = _member(run)
                 _record(family_dir, RECORD_KEY, record, members)
                 result.runs.append(run)
-                _export_and_evaluate(cfg, run, targets, skipped, stage, tag, result)
+                for target, done in export_and_score(cfg, run, targets, skipped, stage, tag, result).items():
+                    scored.setdefault(target, []).append(done)
+            time_family(cfg, targets, scored, stage, result)
         stage("costs", f"FLOPs, rule decisions, report and plots over {len(result.runs)} run(s)")
         report = replace(cfg.report, runs=tuple(str(r) for r in result.runs), out=str(family_dir))
         result.artifacts.update(build_report(report))
@@ -292,101 +298,6 @@ def _record(family_dir: Path, key: str, record: dict[str, Any], members: dict[st
     from dawnpipe.common.manifest import update_manifest
 
     update_manifest(family_dir, run=(key, {"config": record, "members": members}))
-
-
-def _export_and_evaluate(
-    cfg: PipelineConfig, run: Path, targets: list, skipped: list[dict[str, str]], stage, tag: str, result
-) -> None:
-    """The exports the backends need (reused when checked), then one evaluation per backend (reused when done)."""
-    from dawnpipe.common.files import sha256_file
-    from dawnpipe.common.tta import ALL_MODES
-    from dawnpipe.costs.resume import evaluated, reusable_export
-    from dawnpipe.export.api import Artifact, build_engine_artifact, export_onnx_model, load_source, record
-    from dawnpipe.export.config import Int8Spec
-    from dawnpipe.infer.evaluate import evaluate
-
-    source = load_source(run)
-    needed = list(dict.fromkeys(t.artifact for t in targets if t.artifact != "checkpoint"))
-    if "engine" in needed and "fp16" not in needed:
-        needed.insert(needed.index("engine"), "fp16")
-    files: dict[str, Path] = {"checkpoint": run}
-    written = []
-    refused: dict[str, str] = {}  # artifact -> why it could not be made (an int8 graph refused, ...)
-    for precision in needed:
-        if precision in refused or (precision == "engine" and "fp16" in refused):
-            continue
-        if precision == "engine":
-            engine = build_engine_artifact(Artifact(files["fp16"], {}), run)
-            files["engine"] = engine.path
-            written.append(engine)
-            continue
-        filename = f"resnet9-ema-none-{precision}.onnx"
-        if reusable_export(run, filename, source.sha256) is not None:
-            result.reused.append(f"{run.name}: {filename}")
-            files[precision] = run / filename
-            continue
-        stage("export", f"{tag}{precision} ONNX")
-        calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
-        try:
-            artifact = export_onnx_model(
-                source, run, precision=precision, int8=Int8Spec(calibration_images=calibration)
-            )
-        except BackendRefused as err:  # one backend's refusal is that backend's "skipped", not the family's end
-            refused[precision] = f"{run.name}: {err}"
-            stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err})")
-            continue
-        files[precision] = artifact.path
-        written.append(artifact)
-    if written:
-        record(run, source, written, {"precisions": [a.entry.get("precision") for a in written]})
-    modes = list(ALL_MODES) if "all" in cfg.tta else list(cfg.tta)
-    if "threshold" not in (source.payload.get("selective") or {}):  # no hold-out: no selective rows to expect
-        modes = [m for m in modes if not m.startswith("selective-")]
-    runnable, refusals = _runnable(targets, files, refused, run)
-    reasons = tuple((s["backend"], s["reason"]) for s in skipped) + refusals
-    for target in runnable:
-        artifact = files[target.artifact]
-        sha = source.sha256 if target.artifact == "checkpoint" else sha256_file(artifact)
-        if evaluated(run, sha, "torch-graphs" if target.graphs else target.backend, modes):
-            result.reused.append(f"{run.name}: eval {target.name}")
-            continue
-        stage("eval", f"{tag}{target.name} ({artifact.name})")
-        evaluate(
-            EvalConfig(
-                artifact=str(artifact),
-                data=cfg.train.data,
-                tta=cfg.tta,
-                backend=target.backend,
-                provider=target.provider,
-                graphs=target.graphs,
-                test_limit=cfg.train.test_limit,
-                protocol=Protocol(rounds=cfg.latency_rounds, calls=cfg.latency_calls),
-                throughput_batch=cfg.throughput_batch,
-                skipped=reasons,
-            ),
-            progress=lambda message, tag=tag: stage("eval", tag + message),
-        )
-
-
-def _runnable(targets: list, files: dict[str, Path], refused: dict[str, str], run: Path) -> tuple[list, tuple]:
-    """The targets that can run this run's artifacts, and (target, reason) for those that cannot: an artifact that
-    was refused, or one a backend cannot open (OpenVINO compiles it here first, so a refusal is known before any
-    evaluation writes eval.json and is recorded with the rest)."""
-    from dawnpipe.infer.backends import load
-
-    runnable, refusals = [], []
-    for target in targets:
-        reason = refused.get(target.artifact) or (refused.get("fp16") if target.artifact == "engine" else None)
-        if reason is None and target.backend == "openvino":
-            try:
-                load(files[target.artifact], "openvino").close()
-            except BackendRefused as err:
-                reason = f"{run.name}: {err}"
-        if reason is None:
-            runnable.append(target)
-        else:
-            refusals.append((target.name, reason))
-    return runnable, tuple(refusals)
 
 
 def _run_name(base: str, width: float, seed: int, family: bool) -> str:

@@ -180,12 +180,30 @@ def reusable_export(run_dir: Path, filename: str, source_sha256: str) -> dict[st
 
 def evaluated(run_dir: Path, artifact_sha256: str, backend: str, modes: list[str]) -> bool:
     """True when the run's recorded eval.json holds a row for every mode of this artifact on this backend."""
+    rows = _recorded_rows(run_dir)
+    done = {r["tta"] for r in rows if r.get("artifact_sha256") == artifact_sha256 and r.get("backend") == backend}
+    return set(modes) <= done
+
+
+def latency_sessions(members: list[tuple[Path, str, str, tuple[str, ...]]]) -> set[str | None]:
+    """The timing sessions of every (artifact, sha256, backend, modes) member's rows, None for a row not timed or
+    not there: one session id alone means the family's latency session for that backend already ran to the end."""
+    sessions: set[str | None] = set()
+    for artifact, sha256, backend, modes in members:
+        rows = _recorded_rows(artifact if artifact.is_dir() else artifact.parent)
+        mine = {r["tta"]: r for r in rows if r.get("artifact_sha256") == sha256 and r.get("backend") == backend}
+        for mode in modes:
+            row = mine.get(mode) or {}
+            sessions.add(((row.get("latency") or {}).get("batch1") or {}).get("session"))
+    return sessions
+
+
+def _recorded_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of the run's eval.json when it is the one its manifest records (sha256), else none."""
     from dawnpipe.infer.eval_file import EVAL_NAME, read_eval
 
     path = run_dir / EVAL_NAME
     recorded = read_manifest(run_dir).get("artifacts", {}).get(EVAL_NAME, {}).get("sha256")
     if not path.is_file() or recorded != sha256_file(path):
-        return False
-    rows = read_eval(path)["rows"]
-    done = {r["tta"] for r in rows if r.get("artifact_sha256") == artifact_sha256 and r.get("backend") == backend}
-    return set(modes) <= done
+        return []
+    return read_eval(path)["rows"]

@@ -51,6 +51,7 @@ class EvalConfig:
     shift: int = DEFAULT_SHIFT  # pixels, translate views
     selective_threshold: float | None = None  # override the artifact's calibrated per-image threshold
     latency: bool = True  # measure batch-1 latency and throughput
+    latency_only: bool = False  # time the rows eval.json already holds (checked), without scoring accuracy again
     protocol: Protocol = field(default_factory=Protocol)
     latency_images: int = 200  # distinct test images cycled through at batch 1
     throughput_batch: int = 256  # images per call for the throughput figure
@@ -117,7 +118,8 @@ def evaluate_together(cfgs: Sequence[EvalConfig], progress=None) -> list[tuple[l
                 "the artifacts are scored on different test images, so their rows cannot be timed and paired together",
                 "evaluate them one at a time",
             )
-        scored = [(cfg, backend, _score(cfg, backend, modes, images, labels, data, say))
+        scored = [(cfg, backend, _reused(cfg, backend, modes, data, say) if cfg.latency_only
+                   else _score(cfg, backend, modes, images, labels, data, say))
                   for cfg, backend, modes, images, labels, data in loaded]  # fmt: skip
         if cfgs[0].latency:
             from dawnpipe.train.data import interleaved_order
@@ -157,6 +159,8 @@ def _check_options(cfg: EvalConfig) -> None:
     """Before any artifact is loaded: the modes, the threshold override, and eval.json's folder (writable, and any
     eval.json in it readable, so its rows are merged rather than lost)."""
     _modes(cfg.tta)
+    if cfg.latency_only and not cfg.latency:
+        raise DawnpipeError("--latency-only times rows and --no-latency skips timing", "pass one of them")
     if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:
         raise DawnpipeError(f"--selective-threshold {cfg.selective_threshold} is outside [0, 1]", "use a probability")
     if cfg.out or Path(cfg.artifact).expanduser().exists():
@@ -187,12 +191,25 @@ def _score(
         row = _row(backend, mode, logits[mode], labels, n_views, base_flops)
         row["data"] = data
         row["test_images_sha256"] = data["test_images_sha256"]
+        row["shift"] = cfg.shift
         row["flops_unknown_ops"] = sorted(set(flops.unknown_ops))
         if agreement is not None:
             row["agreement_with_onnxruntime_fp32"] = agreement
         if mode in selected:
             row["selective"] = _selective_record(backend, mode, selected[mode], cfg.selective_threshold)
         rows.append(row)
+    return rows
+
+
+def _reused(cfg: EvalConfig, backend: Backend, modes: list[str], data: dict[str, Any], say) -> list[dict[str, Any]]:
+    """--latency-only: the artifact's rows as its eval.json holds them (checked to match this session), marked."""
+    from dawnpipe.infer.scored_rows import scored_rows
+
+    rows = scored_rows(_out_dir(cfg), backend, modes, data["test_images_sha256"], cfg.selective_threshold, cfg.shift)
+    say(f"{backend.name}: accuracy of {', '.join(modes)} as eval.json holds it (--latency-only)")
+    for row in rows:
+        row.update(backend.describe())  # the settings the row is now timed with
+        row["accuracy_scored"] = "by an earlier evaluation (this one timed the row with --latency-only)"
     return rows
 
 

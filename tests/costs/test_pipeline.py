@@ -21,6 +21,7 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
     args += ["--backends", "torch,onnxruntime,onnxruntime-int8"]
     result = CliRunner().invoke(main, [*args, "--budget-ms", "50", "--accuracy-threshold", "50"])
     assert result.exit_code == 0, result.output
+    sessions: dict[tuple[str, str], set[str]] = {}
     for name in ("p-w0.125-s0", "p-w0.25-s0"):
         run = tmp_path / name
         for file in ("checkpoint.pt", "resnet9-ema-none-fp32.onnx", "eval.json", "manifest.json"):
@@ -32,8 +33,12 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
             ("onnxruntime", "int8"),
         }
         assert {r["tta"] for r in rows} >= {"none", "flip", "translate", "flip-translate", "selective-flip"}
+        for r in rows:
+            sessions.setdefault((r["backend"], r["precision"]), set()).add(r["latency"]["batch1"]["session"])
         manifest = json.loads((run / "manifest.json").read_text())
         assert set(manifest["runs"]) >= {"train", "export", "eval"}
+    # each backend times both widths in one session, so costs pairs rows of different widths round by round
+    assert len(sessions) == 3 and all(len(ids) == 1 for ids in sessions.values()), sessions
     report_dir = tmp_path / "p-report"
     for file in ("report.md", "report.json", "report.csv", "accuracy_vs_gflops.png", "accuracy_vs_latency.png"):
         assert (report_dir / file).exists(), file

@@ -51,6 +51,16 @@ def _cfg(image_folder, out: Path, resume=False, **changes) -> PipelineConfig:
     return PipelineConfig(**options)
 
 
+def _rows(run: Path) -> list[dict]:
+    return json.loads((run / "eval.json").read_text())["rows"]
+
+
+def _scored(rows: list[dict]) -> list[dict]:
+    """What a row's accuracy consists of (not its latency, nor the path it was timed at)."""
+    keys = ("tta", "artifact_sha256", "accuracy", "correct", "correct_bits", "ci95", "selective")
+    return [{k: r.get(k) for k in keys} for r in rows]
+
+
 def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
     """Every file's (size, mtime_ns), to prove that nothing finished was rewritten."""
     return {
@@ -217,11 +227,20 @@ def test_sigkill_between_runs_then_resume_from_the_command_line(image_folder, tm
 def test_resume_with_more_widths_joins_them_and_retrains_nothing_finished(image_folder, finished, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished, out)
-    before = {k: v for k, v in _snapshot(out).items() if k.startswith("fam-w0.125")}
+    # the finished members' training and exports are untouched; their eval.json (and the manifest recording it)
+    # gains a new timing session shared with the new widths, so the family's rows pair by round
+    timed = ("eval.json", "manifest.json")
+    before = {k: v for k, v in _snapshot(out).items() if k.startswith("fam-w0.125") and not k.endswith(timed)}
+    rows_before = {m: _rows(out / m) for m in ("fam-w0.125-s0", "fam-w0.125-s1")}
     said: list[str] = []
     result = run_pipeline(_cfg(image_folder, out, resume=True, widths=(0.125, 0.25)), say=said.append)
     assert {p.name for p in result.runs} == {"fam-w0.125-s0", "fam-w0.25-s0", "fam-w0.125-s1", "fam-w0.25-s1"}
-    assert {k: v for k, v in _snapshot(out).items() if k in before} == before  # finished members untouched
+    assert {k: v for k, v in _snapshot(out).items() if k in before} == before
+    for member, rows in rows_before.items():  # the accuracy rows as they were scored; only the latency is new
+        assert _scored(_rows(out / member)) == _scored(rows)
+    sessions = {(r["backend"], r["latency"]["batch1"]["session"]) for run in result.runs for r in _rows(run)}
+    assert sorted(b for b, _ in sessions) == ["onnxruntime", "torch"]  # one session per backend over the family
+    assert any("timed again with the rest" in line for line in said)
     assert sum("finished earlier; reused" in line for line in said) == 2 and sum("starts" in line for line in said) == 2
     recorded = json.loads((out / "fam-report" / "manifest.json").read_text())["runs"]["pipeline"]["config"]
     assert recorded["widths"] == [0.125, 0.25]
