@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.errors import BackendRefused, DawnpipeError
 from dawnpipe.export.api import ExportConfig, export
 from dawnpipe.export.config import Int8Spec
 from dawnpipe.export.flops import count_onnx
@@ -77,4 +77,14 @@ def test_bad_calibration_options_are_refused_before_writing(trained_run, tmp_pat
     with pytest.raises(DawnpipeError, match=message) as info:
         export(ExportConfig(source=str(trained_run), precision="int8", out=str(tmp_path), int8=spec))
     assert "\n" not in str(info.value)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_an_int8_graph_that_disagrees_is_refused_naming_another_range_method(trained_run, tmp_path):
+    # an agreement no graph reaches stands in for a model whose minmax ranges are stretched by rare activations
+    spec = Int8Spec(calibration_images=64, min_agreement=1.01)
+    with pytest.raises(BackendRefused) as info:
+        export(ExportConfig(source=str(trained_run), precision="int8", out=str(tmp_path), check_images=128, int8=spec))
+    assert "agrees with fp32 on only" in info.value.problem and "was not kept" in info.value.problem
+    assert "--calibration-method percentile (this was minmax)" in info.value.fix
     assert not list(tmp_path.glob("*.onnx"))
