@@ -182,6 +182,11 @@ _THROUGHPUT = click.option("--throughput-batch", type=click.IntRange(1, 65_536),
                            help="Images per call for the throughput figure (test images cycled to fill it).")
 _BACKEND = click.option("--backend", type=click.Choice(BACKENDS), default="auto",
                         help="Runtime (auto: from the artifact's kind).")
+_CALIBRATION_METHOD = click.option(
+    "--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+    default=default(Int8Spec, "calibration_method"),
+    help="int8: how ranges are set from the calibration activations (percentile clips the rare outliers minmax "
+    "stretches to).")
 _EXPORT = (
     click.option("--tta", type=click.Choice(TTA_MODES), default=default(ExportConfig, "tta"),
                  help="TTA views baked into the graph (selective TTA is applied at run time instead)."),
@@ -194,9 +199,7 @@ _EXPORT = (
                  help="Keep every BatchNorm as trained (default: folded into the convolution before it where exact)."),
     click.option("--calibration-images", type=click.IntRange(min=1), default=default(Int8Spec, "calibration_images"),
                  help="int8: class-balanced training images the activation ranges are set on (never test images)."),
-    click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy"]),
-                 default=default(Int8Spec, "calibration_method"),
-                 help="int8: how ranges are set from the calibration activations."),
+    _CALIBRATION_METHOD,
     click.option("--calibration-data", type=_PATH, default=None,
                  help="int8: CIFAR-10 copy to calibrate on (default: the data the checkpoint was trained on)."),
     click.option("--force", is_flag=True,
@@ -273,6 +276,7 @@ _FAMILY = (
     _ROUNDS,
     _CALLS,
     _THROUGHPUT,
+    _CALIBRATION_METHOD,
 )
 _TRAIN_RESUME = click.option(
     "--resume", type=_PATH, default=None, help="Continue an interrupted run folder from its checkpoint; options that "

@@ -60,10 +60,9 @@ def export_and_score(
             continue
         stage("export", f"{tag}{precision} ONNX")
         calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
+        int8 = Int8Spec(calibration_images=calibration, calibration_method=cfg.calibration_method)
         try:
-            artifact = export_onnx_model(
-                source, run, precision=precision, int8=Int8Spec(calibration_images=calibration)
-            )
+            artifact = export_onnx_model(source, run, precision=precision, int8=int8)
         except BackendRefused as err:  # one backend's refusal is that backend's "skipped", not the family's end
             refused[precision] = f"{run.name}: {err}"
             stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err})")

@@ -24,6 +24,7 @@ from typing import Any
 
 from dawnpipe.common.errors import DawnpipeError, Interrupted
 from dawnpipe.costs.report import ReportConfig
+from dawnpipe.export.config import Int8Spec
 from dawnpipe.infer.evaluate import EvalConfig
 from dawnpipe.infer.latency import Protocol
 from dawnpipe.train.config import TrainConfig
@@ -42,6 +43,7 @@ class PipelineConfig:
     latency_calls: int = Protocol.calls  # timed calls per row per round, at least (as eval's --latency-calls)
     throughput_batch: int = EvalConfig.throughput_batch  # images per call for the throughput figure
     backends: tuple[str, ...] = ("auto",)  # costs.targets names; auto = the machine's default set
+    calibration_method: str = Int8Spec.calibration_method  # int8 exports' activation ranges (export's option)
     resume: bool = False  # continue the family of this --name, reusing every finished piece
     report: ReportConfig = field(default_factory=lambda: ReportConfig(runs=()))
     command: str = ""  # the command line as typed (for the "continue with ..." line only; not part of the family)
@@ -69,6 +71,7 @@ def pipeline_config(
     latency_calls: int = PipelineConfig.latency_calls,
     throughput_batch: int = PipelineConfig.throughput_batch,
     backends: tuple[str, ...] = PipelineConfig.backends,
+    calibration_method: str = PipelineConfig.calibration_method,
     resume: bool = False,
     rules: tuple[str, ...] = (),
     budget_gflops: float | None = None,
@@ -94,6 +97,7 @@ def pipeline_config(
         latency_calls=latency_calls,
         throughput_batch=throughput_batch,
         backends=backends,
+        calibration_method=calibration_method,
         resume=resume,
         command=command,
         report=report_config(
@@ -110,9 +114,14 @@ def check_pipeline(cfg: PipelineConfig) -> None:
     """Every option checked before any work starts (a bad one costs a second, not a training run)."""
     from dawnpipe.common.tta import ALL_MODES
     from dawnpipe.costs.report import check_config
+    from dawnpipe.export.quantize import CALIBRATION_METHODS
     from dawnpipe.train.calibration import check_selective_target
 
     check_config(cfg.report)
+    if cfg.calibration_method not in CALIBRATION_METHODS:
+        raise DawnpipeError(
+            f"unknown calibration method {cfg.calibration_method!r}", f"use one of {', '.join(CALIBRATION_METHODS)}"
+        )
     check_selective_target(cfg.train.selective_target)
     unknown = [m for m in cfg.tta if m not in (*ALL_MODES, "all")]
     if unknown or not cfg.tta:

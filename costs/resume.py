@@ -31,6 +31,8 @@ _GROWS = ("widths", "seeds")  # a resumed family may add widths and seeds (joine
 
 def family_record(cfg: Any, targets: list[str]) -> dict[str, Any]:
     """The options that define a family: everything but where it is written and whether it is resumed."""
+    from dawnpipe.export.config import Int8Spec
+
     train = {k: v for k, v in cfg.train.to_dict().items() if k not in _NOT_RECIPE}
     train["model"] = {k: v for k, v in train["model"].items() if k != "width"}
     report = {k: v for k, v in asdict(cfg.report).items() if k not in ("runs", "out", "plots")}
@@ -45,6 +47,10 @@ def family_record(cfg: Any, targets: list[str]) -> dict[str, Any]:
         "rules": report,
         "backends": targets,
     }
+    # the int8 range method is recorded only when it is not the default, so families recorded before the option
+    # existed still resume with the same options
+    if cfg.calibration_method != Int8Spec.calibration_method:
+        record["calibration_method"] = cfg.calibration_method
     return json.loads(json.dumps(record))  # as the manifest will hold it: tuples become lists
 
 

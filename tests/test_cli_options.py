@@ -19,6 +19,7 @@ ADDED = {  # (command, option): why it is new
     ("pipeline", "latency_calls"): "issue 34: a family times with eval's --latency-calls",
     ("pipeline", "throughput_batch"): "issue 34: the throughput figure's batch, as eval's",
     ("eval", "throughput_batch"): "issue 34: the throughput figure's batch, named (it was fixed at 256)",
+    ("pipeline", "calibration_method"): "issue 32: the family's int8 range method (minmax was refused at w1.25)",
     ("eval", "latency_only"): "issue 32: time a family's scored rows in one session without scoring them again",
 }
 WIDENED = {  # (command, parameter before): (parameter now, why); a widening: what was typed before still works

@@ -9,6 +9,7 @@ from dataclasses import replace
 from click.testing import CliRunner
 
 from dawnpipe.cli import main
+from dawnpipe.export.onnx_export import read_metadata
 
 OPENVINO = importlib.util.find_spec("openvino") is not None
 
@@ -93,3 +94,15 @@ def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_f
     if OPENVINO:
         assert "agrees with fp32 on only" in skipped["openvino-int8"]
     assert "onnxruntime-int8: skipped: q:" in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_the_family_int8_range_method_is_used_recorded_and_held_on_resume(image_folder, tmp_path):
+    args = ["pipeline", "--data", str(image_folder), "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path)]
+    args += ["--name", "r", "--device", "cpu", "--width", "0.125", "--tta", "none", "--latency-rounds", "1"]
+    args += ["--latency-calls", "2", "--throughput-batch", "16", "--backends", "onnxruntime,onnxruntime-int8"]
+    result = CliRunner().invoke(main, [*args, "--calibration-method", "entropy"])
+    assert result.exit_code == 0 and "refused" not in result.output, result.output
+    meta = read_metadata(tmp_path / "r" / "resnet9-ema-none-int8.onnx")
+    assert meta["quantization"]["calibration_method"] == "entropy"
+    other = CliRunner().invoke(main, [*args, "--calibration-method", "minmax", "--resume"])
+    assert other.exit_code == 1 and "calibration_method" in other.output, other.output
