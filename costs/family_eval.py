@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dawnpipe.common.errors import BackendRefused
+from dawnpipe.common.errors import BackendRefused, DawnpipeError
 from dawnpipe.infer.evaluate import EvalConfig
 from dawnpipe.infer.latency import Protocol
 
@@ -75,6 +75,11 @@ def export_and_score(
     if "threshold" not in (source.payload.get("selective") or {}):  # no hold-out: no selective rows to expect
         modes = [m for m in modes if not m.startswith("selective-")]
     runnable, refusals = _runnable(targets, files, refused, run)
+    if not runnable:  # no report can be built over this run: stop before the family trains any further
+        raise DawnpipeError(
+            f"no chosen backend can evaluate {run.name} ({'; '.join(f'{name}: {why}' for name, why in refusals)})",
+            "choose other --backends (onnxruntime runs every fp32 graph), or another --calibration-method for int8",
+        )
     reasons = tuple((s["backend"], s["reason"]) for s in skipped) + refusals
     scored: dict[str, Scored] = {}
     for target in runnable:

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from dataclasses import replace
 
+import pytest
 from click.testing import CliRunner
 
 from dawnpipe.cli import main
@@ -69,8 +70,9 @@ def test_pipeline_refuses_bad_options_before_training(image_folder, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was trained
 
 
-def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_folder, tmp_path, monkeypatch):
-    # the real int8 export and its real agreement check, held to an agreement no graph reaches
+@pytest.fixture
+def strict_int8(monkeypatch):
+    """The real int8 export and its real agreement check, held to an agreement no graph reaches."""
     from dawnpipe.export import api
 
     real = api.export_onnx_model
@@ -81,6 +83,9 @@ def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_f
         return real(source, out_dir, precision=precision, int8=int8, **kwargs)
 
     monkeypatch.setattr(api, "export_onnx_model", strict)
+
+
+def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_folder, tmp_path, strict_int8):
     args = ["pipeline", "--data", str(image_folder), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path)]
     args += ["--name", "q", "--device", "cpu", "--width", "0.125", "--latency-rounds", "1", "--tta", "none,flip"]
     args += ["--latency-calls", "2", "--throughput-batch", "16"]
@@ -106,3 +111,14 @@ def test_the_family_int8_range_method_is_used_recorded_and_held_on_resume(image_
     assert meta["quantization"]["calibration_method"] == "entropy"
     other = CliRunner().invoke(main, [*args, "--calibration-method", "minmax", "--resume"])
     assert other.exit_code == 1 and "calibration_method" in other.output, other.output
+
+
+def test_a_run_no_chosen_backend_can_evaluate_stops_the_family_in_one_line(image_folder, tmp_path, strict_int8):
+    args = ["pipeline", "--data", str(image_folder), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path)]
+    args += ["--name", "z", "--device", "cpu", "--widths", "0.125,0.25", "--tta", "none", "--latency-rounds", "1"]
+    args += ["--backends", "onnxruntime-int8"]
+    result = CliRunner().invoke(main, args)
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and "no chosen backend can evaluate z-w0.125-s0" in error, result.output
+    assert "agrees with fp32 on only" in error and "--calibration-method" in error
+    assert not (tmp_path / "z-w0.25-s0").exists()  # stopped before training another member it could not evaluate
