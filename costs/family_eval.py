@@ -33,44 +33,12 @@ def export_and_score(
     (reused when done); returns what each backend scored, by target name, for the family's latency session."""
     from dawnpipe.common.files import sha256_file
     from dawnpipe.common.tta import ALL_MODES
-    from dawnpipe.costs.resume import evaluated, reusable_export
-    from dawnpipe.export.api import Artifact, build_engine_artifact, export_onnx_model, load_source, record
-    from dawnpipe.export.config import Int8Spec
+    from dawnpipe.costs.resume import evaluated
+    from dawnpipe.export.api import load_source
     from dawnpipe.infer.evaluate import evaluate
 
     source = load_source(run)
-    needed = list(dict.fromkeys(t.artifact for t in targets if t.artifact != "checkpoint"))
-    if "engine" in needed and "fp16" not in needed:
-        needed.insert(needed.index("engine"), "fp16")
-    files: dict[str, Path] = {"checkpoint": run}
-    written = []
-    refused: dict[str, str] = {}  # artifact -> why it could not be made (an int8 graph refused, ...)
-    for precision in needed:
-        if precision in refused or (precision == "engine" and "fp16" in refused):
-            continue
-        if precision == "engine":
-            engine = build_engine_artifact(Artifact(files["fp16"], {}), run)
-            files["engine"] = engine.path
-            written.append(engine)
-            continue
-        filename = f"resnet9-ema-none-{precision}.onnx"
-        if reusable_export(run, filename, source.sha256) is not None:
-            result.reused.append(f"{run.name}: {filename}")
-            files[precision] = run / filename
-            continue
-        stage("export", f"{tag}{precision} ONNX")
-        calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
-        int8 = Int8Spec(calibration_images=calibration, calibration_method=cfg.calibration_method)
-        try:
-            artifact = export_onnx_model(source, run, precision=precision, int8=int8)
-        except BackendRefused as err:  # one backend's refusal is that backend's "skipped", not the family's end
-            refused[precision] = f"{run.name}: {err}"
-            stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err})")
-            continue
-        files[precision] = artifact.path
-        written.append(artifact)
-    if written:
-        record(run, source, written, {"precisions": [a.entry.get("precision") for a in written]})
+    files, refused = _export_artifacts(cfg, run, source, targets, stage, tag, result)
     modes = list(ALL_MODES) if "all" in cfg.tta else list(cfg.tta)
     if "threshold" not in (source.payload.get("selective") or {}):  # no hold-out: no selective rows to expect
         modes = [m for m in modes if not m.startswith("selective-")]
@@ -135,6 +103,50 @@ def _eval_config(cfg: Any, target: Any, artifact: Path, **options: Any) -> EvalC
         throughput_batch=cfg.throughput_batch,
         **options,
     )
+
+
+def _export_artifacts(
+    cfg: Any, run: Path, source: Any, targets: list, stage, tag: str, result: Any
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The artifacts the targets run, exported (or reused when their sha256 and source check out): the path of each,
+    and why each that could not be made was refused (an int8 graph that disagrees with fp32)."""
+    from dawnpipe.costs.resume import reusable_export
+    from dawnpipe.export.api import Artifact, build_engine_artifact, export_onnx_model, record
+    from dawnpipe.export.config import Int8Spec
+
+    needed = list(dict.fromkeys(t.artifact for t in targets if t.artifact != "checkpoint"))
+    if "engine" in needed and "fp16" not in needed:
+        needed.insert(needed.index("engine"), "fp16")
+    files: dict[str, Path] = {"checkpoint": run}
+    written = []
+    refused: dict[str, str] = {}  # artifact -> why it could not be made
+    for precision in needed:
+        if precision in refused or (precision == "engine" and "fp16" in refused):
+            continue
+        if precision == "engine":
+            engine = build_engine_artifact(Artifact(files["fp16"], {}), run)
+            files["engine"] = engine.path
+            written.append(engine)
+            continue
+        filename = f"resnet9-ema-none-{precision}.onnx"
+        if reusable_export(run, filename, source.sha256) is not None:
+            result.reused.append(f"{run.name}: {filename}")
+            files[precision] = run / filename
+            continue
+        stage("export", f"{tag}{precision} ONNX")
+        calibration = min(Int8Spec().calibration_images, int(source.payload["data"]["train_images"]))
+        int8 = Int8Spec(calibration_images=calibration, calibration_method=cfg.calibration_method)
+        try:
+            artifact = export_onnx_model(source, run, precision=precision, int8=int8)
+        except BackendRefused as err:  # one backend's refusal is that backend's "skipped", not the family's end
+            refused[precision] = f"{run.name}: {err}"
+            stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err})")
+            continue
+        files[precision] = artifact.path
+        written.append(artifact)
+    if written:
+        record(run, source, written, {"precisions": [a.entry.get("precision") for a in written]})
+    return files, refused
 
 
 def _runnable(targets: list, files: dict[str, Path], refused: dict[str, str], run: Path) -> tuple[list, tuple]:
