@@ -15,7 +15,7 @@ from typing import Any
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json
-from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, update_manifest
+from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, read_manifest, update_manifest
 from dawnpipe.common.run_folder import RunFolder
 
 EVAL_NAME = "eval.json"
@@ -93,8 +93,19 @@ def write_rows(
                 made_from={"artifact": str(artifact), "sha256": rows[0].get("artifact_sha256")},
                 metrics={f"{r['backend']}:{r['precision']}:{r['tta']}": r["accuracy"] for r in merged},
             )
-            update_manifest(out_dir, run=("eval", {"config": config}), artifacts={EVAL_NAME: entry})
+            update_manifest(out_dir, run=("eval", _run_record(out_dir, rows, config)), artifacts={EVAL_NAME: entry})
     return path
+
+
+def _run_record(out_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's eval record: the latest evaluation's config, and every evaluation's config kept under the
+    artifact, backend and precision whose rows it wrote (eval.json holds rows of several evaluations, so one config
+    alone would misdescribe the rows the others wrote)."""
+    earlier = read_manifest(out_dir).get("runs", {}).get("eval", {}).get("configs")
+    configs = dict(earlier) if isinstance(earlier, dict) else {}
+    first = rows[0]
+    configs[f"{Path(str(first.get('artifact'))).name}:{first.get('backend')}:{first.get('precision')}"] = config
+    return {"config": config, "configs": configs}
 
 
 def _key(row: dict[str, Any]) -> tuple:

@@ -54,3 +54,8 @@ def test_every_eval_row_and_the_report_name_the_cpu(trained_run, tmp_path):
     assert rows[0]["native_instructions"] == cpu_features()["int8_native"]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["runs"]["eval"]["config"]  # the eval was recorded beside the artifact
+    # a second evaluation into the same eval.json keeps the first one's config beside its own
+    evaluate(EvalConfig(artifact=str(run), tta=("none",), latency=False, allow_foreign=True))
+    record = json.loads((run / "manifest.json").read_text())["runs"]["eval"]
+    assert sorted(record["configs"]) == ["checkpoint.pt:torch:fp32", f"{onnx.name}:onnxruntime:int8"]
+    assert record["configs"][f"{onnx.name}:onnxruntime:int8"]["latency"] and record["config"]["latency"] is False
