@@ -139,8 +139,9 @@ def _export_artifacts(
         try:
             artifact = export_onnx_model(source, run, precision=precision, int8=int8)
         except BackendRefused as err:  # one backend's refusal is that backend's "skipped", not the family's end
-            refused[precision] = f"{run.name}: {err}"
-            stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err})")
+            # the problem alone: export's fix names options (--precision) a family does not take
+            refused[precision] = f"{run.name}: {err.problem}"
+            stage("export", f"{tag}{precision} ONNX refused; its backends are skipped for this run ({err.problem})")
             continue
         files[precision] = artifact.path
         written.append(artifact)
