@@ -83,8 +83,9 @@ def unavailable(name: str) -> str | None:
 def choose_targets(names: tuple[str, ...]) -> tuple[list[Target], list[dict[str, str]]]:
     """(targets to evaluate, skipped entries {"backend", "reason"}), checked before any work.
 
-    ``auto`` takes the machine's default set and records every other target that cannot run here as skipped. A
-    name that is unknown, or asked for explicitly but unavailable, is refused in one line naming those available.
+    ``auto`` takes the machine's default set and records every other target that cannot run here as skipped. An
+    explicit list records the targets that cannot run here as not asked for, with the reason. A name that is
+    unknown, or asked for explicitly but unavailable, is refused in one line naming those available.
     """
     import torch
 
@@ -112,5 +113,11 @@ def choose_targets(names: tuple[str, ...]) -> tuple[list[Target], list[dict[str,
             f"backend(s) {', '.join(f'{n} ({reasons[n]})' for n in missing)} cannot run here",
             f"choose from those available: {', '.join(available)}",
         )
-    skipped = [{"backend": n, "reason": why} for n, why in reasons.items() if why is not None]
+    # an explicit list skips nothing it asked for; what else cannot run here is still said, as not asked for
+    asked = ",".join(dict.fromkeys(names))
+    skipped = [
+        {"backend": n, "reason": f"not asked for (--backends {asked}); {why}"}
+        for n, why in reasons.items()
+        if why is not None
+    ]
     return [TARGETS[n] for n in dict.fromkeys(names)], skipped

@@ -47,10 +47,13 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
     report = json.loads((report_dir / "report.json").read_text())
     assert {r["name"] for r in report["rules"]} == {"no-tta", "dawnbench", "total-flops", "latency"}
     assert {p["width"] for p in report["points"]} == {0.125, 0.25} and report["views_vs_width"]
-    assert "note: skipped tensorrt: no CUDA GPU on this machine" in result.output
+    asked = "not asked for (--backends torch,onnxruntime,onnxruntime-int8)"
+    assert f"note: skipped tensorrt: {asked}; no CUDA GPU on this machine" in result.output
     skipped = json.loads((tmp_path / "p-w0.125-s0" / "eval.json").read_text())["skipped"]
-    # the GPU backends are named as skipped on a CPU; OpenVINO's were not asked for, so they are not named
+    # what cannot run here is named, as not asked for (an explicit list skips nothing it asked for); OpenVINO's two
+    # can run here and were not asked for, so they are not named
     assert {s["backend"] for s in skipped} == {"tensorrt", "onnxruntime-cuda"}
+    assert all(s["reason"].startswith(asked) for s in skipped)
     assert "## Skipped backends" in (report_dir / "report.md").read_text()
 
 

@@ -188,7 +188,9 @@ def test_decisions_pick_winner_runner_up_and_answer_the_tta_question():
     assert decide(nott, points).winner.label == "w1 none" and "does not arise" in decide(nott, points).tta_answer
     fastest = decide(dawn, points)
     assert fastest.winner.label == "w0.5 none" and fastest.rule.ranks_by == "latency"
-    assert fastest.tta_answer.startswith("No") and fastest.margin["difference"] == pytest.approx(1.0)
+    assert fastest.margin["difference"] == pytest.approx(1.0)
+    # rows without timing rounds have no latency interval, so the means alone decide nothing
+    assert fastest.tta_answer.startswith("Not shown:") and "no interval" in fastest.tta_answer
     (strict,) = make_rules(["dawnbench"], accuracy_threshold=99)
     assert decide(strict, points).winner is None and "Nothing reaches 99%" in decide(strict, points).tta_answer
 
@@ -518,3 +520,32 @@ def test_latency_margins_pair_rounds_timed_together_so_drift_stays_inside():
     apart = compare(a, replace(b, latency_sessions=("s2",)), "latency")
     assert not apart["paired_rounds"] and apart["method"] == "Welch t over rounds"
     assert apart["high"] - apart["low"] > paired["high"] - paired["low"]
+
+
+def test_dawnbench_answers_tta_against_no_tta_with_the_interval_over_rounds():
+    rng = np.random.default_rng(1)
+    plain, flip = _bits(rng, 0.86), _bits(rng, 0.88)
+    (rule,) = make_rules(["dawnbench"], accuracy_threshold=80)
+
+    def timed(label, views, bits, rounds):
+        point = _point(0.76 * views, sum(rounds) / len(rounds), bits.mean(), views, label, (bits,))
+        return replace(point, latency_rounds_ms=(rounds,), latency_sessions=("s",), seeds=(0,))
+
+    # the TTA row is slower in every round, by about 1 ms: a decided "No", with its interval
+    clear = decide(rule, [timed("w1 none", 1, plain, (2.0, 2.1, 2.0, 2.2, 2.0)),
+                          timed("w1 flip", 2, flip, (3.0, 3.1, 3.1, 3.2, 3.0))])  # fmt: skip
+    assert clear.tta_answer.startswith("No: a single-view model (w1 none)") and "95% CI" in clear.tta_answer
+    # within noise: the single-view row is faster on average but not in every round
+    noisy = decide(rule, [timed("w1 none", 1, plain, (2.0, 2.6, 1.9, 2.5, 2.0)),
+                          timed("w1 flip", 2, flip, (2.4, 2.0, 2.5, 2.0, 2.3))])  # fmt: skip
+    assert noisy.winner.label == "w1 none" and noisy.tta_answer.startswith("Not shown:")
+    assert "within noise" in noisy.tta_answer and "95% CI" in noisy.tta_answer
+    # the TTA row fastest over the bar, clearly: "Yes", with the interval
+    lifted = decide(rule, [timed("w1 none", 1, _bits(rng, 0.70), (1.0, 1.0, 1.0, 1.0, 1.0)),
+                           timed("w1 flip", 2, flip, (2.0, 2.1, 2.0, 2.1, 2.0)),
+                           timed("w2 none", 1, plain, (4.0, 4.1, 4.0, 4.2, 4.1))])  # fmt: skip
+    assert (
+        lifted.winner.label == "w1 flip"
+        and lifted.tta_answer.startswith("Yes: with TTA")
+        and "95% CI" in (lifted.tta_answer)
+    )
