@@ -83,8 +83,12 @@ def fit_artifact(path: Path, target: float | str, images: np.ndarray, labels: np
 
     plain = logits("none")
     hits = {mode: logits(mode).argmax(1) == labels for mode in BASE_MODES}
+    from dawnpipe.common.machine import cpu_summary
+
+    # the CPU is part of the runtime: onnxruntime's int8 kernels differ with VNNI, so an int8 file's confidences (and
+    # the fraction a threshold selects) can move on another CPU; eval shows the hold-out fraction beside the test's
     version = onnxruntime_module().__version__
-    through = f"onnxruntime {version} CPUExecutionProvider, {path.name} itself"
+    through = f"onnxruntime {version} CPUExecutionProvider on {cpu_summary()}, {path.name} itself"
     return fit_thresholds(softmax_confidence(plain), plain.argmax(1) == labels, hits, target, through)
 
 
