@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -58,4 +59,6 @@ def test_the_gpu_family_script_brings_back_a_whole_family_and_the_deployed_files
     assert whole == recorded
     # the deploy step's log says what it did, and names the machine it ran on
     log = (out / "deploy.log").read_text()
-    assert "resnet9-ema-none-fp32.onnx" in log and "Model name" in log
+    assert "resnet9-ema-none-fp32.onnx" in log
+    if shutil.which("lscpu"):
+        assert "Model name" in log
