@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from dawnpipe.common.cli_types import CommaList, Finite
+from dawnpipe.common.cli_types import CommaList, Finite, explicit_options, typed_command
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.tta import ALL_MODES, TTA_MODES
 from dawnpipe.costs.pipeline import MAX_WIDTH, PipelineConfig
@@ -287,33 +287,6 @@ _FAMILY_RESUME = click.option(
 # fmt: on
 
 
-def _typed(opts: dict, explicit: set[str]) -> str:
-    """The command line as typed (the options given explicitly, in the command's order), shell-quoted."""
-    import shlex
-
-    ctx = click.get_current_context()
-    words = ["dawnpipe", ctx.info_name or "pipeline"]
-    for param in ctx.command.params:
-        if param.name not in explicit or not isinstance(param, click.Option):
-            continue
-        value, flag = opts[param.name], param.opts[0]
-        if param.is_flag:
-            words += [flag] if value else []
-        elif param.multiple:
-            words += [w for v in value for w in (flag, str(v))]
-        else:
-            words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
-    return shlex.join(words)
-
-
-def _explicit(opts: dict) -> set[str]:
-    """The options the user typed (not defaults): these win over a preset's values."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    return {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-
-
 # ---------------------------------------------------------------------------------------------- commands
 
 
@@ -323,7 +296,7 @@ def train(**opts) -> None:
     """Train ResNet-9 with Myrtle.ai's 10-epoch recipe and write runs/<name>/checkpoint.pt + manifest.json."""
     from dawnpipe.train.api import train_command
 
-    result = train_command(explicit=_explicit(opts), **opts)
+    result = train_command(explicit=explicit_options(opts), **opts)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 speaks
     click.echo(f"checkpoint: {result.checkpoint}")
@@ -437,8 +410,8 @@ def pipeline(**opts) -> None:
     """Train (a family), export, evaluate every TTA mode on the chosen backends, and write the cost report."""
     from dawnpipe.costs.pipeline import pipeline_config, run_pipeline
 
-    explicit = _explicit(opts)
-    cfg = pipeline_config(explicit=explicit, command=_typed(opts, explicit), **opts)
+    explicit = explicit_options(opts)
+    cfg = pipeline_config(explicit=explicit, command=typed_command(opts, explicit), **opts)
     result = run_pipeline(cfg, say=lambda m: click.echo(m, err=True))
     if result.reused:
         click.echo(f"reused (checked): {len(result.reused)} piece(s): {', '.join(result.reused)}", err=True)

@@ -1,5 +1,6 @@
-"""click parameter types that refuse a bad value in one line before any work starts: a float range that also
-refuses nan and inf, and a comma-separated list of names or numbers, each checked and never repeated."""
+"""click parameter types that refuse a bad value in one line before any work starts (a float range that also
+refuses nan and inf, and a comma-separated list of names or numbers, each checked and never repeated), and the two
+questions a command asks of its own command line: which options were typed, and the line as typed."""
 
 from __future__ import annotations
 
@@ -59,3 +60,30 @@ class CommaList(click.ParamType):
 
         names = (*self.choices, "all") if self.allow_all else self.choices
         return [CompletionItem(c) for c in names if c.startswith(incomplete)]
+
+
+def typed_command(opts: dict, explicit: set[str]) -> str:
+    """The command line as typed (the options given explicitly, in the command's order), shell-quoted."""
+    import shlex
+
+    ctx = click.get_current_context()
+    words = ["dawnpipe", ctx.info_name or "pipeline"]
+    for param in ctx.command.params:
+        if param.name not in explicit or not isinstance(param, click.Option):
+            continue
+        value, flag = opts[param.name], param.opts[0]
+        if param.is_flag:
+            words += [flag] if value else []
+        elif param.multiple:
+            words += [w for v in value for w in (flag, str(v))]
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    return shlex.join(words)
+
+
+def explicit_options(opts: dict) -> set[str]:
+    """The options the user typed (not defaults): these win over a preset's values."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {name for name in opts if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}

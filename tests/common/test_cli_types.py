@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from dawnpipe.common.cli_types import CommaList, Finite
 
@@ -32,3 +33,27 @@ def test_comma_list_checks_names_numbers_ranges_and_repeats():
     ):
         with pytest.raises(click.BadParameter, match=said.replace("(", r"\(").replace("[", r"\[")):
             kind.convert(value, None, None)
+
+
+def test_the_command_line_as_typed_holds_only_what_was_typed_in_the_commands_order():
+    from dawnpipe.common.cli_types import explicit_options, typed_command
+
+    seen = {}
+
+    @click.command("pipeline")
+    @click.option("--widths", type=CommaList("list", kind=float), default="1")
+    @click.option("--name", default="x")
+    @click.option("--resume", is_flag=True)
+    @click.option("--rule", "rules", multiple=True)
+    def command(**opts):
+        explicit = explicit_options(opts)
+        seen["explicit"], seen["line"] = explicit, typed_command(opts, explicit)
+
+    args = ["--resume", "--rule", "a", "--name", "my run", "--rule", "b", "--widths", "0.5,1"]
+    result = CliRunner().invoke(command, args)
+    assert result.exit_code == 0, result.output
+    assert seen["explicit"] == {"widths", "name", "resume", "rules"}
+    # options in the command's order, defaults left out, values shell-quoted, lists rejoined with commas
+    assert seen["line"] == "dawnpipe pipeline --widths 0.5,1.0 --name 'my run' --resume --rule a --rule b"
+    CliRunner().invoke(command, [])
+    assert seen == {"explicit": set(), "line": "dawnpipe pipeline"}
