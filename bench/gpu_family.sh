@@ -34,8 +34,9 @@ on this H200"}
 links=$(mktemp -d) && ln -s "$PWD" "$links/dawnpipe" && mkdir -p "$OUT" || exit
 export PYTHONPATH=$links PYTHONUNBUFFERED=1 DAWNPIPE_CACHE=${DAWNPIPE_CACHE:-/tmp/dpcache}
 
+ended=$links/pipeline-ended  # so a pipeline that fails before its first member is scored releases the wait at once
 deploy() {  # waits (at most 300 s) for the first member's accuracy rows, then exports it on cores 8-15
-    for _ in $(seq 150); do [ -f "$FIRST/eval.json" ] && break; sleep 2; done
+    for _ in $(seq 150); do [ -f "$FIRST/eval.json" ] || [ -f "$ended" ] && break; sleep 2; done
     [ -f "$FIRST/eval.json" ] || { echo "no $FIRST/eval.json: nothing exported"; return 1; }
     local cores="taskset -c 8-15" dest="$FIRST-deploy"
     command -v taskset >/dev/null && [ "$(nproc)" -ge 16 ] || cores=""
@@ -52,6 +53,7 @@ timeout -s INT "$LIMIT" "$PYTHON" -m dawnpipe pipeline --data "$DATA" --out "$RU
     --seeds "$SEEDS" --epochs "$EPOCHS" --selective-target auto --backends "$BACKENDS" \
     --accuracy-threshold 90.6 --threshold-note "$NOTE" $EXTRA 2>&1 | tee "$OUT/pipeline.log"
 status=$?
+touch "$ended"
 wait
 (lscpu; nvidia-smi) >>"$OUT/deploy.log" 2>&1
 # shellcheck disable=SC2046  # the run folders' names, one word each

@@ -63,6 +63,7 @@ def from_training(selective: dict[str, Any] | None) -> dict[str, Any] | None:
 def fit_artifact(path: Path, target: float | str, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """The selective record of the ONNX file at ``path``: per selective mode, the threshold at ``target`` on the
     confidences this file gives the hold-out ``images`` through onnxruntime (CPU)."""
+    from dawnpipe.common.machine import cpu_summary
     from dawnpipe.common.tta import combine, softmax_confidence, views
     from dawnpipe.export.onnx_export import onnxruntime_module, read_metadata, run_onnxruntime
     from dawnpipe.train.calibration import BASE_MODES, fit_thresholds
@@ -83,8 +84,6 @@ def fit_artifact(path: Path, target: float | str, images: np.ndarray, labels: np
 
     plain = logits("none")
     hits = {mode: logits(mode).argmax(1) == labels for mode in BASE_MODES}
-    from dawnpipe.common.machine import cpu_summary
-
     # the CPU is part of the runtime: onnxruntime's int8 kernels differ with VNNI, so an int8 file's confidences (and
     # the fraction a threshold selects) can move on another CPU; eval shows the hold-out fraction beside the test's
     version = onnxruntime_module().__version__

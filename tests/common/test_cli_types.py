@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from dawnpipe.common.cli_types import CommaList, Finite
+from dawnpipe.common.cli_types import CommaList, Finite, explicit_options, typed_command
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "2", "x"])
@@ -36,8 +36,6 @@ def test_comma_list_checks_names_numbers_ranges_and_repeats():
 
 
 def test_the_command_line_as_typed_holds_only_what_was_typed_in_the_commands_order():
-    from dawnpipe.common.cli_types import explicit_options, typed_command
-
     seen = {}
 
     @click.command("pipeline")
