@@ -17,6 +17,7 @@ import click
 
 from dawnpipe.common.cli_types import CommaList, Finite, explicit_options, typed_command
 from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.precision import PRECISIONS
 from dawnpipe.common.tta import ALL_MODES, TTA_MODES
 from dawnpipe.costs.pipeline import MAX_WIDTH, PipelineConfig
 from dawnpipe.costs.report import ReportConfig
@@ -135,7 +136,11 @@ _TRAINING = (
     click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=default(TrainConfig, "seed"),
                  help="Seed for init, order and augmentation; repeats a run."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=default(TrainConfig, "device"),
-                 help="auto: CUDA if present (fp16), else CPU (bf16 where the CPU has it, else fp32)."),
+                 help="auto: CUDA if present, else CPU."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=default(TrainConfig, "precision"),
+                 help="Compute precision of the training step (autocast; weights and optimizer stay fp32). auto: fp16 "
+                 "on CUDA; on a CPU bf16 where it is native (AVX-512 BF16 or AMX), else fp32. fp16 is refused on a "
+                 "CPU; bf16 on a CPU without it is emulated (slow)."),
     click.option("--out", type=_PATH, default=Path(default(TrainConfig, "out")), help="Parent folder of run folders."),
     click.option("--name", default=None, help="Run folder name (default: time and seed)."),
     click.option("--eval-every", type=click.IntRange(min=1), default=default(TrainConfig, "eval_every"),
@@ -174,7 +179,8 @@ _RULES = (
                  "accuracy on this copy of the data)."),
 )
 _ROUNDS = click.option("--latency-rounds", type=click.IntRange(1, 100), default=default(Protocol, "rounds"),
-                       help="Interleaved timing rounds.")
+                       help="Interleaved timing rounds (the unit of every latency interval; fewer than 3 are measured "
+                       "but give no interval, and each row says so).")
 _CALLS = click.option("--latency-calls", type=click.IntRange(1, 10_000), default=default(Protocol, "calls"),
                       help="Calls per row per round.")
 _THROUGHPUT = click.option("--throughput-batch", type=click.IntRange(1, 65_536),
@@ -223,6 +229,9 @@ _EVAL = (
                  help=f"Comma-separated modes from {', '.join(ALL_MODES)}, or all. selective-MODE: extra views only "
                  "for images whose plain-view confidence is below the artifact's calibrated threshold."),
     _BACKEND,
+    click.option("--precision", type=click.Choice(PRECISIONS), default=default(EvalConfig, "precision"),
+                 help="torch and torch-graphs: compute precision (auto: fp16 on CUDA; on a CPU bf16 where native, else "
+                 "fp32). An ONNX file or engine runs the precision it was exported in."),
     click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default=default(EvalConfig, "provider"),
                  help="onnxruntime execution provider."),
     click.option("--threads", type=click.IntRange(min=0), default=default(EvalConfig, "threads"),
@@ -401,7 +410,7 @@ def recheck(report: Path) -> None:
     """Recompute every margin of REPORT (a report.json) from the per-image bits and timing rounds it carries."""
     from dawnpipe.costs.recheck import recheck_command
 
-    click.echo(recheck_command(report))
+    click.echo(recheck_command(report, say=lambda line: click.echo(line, err=True)))
 
 
 @main.command()

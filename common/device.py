@@ -1,4 +1,9 @@
-"""Which device and which autocast precision a run uses, chosen once and recorded."""
+"""Which device and which precision a run uses: chosen once from the caller's ``--device`` and ``--precision``,
+checked before any work, and recorded.
+
+``auto`` precision is fp16 autocast on CUDA and, on a CPU, ``common.precision.auto_cpu_precision`` (bf16 where the
+CPU has it natively, else fp32, unless pinned by the environment).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import torch
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.machine import cpu_features
+from dawnpipe.common.precision import auto_cpu_precision, check_precision
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -18,16 +26,25 @@ class DeviceChoice:
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    asked: str = "auto"  # the precision the caller asked for (auto, fp32, bf16, fp16), recorded beside the result
+
+    @property
+    def precision(self) -> str:
+        """fp32 | bf16 | fp16: what runs."""
+        return dtype_name(self.autocast_dtype)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the device."""
         info: dict[str, Any] = {
             "type": self.device.type,
-            "precision": dtype_name(self.autocast_dtype),
+            "precision": self.precision,
+            "precision_asked": self.asked,
             "channels_last": self.channels_last,
             "cpu": cpu_features(),
             "threads": torch.get_num_threads(),
         }
+        if self.device.type == "cpu" and self.precision == "bf16":
+            info["bf16_native"] = bool(cpu_features().get("bf16_native"))  # False: emulated, slow, same numbers
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
             info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}")
@@ -39,20 +56,29 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
-    return bool(cpu_features().get("bf16_native"))
-
-
-def choose_device(name: str = "auto") -> DeviceChoice:
-    """Resolve ``auto|cpu|cuda`` to a device and precision: fp16 on CUDA, bf16 on a bf16 CPU, else fp32."""
+def choose_device(name: str = "auto", precision: str = "auto") -> DeviceChoice:
+    """Resolve ``--device auto|cpu|cuda`` and ``--precision auto|fp32|bf16|fp16`` to what runs, or refuse in one
+    line what cannot run here: fp16 on a CPU (no fp16 compute kernels there), bf16 on a GPU without bf16."""
     if name not in ("auto", "cpu", "cuda"):
         raise DawnpipeError(f"unknown device {name!r}", "use --device auto, cpu or cuda")
+    asked = check_precision(precision)
     if name == "cuda" and not torch.cuda.is_available():
         raise DawnpipeError(
             "--device cuda was asked for but no CUDA GPU is visible to PyTorch",
             "use --device cpu (or auto), or run on a machine with a GPU and a CUDA build of torch",
         )
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return DeviceChoice(torch.device("cuda"), torch.float16, channels_last=True)
-    return DeviceChoice(torch.device("cpu"), torch.bfloat16 if cpu_supports_bf16() else None, channels_last=True)
+        chosen = "fp16" if asked == "auto" else asked
+        if chosen == "bf16" and not torch.cuda.is_bf16_supported():
+            raise DawnpipeError(
+                f"--precision bf16 was asked for but {torch.cuda.get_device_name()} has no bf16 support",
+                "use --precision fp16 (or auto) or fp32",
+            )
+        return DeviceChoice(torch.device("cuda"), _DTYPES[chosen], channels_last=True, asked=asked)
+    if asked == "fp16":
+        raise DawnpipeError(
+            "--precision fp16 cannot run on a CPU (PyTorch has no fp16 compute kernels there; it is a GPU precision)",
+            "use --precision bf16 (native on AVX-512 BF16 and AMX CPUs, emulated elsewhere), fp32 or auto",
+        )
+    chosen = auto_cpu_precision() if asked == "auto" else asked
+    return DeviceChoice(torch.device("cpu"), _DTYPES[chosen], channels_last=True, asked=asked)

@@ -98,6 +98,7 @@ def _eval_config(cfg: Any, target: Any, artifact: Path, **options: Any) -> EvalC
         backend=target.backend,
         provider=target.provider,
         graphs=target.graphs,
+        precision=cfg.train.precision if target.artifact == "checkpoint" else "auto",  # the recipe's, on torch rows
         test_limit=cfg.train.test_limit,
         protocol=Protocol(rounds=cfg.latency_rounds, calls=cfg.latency_calls),
         throughput_batch=cfg.throughput_batch,

@@ -112,6 +112,7 @@ def pipeline_config(
 
 def check_pipeline(cfg: PipelineConfig) -> None:
     """Every option checked before any work starts (a bad one costs a second, not a training run)."""
+    from dawnpipe.common.device import choose_device
     from dawnpipe.common.tta import ALL_MODES
     from dawnpipe.costs.report import check_config
     from dawnpipe.export.quantize import CALIBRATION_METHODS
@@ -123,6 +124,7 @@ def check_pipeline(cfg: PipelineConfig) -> None:
             f"unknown calibration method {cfg.calibration_method!r}", f"use one of {', '.join(CALIBRATION_METHODS)}"
         )
     check_selective_target(cfg.train.selective_target)
+    choose_device(cfg.train.device, cfg.train.precision)  # fp16 on a CPU, bf16 on a GPU without it: refused now
     unknown = [m for m in cfg.tta if m not in (*ALL_MODES, "all")]
     if unknown or not cfg.tta:
         raise DawnpipeError(f"unknown TTA mode(s) {unknown or '(none given)'}", f"use {', '.join(ALL_MODES)} or all")

@@ -9,6 +9,7 @@ folders. A file whose bits disagree with its own counts is refused when read bac
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.costs.rules import Point, compare
 
-TOLERANCE = 0.0005  # a recomputed accuracy margin must agree to within 0.05 points (latency: 0.0005 ms)
+TOLERANCE = 0.0005  # a recomputed accuracy margin must agree to within 0.05 points (latency: 0.0005 ms; p: 0.0005)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Recheck:
     margins: int = 0
     largest_accuracy_gap: float = 0.0  # fraction (0.0001 = 0.01 points)
     largest_latency_gap: float = 0.0  # ms per image
+    decisions: int = 0  # decisions whose winner and runner-up were decided again
     disagreements: list[str] = field(default_factory=list)
 
 
@@ -97,24 +99,29 @@ def points_of(report: dict[str, Any]) -> dict[str, Point]:
     return out
 
 
-def recheck_command(path: str | Path) -> str:
-    """``dawnpipe recheck``: the line that says what recomputing found, or the one-line refusal when any margin
-    disagrees with the file's own data by more than TOLERANCE."""
+def recheck_command(path: str | Path, say: Callable[[str], None] = print) -> str:
+    """``dawnpipe recheck``: the line that says what recomputing found; when anything disagrees, every disagreement
+    is said (one line each) and a one-line refusal is raised, so the command exits non-zero."""
     found = recheck(path)
     if found.disagreements:
+        for line in found.disagreements:
+            say(f"disagrees: {line}")
         raise DawnpipeError(
-            f"{len(found.disagreements)} margin(s) disagree by more than {TOLERANCE} with the file's own data, first "
-            f"{found.disagreements[0]}",
+            f"{len(found.disagreements)} of the report's margins, flags, winners or counts disagree with the file's "
+            "own data (each named above)",
             "rebuild the report with `dawnpipe costs` from its run folders",
         )
     return (
-        f"{found.margins} margins recomputed from {path}: largest gap {100 * found.largest_accuracy_gap:.4f} points "
+        f"{found.margins} margins recomputed from {path} (with their significance, p-values and the "
+        f"{found.decisions} decisions' winners): largest gap {100 * found.largest_accuracy_gap:.4f} points "
         f"(accuracy), {found.largest_latency_gap:.4f} ms (latency)"
     )
 
 
 def recheck(path: str | Path) -> Recheck:
-    """Recompute every margin report.json states from its bits and rounds, and compare."""
+    """Recompute from report.json's bits and rounds every margin it states (difference, interval, significance,
+    p-value), every decision's winner and runner-up, and the views-against-network counts, and compare. A margin
+    whose points the file does not hold is a disagreement, not a skip."""
     report = read_report(path)
     points = points_of(report)
     found = Recheck()
@@ -127,16 +134,74 @@ def recheck(path: str | Path) -> Recheck:
             by = "latency" if d["ranks_by"] == "latency" else "accuracy"
             margins.append((d["winner"], d["runner_up"], by, d["margin"]))
     for a, b, by, stated in margins:
-        if stated.get("low") is None or a not in points or b not in points:
-            continue
-        again = compare(points[a], points[b], by)
-        gap = max(abs(again[k] - stated[k]) for k in ("difference", "low", "high"))
-        found.margins += 1
-        if by == "latency":
-            found.largest_latency_gap = max(found.largest_latency_gap, gap)
-        else:
-            found.largest_accuracy_gap = max(found.largest_accuracy_gap, gap)
-        if gap > TOLERANCE:
-            found.disagreements.append(f"{a} vs {b} ({by}): stated {stated['difference']:+.5f}, recomputed "
-                                       f"{again['difference']:+.5f}")  # fmt: skip
+        _recheck_margin(found, points, a, b, by, stated)
+    _recheck_decisions(found, report, points)
+    _recheck_counts(found, report, points)
     return found
+
+
+def _recheck_margin(found: Recheck, points: dict[str, Point], a: str, b: str, by: str, stated: dict) -> None:
+    """One stated margin against its recomputation: every number within TOLERANCE, the same significance."""
+    name = f"{a} vs {b} ({by})"
+    missing = [label for label in (a, b) if label not in points]
+    if missing:
+        found.disagreements.append(f"{name}: the report holds no point {', '.join(missing)}")
+        return
+    again = compare(points[a], points[b], by)
+    found.margins += 1
+    problems = []
+    for key in ("difference", "low", "high", "p_value"):
+        if key not in stated and key not in again:
+            continue
+        x, y = stated.get(key), again.get(key)
+        if x is None or y is None:
+            if x is not y:
+                problems.append(f"{key} stated {x}, recomputed {y}")
+            continue
+        gap = abs(float(x) - float(y))
+        if key != "p_value":
+            if by == "latency":
+                found.largest_latency_gap = max(found.largest_latency_gap, gap)
+            else:
+                found.largest_accuracy_gap = max(found.largest_accuracy_gap, gap)
+        if gap > TOLERANCE:
+            problems.append(f"{key} stated {float(x):+.5f}, recomputed {float(y):+.5f}")
+    if bool(stated.get("significant")) != bool(again.get("significant")):
+        problems.append(f"significant stated {stated.get('significant')}, recomputed {again.get('significant')}")
+    if problems:
+        found.disagreements.append(f"{name}: {'; '.join(problems)}")
+
+
+def _recheck_decisions(found: Recheck, report: dict[str, Any], points: dict[str, Point]) -> None:
+    """Each decision's winner and runner-up, decided again among the points of its backend."""
+    from dawnpipe.costs.rules import Rule, decide
+
+    rules = {r["name"]: Rule(**r) for r in report.get("rules") or []}
+    for d in report.get("decisions") or []:
+        rule = rules.get(d.get("rule"))
+        if rule is None:
+            found.disagreements.append(f"decision {d.get('rule')} ({d.get('backend')}): the report holds no such rule")
+            continue
+        backend = [p for p in points.values() if f"{p.backend} {p.precision}" == d.get("backend")]
+        again = decide(rule, backend)
+        found.decisions += 1
+        for role, ours in (("winner", again.winner), ("runner_up", again.runner_up)):
+            label = ours.label if ours else None
+            if label != d.get(role):
+                found.disagreements.append(
+                    f"decision {rule.name} ({d.get('backend')}): {role} stated {d.get(role)}, recomputed {label}"
+                )
+
+
+def _recheck_counts(found: Recheck, report: dict[str, Any], points: dict[str, Point]) -> None:
+    """The views-against-network counts (distinct comparisons, ahead and behind, raw and after Holm)."""
+    from dawnpipe.costs.multiplicity import pairing_summary
+
+    for table in ("views_vs_width", "views_vs_width_latency"):
+        stated = report.get(f"{table}_summary")
+        if stated is None:
+            continue
+        again = pairing_summary(report.get(table) or [], list(points.values()))
+        for key in ("distinct_comparisons", "ahead", "behind", "ahead_after_holm", "behind_after_holm"):
+            if stated.get(key) != again[key]:
+                found.disagreements.append(f"{table} counts: {key} stated {stated.get(key)}, recomputed {again[key]}")

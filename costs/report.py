@@ -16,6 +16,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json, atomic_write_text, ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.costs.family import Run, load_family
+from dawnpipe.costs.multiplicity import pairing_summary
 from dawnpipe.costs.report_markdown import (
     latency_scaling_section,
     machine_lines,
@@ -109,6 +110,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "decisions": [d.to_dict() for d in decisions],
         "views_vs_width": scaling,
         "views_vs_width_latency": scaling_latency,
+        "views_vs_width_summary": pairing_summary(scaling, points),
+        "views_vs_width_latency_summary": pairing_summary(scaling_latency, points),
         "threshold_note": cfg.threshold_note,
         "precision_vs_fp32": precisions,
         "points": [point_record(p) for p in points],
@@ -124,8 +127,19 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "csv": atomic_write_text(out_dir / "report.csv", render_csv(points, rules)),
         "md": atomic_write_text(
             out_dir / "report.md",
-            render_markdown(runs, points, rules, decisions, scaling, fronts, reference, unknown, cfg.threshold_note)
-            + latency_scaling_section(scaling_latency)
+            render_markdown(
+                runs,
+                points,
+                rules,
+                decisions,
+                scaling,
+                fronts,
+                reference,
+                unknown,
+                cfg.threshold_note,
+                data["views_vs_width_summary"],
+            )  # fmt: skip
+            + latency_scaling_section(scaling_latency, data["views_vs_width_latency_summary"])
             + scaling_curve_section(points)
             + precision_section(precisions)
             + "\n".join(["", *training_lines(data["trainings"]), *machine_lines(data["machines"])])

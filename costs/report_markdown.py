@@ -24,6 +24,7 @@ def render_markdown(
     reference: float,
     unknown: list[str],
     threshold_note: str | None = None,
+    scaling_summary: dict[str, Any] | None = None,
 ) -> str:
     cfg = runs[0].config
     widths = sorted({r.width for r in runs})
@@ -47,13 +48,16 @@ def render_markdown(
         "",
         "Accuracy margins are paired on the same test images, seed k with seed k, and count each test image once: "
         "a side's correctness on an image is its mean over seeds, the margin is the mean over images of the "
-        "difference, and its 95% interval comes from the images (exact conditional interval from the discordant "
-        "images where every per-image difference is -1, 0 or 1, as with one seed; a t interval over the images "
-        "otherwise). Seeds add spread, not sample size. Latency margins count each timing round once (paired over "
-        "rounds timed together, else Welch over the two sides' rounds), so drift between rounds widens them. `*` "
+        "difference, and its 95% interval comes from the images (Tango's score interval for paired proportions "
+        "where every per-image difference is -1, 0 or 1, as with one seed; a t interval over the images "
+        "otherwise). Seeds add spread, not sample size: an image interval speaks for these trained weights, so a "
+        'verdict holds "for these runs" when it excludes zero and "across seeds" only when every seed\'s own '
+        "margin has its sign too (report.json: `seed_spread`). Latency margins count each timing round once (a "
+        "configuration's seeds averaged within each round first; paired over rounds timed together, else Welch over "
+        "the two sides' rounds; no interval from fewer than 3 rounds), so drift between rounds widens them. `*` "
         "marks an interval that excludes zero; a margin without `*` is noise at this sample size. `[seed k]` marks "
         "a margin over only the seeds both sides have (a family not yet complete). Every point's per-image bits "
-        "are in report.json: `dawnpipe recheck report.json` recomputes every margin from them.",
+        "are in report.json: `dawnpipe recheck report.json` recomputes every margin, flag and winner from them.",
         "",
         "## Extra views or a bigger network, at equal cost?",
         "",
@@ -61,7 +65,7 @@ def render_markdown(
         "many FLOPs per image (same backend; paired). Where no network of the family costs as much, the row pairs "
         "the most expensive one and says so; such rows are left out of the counts.",
         "",
-        *_scaling_table(scaling, "GFLOP/img", "{:.3f}", "cheaper: no bigger network in the family"),
+        *_scaling_table(scaling, "GFLOP/img", "{:.3f}", "cheaper: no bigger network in the family", scaling_summary),
     ]
     lines += ["", "## Rules", ""]
     lines += [f"- **{r.name}**: {r.description}" for r in rules]
@@ -160,22 +164,31 @@ def drift_lines(points: list[Point]) -> list[str]:
     ]
 
 
-def pairing_counts(rows: list[dict[str, Any]]) -> str:
-    """One line over the real pairings of a views-against-network table (cheaper fallbacks left out)."""
-    real = [r for r in rows if r["network_costs_at_least_as_much"] and r["margin"].get("low") is not None]
-    if not real:
+def pairing_counts(summary: dict[str, Any] | None) -> str:
+    """One line over the distinct real pairings of a views-against-network table (costs.multiplicity): how many
+    comparisons, the rows that repeat one bit for bit, and the significant counts raw and after Holm."""
+    if not summary or not summary["distinct_comparisons"]:
         return "No TTA configuration has a network of the family that costs at least as much."
-    ahead = sum(r["margin"]["low"] > 0 for r in real)
-    behind = sum(r["margin"]["high"] < 0 for r in real)
-    fallbacks = len(rows) - len(real)
+    s = summary
+    repeats = len(s["repeated_rows"])
+    counted = (
+        f"{s['distinct_comparisons']} distinct comparisons ({s['real_rows']} rows; {repeats} repeat another "
+        "backend's comparison bit for bit and count once)"
+        if repeats
+        else f"{s['distinct_comparisons']} distinct comparisons"
+    )
+    level = s["distinct_comparisons"] - s["ahead"] - s["behind"]
+    fallbacks = s["cheaper_only_rows"]
     return (
-        f"Over {len(real)} pairings with a network that costs at least as much: the views are significantly ahead "
-        f"in {ahead}, significantly behind in {behind}, level within noise in {len(real) - ahead - behind}"
+        f"Over {counted} with a network that costs at least as much: the views are significantly ahead in "
+        f"{s['ahead']}, significantly behind in {s['behind']}, level within noise in {level}; after Holm's adjustment "
+        f"for {s['distinct_comparisons']} comparisons, ahead in {s['ahead_after_holm']} and behind in "
+        f"{s['behind_after_holm']}"
         + (f" ({fallbacks} row(s) with only a cheaper network left out)." if fallbacks else ".")
     )
 
 
-def latency_scaling_section(rows: list[dict[str, Any]]) -> str:
+def latency_scaling_section(rows: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
     if not rows:
         return ""
     lines = [
@@ -186,12 +199,14 @@ def latency_scaling_section(rows: list[dict[str, Any]]) -> str:
         "at least as high, on the same backend (paired on the same images). Latency depends on the machine: read "
         "it with the Machine section below.",
         "",
-        *_scaling_table(rows, "ms/img", "{:.2f}", "faster: no slower network in the family"),
+        *_scaling_table(rows, "ms/img", "{:.2f}", "faster: no slower network in the family", summary),
     ]
     return "\n".join(lines) + "\n"
 
 
-def _scaling_table(rows: list[dict[str, Any]], unit: str, number: str, cheaper: str) -> list[str]:
+def _scaling_table(
+    rows: list[dict[str, Any]], unit: str, number: str, cheaper: str, summary: dict[str, Any] | None
+) -> list[str]:
     """Extra views against the network that costs at least as much (FLOPs or latency), one row each."""
     lines = [
         f"| TTA configuration | {unit} | vs network | {unit} | TTA minus network (95% CI) |",
@@ -205,7 +220,7 @@ def _scaling_table(rows: list[dict[str, Any]], unit: str, number: str, cheaper: 
         )
     if not rows:
         lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
-    return [*lines, "", pairing_counts(rows)]
+    return [*lines, "", pairing_counts(summary)]
 
 
 def scaling_curve_section(points: list[Point]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.costs.stats import paired_difference, round_difference
+from dawnpipe.costs.stats import paired_difference, round_difference, seed_spread
 
 RULE_NAMES = ("no-tta", "dawnbench", "total-flops", "latency")
 DEFAULT_RULES = ("no-tta", "dawnbench", "total-flops")
@@ -218,27 +218,29 @@ def compare(a: Point, b: Point, by: str) -> dict[str, Any]:
         **paired.to_dict(),
         "seeds": seeds,
         "partial_seeds": partial,
+        "seed_spread": seed_spread(a_by_seed, b_by_seed, seeds),
     }
 
 
 def _latency_margin(a: Point, b: Point) -> dict[str, Any]:
-    """Batch-1 ms per image ``a`` saves over ``b``, the timing round the unit: seed k's rounds paired with seed k's
-    when both were timed in one session, else the two sides' rounds compared as two samples."""
+    """Batch-1 ms per image ``a`` saves over ``b``, the timing round the unit: each side's seeds averaged within each
+    (session, round) first, so a round counts once however many seeds it timed; paired round by round when both
+    sides were timed in the same rounds, else the two sides' rounds compared as two samples (costs.stats)."""
     if a.latency_ms is None or b.latency_ms is None:
         return {"statistic": "latency", "difference": None}
     a_by, b_by = _rounds_by_seed(a), _rounds_by_seed(b)
     if not a_by or not b_by:  # rows timed before rounds were recorded: the means, with no interval
         return {"statistic": "batch-1 mean ms/image saved", "difference": b.latency_ms - a.latency_ms, "low": None,
                 "high": None, "significant": False, "method": "no timing rounds recorded"}  # fmt: skip
-    seeds = sorted(set(a_by) & set(b_by))
-    paired = bool(seeds) and all(a_by[s][1] and a_by[s][1] == b_by[s][1] for s in seeds)
+    common = sorted(set(a_by) & set(b_by))
+    a_rounds = _round_means({s: a_by[s] for s in common} if common else a_by)
+    b_rounds = _round_means({s: b_by[s] for s in common} if common else b_by)
+    paired = bool(common) and set(a_rounds) == set(b_rounds) and all(session for session, _ in a_rounds)
     if paired:
-        a_rounds = [v for s in seeds for v in a_by[s][0]]
-        b_rounds = [v for s in seeds for v in b_by[s][0]]
+        keys = sorted(a_rounds)
+        margin = round_difference([a_rounds[k] for k in keys], [b_rounds[k] for k in keys], True)
     else:
-        a_rounds = [v for rounds, _ in a_by.values() for v in rounds]
-        b_rounds = [v for rounds, _ in b_by.values() for v in rounds]
-    margin = round_difference(a_rounds, b_rounds, paired)
+        margin = round_difference(list(a_rounds.values()), list(b_rounds.values()), False)
     return {
         "statistic": "batch-1 mean ms/image saved",
         "difference": margin.difference,
@@ -249,6 +251,16 @@ def _latency_margin(a: Point, b: Point) -> dict[str, Any]:
         "paired_rounds": margin.paired,
         "method": margin.method,
     }
+
+
+def _round_means(by_seed: dict[int, tuple[tuple[float, ...], str]]) -> dict[tuple[str, int], float]:
+    """Per (session, round index): the mean over the seeds timed in that round of their per-round latency. Rows
+    timed before sessions were recorded have session "" and never pair."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for rounds, session in by_seed.values():
+        for index, value in enumerate(rounds):
+            groups.setdefault((session, index), []).append(value)
+    return {key: float(np.mean(values)) for key, values in groups.items()}
 
 
 def _rounds_by_seed(p: Point) -> dict[int, tuple[tuple[float, ...], str]]:
@@ -302,7 +314,8 @@ def _lift(rule: Rule, points: list[Point]) -> str:
 
 def _ms_interval(m: dict[str, Any]) -> str:
     if m.get("low") is None:
-        return f"{m['difference']:.3f} ms/image (no interval: no timing rounds recorded)"
+        why = m.get("method") or "no timing rounds recorded"
+        return f"{m['difference']:.3f} ms/image (no interval: {why})"
     return f"{m['difference']:.3f} ms/image (95% CI {m['low']:.3f} to {m['high']:.3f})"
 
 
@@ -365,8 +378,24 @@ def _tta_answer(rule: Rule, points: list[Point], eligible: list[Point]) -> str:
     }[verdict_word]
     return (
         f"{verdict_word}: the best TTA configuration ({tta[0].label}) vs the best single-view one "
-        f"({plain[0].label}): {_fmt_interval(m)}; {tail}."
+        f"({plain[0].label}): {_fmt_interval(m)}; {tail}{scope(m)}."
     )
+
+
+def scope(m: dict[str, Any]) -> str:
+    """What a significant accuracy margin covers: the image interval speaks for these trained weights ("for these
+    runs"); the recipe ("across seeds") only when every seed's own margin has the same sign. Empty when the
+    interval holds zero (nothing to scope)."""
+    if not m.get("significant"):
+        return ""
+    spread = m.get("seed_spread") or {}
+    per_seed = spread.get("per_seed") or {}
+    if len(per_seed) < 2:
+        return " (for these runs: one seed, so nothing is shown across seeds)"
+    each = ", ".join(f"seed {s} {100 * v:+.2f}" for s, v in per_seed.items())
+    if spread.get("seeds_agree_in_sign"):
+        return f" (for these runs, and across seeds: every seed agrees, {each} points)"
+    return f" (for these runs only: the seeds disagree, {each} points)"
 
 
 def pareto_front(points: list[Point], cost: str) -> list[Point]:

@@ -25,11 +25,12 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import ensure_writable_dir
+from dawnpipe.common.precision import check_precision
 from dawnpipe.common.tta import ALL_MODES, DEFAULT_SHIFT, combine, parse_mode, view_logits, views
 from dawnpipe.common.tta import selective_from_views as _selective_from_views
-from dawnpipe.infer.backends import Backend, load
+from dawnpipe.infer.backends import Backend, artifact_kind, load
 from dawnpipe.infer.eval_file import EVAL_NAME, check_mergeable, read_eval, write_rows
-from dawnpipe.infer.latency import Protocol, measure_rows
+from dawnpipe.infer.latency import MIN_ROUNDS, Protocol, measure_rows
 from dawnpipe.infer.modes import resolve_threshold, run_mode
 from dawnpipe.infer.scoring import pack_bits, test_images_digest, wilson_interval
 
@@ -60,6 +61,7 @@ class EvalConfig:
     allow_foreign: bool = False  # evaluate an artifact its folder's manifest does not list (rows marked)
     allow_incomplete: bool = False  # evaluate a model from an interrupted training run (rows marked)
     graphs: bool = False  # torch: graph-captured (the torch-graphs backend)
+    precision: str = "auto"  # torch backends: auto | fp32 | bf16 | fp16 (common.device); an ONNX file's is its own
     skipped: tuple[tuple[str, str], ...] = ()  # (backend, reason) pairs not run, written into eval.json beside the rows
 
 
@@ -109,6 +111,7 @@ def evaluate_together(cfgs: Sequence[EvalConfig], progress=None) -> list[tuple[l
                     allow_foreign=cfg.allow_foreign,
                     allow_incomplete=cfg.allow_incomplete,
                     graphs=cfg.graphs,
+                    precision=cfg.precision,
                 )
             )
             modes = _runnable_modes(backend, _modes(cfg.tta), cfg)
@@ -127,6 +130,9 @@ def evaluate_together(cfgs: Sequence[EvalConfig], progress=None) -> list[tuple[l
             cfg, _, _, images, labels, _ = loaded[0]
             count = sum(len(rows) for *_, rows in scored)
             say(f"latency of {count} rows of {len(scored)} artifact(s), interleaved in {cfg.protocol.rounds} rounds")
+            if cfg.protocol.rounds < MIN_ROUNDS:
+                say(f"notice: {cfg.protocol.rounds} timing round(s) give no latency interval (at least {MIN_ROUNDS} "
+                    "do); the rows are timed and say so")  # fmt: skip
             _attach_latency([(backend, rows) for _, backend, rows in scored], images[interleaved_order(labels)], cfg)
         return [(rows, _write(rows, backend, cfg)) for cfg, backend, rows in scored]
 
@@ -159,6 +165,14 @@ def _check_options(cfg: EvalConfig) -> None:
     """Before any artifact is loaded: the modes, the threshold override, and eval.json's folder (writable, and any
     eval.json in it readable, so its rows are merged rather than lost)."""
     _modes(cfg.tta)
+    if check_precision(cfg.precision) != "auto":
+        artifact = Path(cfg.artifact).expanduser()
+        if artifact.exists() and artifact_kind(artifact) != "checkpoint":
+            raise DawnpipeError(
+                f"--precision {cfg.precision} chooses the torch backends' compute precision, and {artifact.name} is "
+                f"an {artifact_kind(artifact)} file whose precision is its own",
+                "drop --precision, or export that precision (dawnpipe export --precision ...) and evaluate the file",
+            )
     if cfg.latency_only and not cfg.latency:
         raise DawnpipeError("--latency-only times rows and --no-latency skips timing", "pass one of them")
     if cfg.selective_threshold is not None and not 0.0 <= cfg.selective_threshold <= 1.0:

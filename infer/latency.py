@@ -4,7 +4,9 @@ Protocol, per measured configuration ("row"):
 1. warm-up calls (lazy allocations, kernel selection) before any timing;
 2. the backend runs with a fixed thread count, recorded beside every figure;
 3. rows are interleaved in rounds (round 1: row A, row B, ...; round 2: ...), so drift from other work on the
-   machine hits every row alike instead of whichever row happened to run during it;
+   machine hits every row alike instead of whichever row happened to run during it; each round runs the rows in a
+   new order (a permutation drawn from a seed recorded on every row, with each row's position per round), because
+   with 70 rows a round lasts 14 s or more, and drift inside a round would otherwise always land on the same rows;
 4. in each round a row makes at least ``calls`` calls and runs for at least ``min_seconds``;
 5. every call takes the next distinct images (cycling through the given set), so a selective-TTA row pays
    for its extra views on exactly the images that need them, and its mean and tail show it;
@@ -17,7 +19,8 @@ Protocol, per measured configuration ("row"):
    With fewer than three rows no common factor is taken (the raw spread is judged).
 
 Every row of one ``measure_rows`` call carries the same ``session`` id: rows of one session were timed in the same
-rounds, so their per-round figures pair (costs.stats.round_difference).
+rounds, so their per-round figures pair (costs.stats.round_difference). An interval over rounds needs at least
+MIN_ROUNDS of them: fewer are accepted, and every row then says it carries no interval.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-STATISTICS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
+MIN_ROUNDS = 3  # rounds a latency interval needs (costs.stats); fewer are measured, and the rows say so
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class Timing:
     round_factor: list[float] = field(default_factory=list)  # each round's common factor (1.0: none taken)
     drift: float = 0.0  # range of the session's common factors over their minimum (0: no drift, or too few rows)
     session: str = ""  # rows of one session were timed in the same rounds
+    order_seed: int | None = None  # seed of the per-round row order (numpy default_rng), recorded to be rechecked
+    round_position: list[int] = field(default_factory=list)  # this row's place (0 = first) in each round
+    interval: str = ""  # "" or why the rounds give no interval (fewer than MIN_ROUNDS)
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
@@ -134,6 +140,11 @@ def measure_rows(
     """Time every row under the protocol, interleaved; each call gets the next ``batch`` distinct images."""
     if batch < 1 or protocol.rounds < 1 or protocol.calls < 1:
         raise ValueError("batch, rounds and calls must be positive")
+    import uuid
+
+    session = uuid.uuid4().hex[:12]
+    order_seed = int(session, 16) % 2**32  # recorded on every row: the orders can be drawn again
+    order_rng = np.random.default_rng(order_seed)
     if len(images) < batch:
         images = np.concatenate([images] * (-(-batch // len(images))))
     starts = list(range(0, len(images) - batch + 1, batch))
@@ -150,8 +161,13 @@ def measure_rows(
         cursor[name] = 0  # timed calls start over the same images for every row
     sync()
     times: dict[str, list[list[float]]] = {name: [] for name in rows}
+    positions: dict[str, list[int]] = {name: [] for name in rows}
+    names = list(rows)
     for _ in range(protocol.rounds):
-        for name, run in rows.items():
+        order = [names[i] for i in order_rng.permutation(len(names))]
+        for position, name in enumerate(order):
+            run = rows[name]
+            positions[name].append(position)
             this_round: list[float] = []
             began = clock()
             while len(this_round) < protocol.calls or clock() - began < protocol.min_seconds:
@@ -161,7 +177,16 @@ def measure_rows(
                 sync()
                 this_round.append(clock() - t0)
             times[name].append(this_round)
-    import uuid
-
-    timings = {name: summarize(t, batch, protocol.max_spread) for name, t in times.items()}
-    return judge_session(timings, protocol.max_spread, uuid.uuid4().hex[:12])
+    interval = (
+        "" if protocol.rounds >= MIN_ROUNDS else f"too few rounds ({protocol.rounds} < {MIN_ROUNDS}): no interval"
+    )
+    timings = {
+        name: replace(
+            summarize(t, batch, protocol.max_spread),
+            order_seed=order_seed,
+            round_position=positions[name],
+            interval=interval,
+        )  # fmt: skip
+        for name, t in times.items()
+    }
+    return judge_session(timings, protocol.max_spread, session)

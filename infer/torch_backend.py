@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.infer.backend import Backend
 from dawnpipe.infer.metadata import check_metadata
 
@@ -29,8 +28,8 @@ _EXACT_SIZES = 8  # batch sizes up to this are captured as they come; larger one
 
 
 class TorchBackend(Backend):
-    """The checkpoint in PyTorch, channels_last. Precision ``auto``: fp16 on CUDA, bf16 autocast on a CPU with
-    native bf16, else fp32; ``fp32`` gives the exact reference the export checks use."""
+    """The checkpoint in PyTorch, channels_last. Precision (common.device.choose_device) ``auto``: fp16 on CUDA,
+    bf16 autocast on a CPU with native bf16, else fp32; ``fp32`` gives the exact reference the export checks use."""
 
     name = "torch"
 
@@ -51,15 +50,8 @@ class TorchBackend(Backend):
 
         ckpt = resolve_checkpoint(path)
         payload = load_checkpoint(ckpt)
-        choice = choose_device(device)
-        if precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise DawnpipeError(f"unknown precision {precision!r}", "use auto, fp32, fp16 or bf16")
-        if precision == "auto":
-            precision = {torch.float16: "fp16", torch.bfloat16: "bf16", None: "fp32"}[choice.autocast_dtype]
-        if precision == "bf16" and choice.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise DawnpipeError(
-                f"bf16 was asked for but {torch.cuda.get_device_name()} has no bf16 support", "use fp16 or fp32"
-            )
+        choice = choose_device(device, precision)  # refuses what cannot run here (fp16 on a CPU, ...)
+        precision = choice.precision
         if precision == "fp32":
             use_ieee_fp32()
         meta = {**checkpoint_meta(payload), "precision": precision}

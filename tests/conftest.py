@@ -7,6 +7,7 @@ flips and translations. Nothing here needs the real CIFAR-10 or a network.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -15,6 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dawnpipe.common.precision import AUTO_CPU_PRECISION_ENV
+
+# The suite states its precision: `auto` means fp32 on every CPU, so no test's figure depends on whether the CPU has
+# bf16 (tests about bf16 ask for it by name, and run emulated where it is not native). Set before any test runs and
+# inherited by every command a test starts. `DAWNPIPE_AUTO_CPU_PRECISION=bf16 python -m pytest` runs the whole suite
+# with `auto` meaning bf16, as a bf16 CPU would without the pin.
+os.environ.setdefault(AUTO_CPU_PRECISION_ENV, "fp32")
 CLASSES = ["c0", "c1", "c2", "c3"]
 _PALETTE = np.array([[230, 40, 40], [40, 200, 60], [50, 60, 220], [220, 210, 40]], dtype=np.int16)
 

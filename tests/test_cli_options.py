@@ -21,6 +21,9 @@ ADDED = {  # (command, option): why it is new
     ("eval", "throughput_batch"): "issue 34: the throughput figure's batch, named (it was fixed at 256)",
     ("pipeline", "calibration_method"): "issue 32: the family's int8 range method (minmax was refused at w1.25)",
     ("eval", "latency_only"): "issue 32: time a family's scored rows in one session without scoring them again",
+    ("train", "precision"): "issue 43: precision is the caller's choice (auto keeps the machine's choice)",
+    ("pipeline", "precision"): "issue 43: the family's training and torch rows at a chosen precision",
+    ("eval", "precision"): "issue 43: the torch backends' precision as a choice",
 }
 WIDENED = {  # (command, parameter before): (parameter now, why); a widening: what was typed before still works
     ("eval", "artifact"): ("artifacts", "issue 32: several artifacts timed in one session, one still accepted"),

@@ -1,4 +1,16 @@
-"""``torch.compile`` of a module, falling back to eager with a one-line notice, forward and backward alike."""
+"""``torch.compile`` of a module, falling back to eager with a one-line notice, forward and backward alike.
+
+Two things this adds to a bare ``torch.compile``:
+- it knows whether a compiled graph really ran: the module is compiled through a backend that counts the graphs
+  inductor compiled for it, so a step that dynamo silently ran eagerly (every frame skipped or fallen back) reads
+  ``compiled_ran`` False, not True;
+- inductor keeps eager's rounding under autocast (``emulate_precision_casts``). By default inductor fuses a chain
+  of bf16/fp16 ops and rounds once at the end; the backward of ResNet-9's global max pool (``amax``) then compares
+  a recomputed fp32 sum with the max eager had rounded to bf16, finds no equal element and divides by a zero count:
+  every gradient below the pool is NaN from the first step (the compiled bf16 divergence of issue 43; reproduced
+  with ``torch.compile(lambda a, b: torch.amax(a + b, dim=(2, 3)))`` under bf16 autocast, torch 2.13; upstream
+  pytorch/pytorch#186799). With the casts emulated the compiled step takes the eager step's path.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +20,13 @@ from typing import Any
 
 import torch
 
+# inductor options for every dawnpipe compile: round reduced-precision intermediates as eager does (docstring)
+INDUCTOR_OPTIONS = {"emulate_precision_casts": True}
+
 
 class CompiledOrEager:
     """``torch.compile`` of a module (training step, or inference on a CPU), falling back to eager on the first
-    failure; ``compiled_ran`` says whether any call really ran compiled, ``notice`` why not.
+    failure; ``compiled_ran`` says whether any call really ran a compiled graph, ``notice`` why not.
 
     The forward compiles lazily at the first call and a failure there falls back at once. The backward compiles
     later, at the first ``.backward()`` (AOTAutograd), outside the forward's call: ``first_step`` runs the first
@@ -24,34 +39,53 @@ class CompiledOrEager:
         self.what = what
         self.compiled: Any = None
         self.notice: str | None = None
-        self.compiled_ran = False
+        self.graphs = 0  # graphs inductor compiled for this module (forward graphs; each includes its backward)
         self.proven = False  # the first training step (forward and backward) ran compiled or fell back
+        self._first_step = False  # inside first_step: whether a graph compiled is judged after the backward
         try:
-            self.compiled = torch.compile(module, **options)
+            self.compiled = torch.compile(module, backend=self._inductor, **options)
         except Exception as err:  # torch.compile itself may refuse (unsupported platform, no dynamo)
             self._fall_back(err)
 
+    @property
+    def compiled_ran(self) -> bool:
+        """True once a call returned through at least one graph inductor compiled (not merely through dynamo)."""
+        return self.compiled is not None and self.graphs > 0
+
+    def _inductor(self, graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        """The inductor backend with INDUCTOR_OPTIONS, counting the graphs it compiles."""
+        from torch._inductor.compile_fx import compile_fx
+
+        compiled = compile_fx(graph, example_inputs, config_patches=INDUCTOR_OPTIONS)
+        self.graphs += 1
+        return compiled
+
     def _fall_back(self, err: BaseException) -> None:
         self.compiled = None
-        self.compiled_ran = False
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        self.notice = f"torch.compile failed ({type(err).__name__}: {first}); {self.what} continues in eager mode"
-        print(f"notice: {self.notice}", file=sys.stderr, flush=True)
+        self._say(f"torch.compile failed ({type(err).__name__}: {first}); {self.what} continues in eager mode")
+
+    def _say(self, notice: str) -> None:
+        self.notice = notice
+        print(f"notice: {notice}", file=sys.stderr, flush=True)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is not None:
             try:
                 out = self.compiled(x)
-                self.compiled_ran = True
-                return out
             except Exception as err:  # compile errors surface on the first call, before any weight changes
                 self._fall_back(err)
+            else:
+                if not self._first_step:
+                    self._check_graphs()
+                return out
         return self.module(x)
 
     def first_step(self, step: Callable[[Any], Any], model: torch.nn.Module) -> Any:
         """Run ``step(self)`` (forward, loss, backward) once; if compiling the backward fails, restore ``model``'s
         buffers and gradients and run ``step(self)`` again, now eager."""
         saved = {name: b.detach().clone() for name, b in model.named_buffers()}
+        self._first_step = True
         try:
             result = step(self)
         except Exception as err:
@@ -63,5 +97,17 @@ class CompiledOrEager:
                     buffer.copy_(saved[name])
             model.zero_grad(set_to_none=True)
             result = step(self)
+        finally:
+            self._first_step = False
+        self._check_graphs()
         self.proven = True
         return result
+
+    def _check_graphs(self) -> None:
+        """Say once when calls succeed through torch.compile without any compiled graph (dynamo fell back)."""
+        if self.compiled is not None and not self.graphs and self.notice is None:
+            self._say(f"torch.compile ran without compiling any graph (dynamo fell back); {self.what} runs eagerly")
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records: whether a compiled graph ran, how many were compiled, and any notice."""
+        return {"ran_compiled": self.compiled_ran, "graphs": self.graphs, "notice": self.notice}

@@ -96,6 +96,8 @@ class TrainConfig:
     # run
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: the step's compute precision (common.device.choose_device;
+    # auto: fp16 autocast on CUDA, bf16 on a CPU with native bf16, else fp32); refused where it cannot run
     eval_every: int = 1  # epochs between EMA test evaluations (the last epoch is always evaluated)
     out: str = "runs"  # parent folder of run folders
     name: str | None = None  # run folder name; None = from time and seed

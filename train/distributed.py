@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as tdist
@@ -103,8 +103,8 @@ def init_context(cfg: TrainConfig) -> Context:
                 f"use --nproc_per_node {max(gpus, 1)} or fewer",
             )
         torch.cuda.set_device(local)
-        dev = choose_device("cuda")
-        dev = DeviceChoice(torch.device("cuda", local), dev.autocast_dtype, dev.channels_last)
+        dev = choose_device("cuda", cfg.precision)
+        dev = replace(dev, device=torch.device("cuda", local))
     else:
         cores = os.cpu_count() or 1
         if local_world > cores:
@@ -112,7 +112,7 @@ def init_context(cfg: TrainConfig) -> Context:
                 f"torchrun started {local_world} CPU processes but this machine has {cores} cores",
                 f"use --nproc_per_node {cores} or fewer",
             )
-        dev = choose_device("cpu")
+        dev = choose_device("cpu", cfg.precision)
         torch.set_num_threads(max(1, cores // local_world))
     tdist.init_process_group("nccl" if use_cuda else "gloo", timeout=_timeout())
     return Context(rank, world, local, dev, cfg.sync_bn)

@@ -86,6 +86,8 @@ def train(
     if cfg.name is not None:
         check_run_name(cfg.name)
     _check_switches(cfg)
+    if not cfg.resume and dist is None:  # a precision that cannot run here is refused before the folder is claimed
+        choose_device(cfg.device, cfg.precision)
     changes = dict(resume_changes or {})
     unknown = sorted(set(changes) - set(RESUME_MAY_CHANGE))
     if unknown:
@@ -113,7 +115,7 @@ def _train(
     cfg, resume = _resumed_config(cfg, changes, resume)
     if dist is None or dist.rank == 0:  # room for two checkpoints (the new one is written beside the old), first
         ensure_room(run_dir, 2 * checkpoint_bytes(cfg.model), CHECKPOINT_NAME)
-    dev = choose_device(cfg.device) if dist is None else dist.device_choice
+    dev = choose_device(cfg.device, cfg.precision) if dist is None else dist.device_choice
     if resume is not None:
         dev = resumed_precision(dev, resume["state"].get("precision"))
     torch.manual_seed(cfg.seed)
@@ -212,7 +214,7 @@ def finish(
         **over_processes(loop.earlier_walls, wall_seconds),
         "train_images_per_s": cfg.epochs * parts.steps_per_epoch * cfg.batch_size / train_seconds,
         **clocks(loop.history),
-        "compiled": None if compiled is None else {"ran_compiled": compiled.compiled_ran, "notice": compiled.notice},
+        "compiled": None if compiled is None else compiled.describe(),
         "first_step_unix": loop.first_step_unix,
         "started_unix": loop.started,
     }

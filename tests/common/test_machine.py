@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from dawnpipe.common.machine import cpu_features, cpu_summary, parse_cpuinfo, runs_natively
+from dawnpipe.common.precision import auto_cpu_precision
 
 _AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma\n"
 _SAPPHIRE = (
@@ -57,5 +58,6 @@ def test_every_eval_row_and_the_report_name_the_cpu(trained_run, tmp_path):
     # a second evaluation into the same eval.json keeps the first one's config beside its own
     evaluate(EvalConfig(artifact=str(run), tta=("none",), latency=False, allow_foreign=True))
     record = json.loads((run / "manifest.json").read_text())["runs"]["eval"]
-    assert sorted(record["configs"]) == ["checkpoint.pt:torch:fp32", f"{onnx.name}:onnxruntime:int8"]
+    torch_rows = f"checkpoint.pt:torch:{auto_cpu_precision()}"  # fp32 as the suite pins it; bf16 if pinned so
+    assert sorted(record["configs"]) == [torch_rows, f"{onnx.name}:onnxruntime:int8"]
     assert record["configs"][f"{onnx.name}:onnxruntime:int8"]["latency"] and record["config"]["latency"] is False

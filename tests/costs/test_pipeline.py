@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from dawnpipe.cli import main
+from dawnpipe.common.precision import auto_cpu_precision
 from dawnpipe.export.onnx_export import read_metadata
 
 OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -30,7 +31,7 @@ def test_pipeline_family_end_to_end(image_folder, tmp_path):
             assert (run / file).exists(), (name, file)
         rows = json.loads((run / "eval.json").read_text())["rows"]
         assert {(r["backend"], r["precision"]) for r in rows} == {
-            ("torch", "fp32"),
+            ("torch", auto_cpu_precision()),  # fp32 as the suite pins it (bf16 where the pin says bf16)
             ("onnxruntime", "fp32"),
             ("onnxruntime", "int8"),
         }

@@ -18,7 +18,7 @@ from dawnpipe.common.machine import parse_cpuinfo
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.costs.report import ReportConfig, build_report
 from dawnpipe.costs.rules import Point, decide, make_rules, pareto_front, verdict
-from dawnpipe.costs.stats import clopper_pearson, mcnemar_exact, paired_difference
+from dawnpipe.costs.stats import PAIRED_METHOD, mcnemar_exact, paired_difference, tango_interval
 from dawnpipe.infer.scoring import pack_bits
 
 IMAGES = 400
@@ -97,10 +97,11 @@ def test_paired_interval_against_a_hand_computed_case():
     assert result.difference == pytest.approx(0.08) and (result.a_only, result.b_only) == (10, 2)
     # exact McNemar: 2 * P(Bin(12, 1/2) <= 2) = 2 * (1 + 12 + 66) / 4096
     assert result.p_value == pytest.approx(2 * 79 / 4096)
-    # Clopper-Pearson for 10/12 is (0.5159, 0.9791) (tables); mapped by 12/100 * (2p - 1)
-    low, high = clopper_pearson(10, 12)
-    assert low == pytest.approx(0.5159, abs=1e-4) and high == pytest.approx(0.9791, abs=1e-4)
-    assert result.low == pytest.approx(0.12 * (2 * low - 1)) and result.high == pytest.approx(0.12 * (2 * high - 1))
+    # Tango's score interval (costs.stats.tango_interval, checked against a published example in test_stats.py)
+    low, high = tango_interval(10, 2, 100)
+    assert (result.low, result.high) == (low, high) and low < 0.08 < high
+    # the score test's own bounds: at each limit the score statistic sits at the normal quantile
+    assert 0.01 < low < 0.04 and 0.12 < high < 0.16
     assert result.significant
     assert mcnemar_exact(3, 3) == 1.0 and not paired_difference([a], [a]).significant
     # each test image counts once: two identical copies of a seed give exactly the one-seed interval (pooling the
@@ -112,7 +113,7 @@ def test_paired_interval_against_a_hand_computed_case():
         result.high,
         result.p_value,
     )
-    assert twice.images == 100 and twice.method == result.method == "exact conditional (McNemar)"
+    assert twice.images == 100 and twice.method == result.method == PAIRED_METHOD
 
 
 def test_seeds_that_disagree_average_per_image_and_the_interval_comes_from_the_images():
@@ -252,6 +253,11 @@ def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False, rounds=None, 
 
 @pytest.fixture
 def family(tmp_path):
+    return make_family(tmp_path)
+
+
+def make_family(tmp_path: Path) -> list[Path]:
+    """Two widths x two seeds of synthetic run folders (shared with tests/costs/test_stats.py)."""
     rng = np.random.default_rng(1)
     runs = []
     for seed in (0, 1):
@@ -485,7 +491,7 @@ def test_report_json_carries_the_bits_and_every_margin_rechecks(family, tmp_path
     edited["views_vs_width"][0]["margin"]["difference"] += 0.01
     path.write_text(json.dumps(edited))
     failed = CliRunner().invoke(main, ["recheck", str(path)])
-    assert failed.exit_code == 1 and "disagree" in failed.stderr and failed.stderr.count("\n") == 1
+    assert failed.exit_code == 1 and "disagree" in failed.stderr and failed.stderr.count("\n") == 2
     # bits that disagree with the counts are refused when read back
     edited["points"][0]["correct_by_seed"][0] += 1
     path.write_text(json.dumps(edited))

@@ -67,16 +67,27 @@ def test_a_compile_failure_falls_back_to_the_eager_step_exactly(image_folder, tm
     fallen = train(_cfg(image_folder, tmp_path, name=fail, epochs=1, compile=True), progress=False)
     err = capsys.readouterr().err
     assert err.count("notice: torch.compile failed") == 1 and f"{fail} compiler failed" in err
-    assert fallen.metrics["compiled"] == {"ran_compiled": False, "notice": err.split("notice: ")[1].strip()}
+    notice = err.split("notice: ")[1].strip()
+    assert fallen.metrics["compiled"] == {"ran_compiled": False, "graphs": 0, "notice": notice}
     a, b = load_checkpoint(eager.checkpoint), load_checkpoint(fallen.checkpoint)
     # the failed compiled forward updated BatchNorm statistics; they were restored, so the runs agree exactly
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-def test_a_compiled_step_that_runs_says_so(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda module, **_: module)  # "compiles" to itself: every call succeeds
+@pytest.mark.slow
+def test_a_compiled_step_that_runs_says_so(image_folder, tmp_path):
     result = train(_cfg(image_folder, tmp_path, name="ok", epochs=1, compile=True), progress=False)
-    assert result.metrics["compiled"] == {"ran_compiled": True, "notice": None}
+    compiled = result.metrics["compiled"]
+    assert compiled["ran_compiled"] and compiled["graphs"] >= 1 and compiled["notice"] is None
+
+
+def test_a_step_dynamo_never_compiled_is_not_called_compiled(image_folder, tmp_path, monkeypatch, capsys):
+    # "compiles" to itself: every call succeeds, yet no graph was ever compiled (as when dynamo falls back to eager)
+    monkeypatch.setattr(torch, "compile", lambda module, **_: module)
+    result = train(_cfg(image_folder, tmp_path, name="never", epochs=1, compile=True), progress=False)
+    assert result.metrics["compiled"]["ran_compiled"] is False and result.metrics["compiled"]["graphs"] == 0
+    assert "ran without compiling any graph" in result.metrics["compiled"]["notice"]
+    assert capsys.readouterr().err.count("notice: torch.compile ran without compiling") == 1
 
 
 def test_a_checkpoint_clock_is_read_and_a_malformed_one_falls_back_to_the_history():
