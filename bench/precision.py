@@ -1,6 +1,7 @@
 """The CPU paths of one trained run side by side: onnxruntime fp32 (BatchNorm folded and not), symmetric int8
 (TensorRT's form), asymmetric uint8 int8, OpenVINO fp32 and symmetric int8 (the same two files; where the
-``openvino`` extra is installed), and PyTorch eager.
+``openvino`` extra is installed) and, on a CPU with native bf16, OpenVINO computing the fp32 file in bf16, and
+PyTorch eager.
 
     python bench/precision.py RUN_DIR [--batch 256] [--rounds 5] [--threads 2]
 
@@ -72,6 +73,9 @@ def main() -> None:
     if importlib.util.find_spec("openvino") is not None:  # the same fp32 and symmetric int8 files, in OpenVINO
         for precision in ("fp32", "int8"):
             opened[f"openvino_{precision}"] = load(paths[f"onnxruntime_{precision}"], "openvino", threads=args.threads)
+        if cpu_features().get("bf16_native"):  # the fp32 file computed in bf16, OpenVINO's own default on such CPUs
+            opened["openvino_bf16"] = load(paths["onnxruntime_fp32"], "openvino", threads=args.threads,
+                                           precision="bf16")  # fmt: skip
     eager = load(args.run_dir, "torch", threads=args.threads)
     try:
         runs = {name: backend.infer for name, backend in opened.items()}
@@ -113,7 +117,11 @@ def main() -> None:
         ratios["openvino_int8_over_onnxruntime_fp32"] = _ratios(rounds["openvino_int8"], rounds["onnxruntime_fp32"])
         p50_ratios["openvino_int8_over_onnxruntime_int8"] = single_p50["openvino_int8"] / single_p50["onnxruntime_int8"]
         p50_ratios["openvino_fp32_over_onnxruntime_fp32"] = single_p50["openvino_fp32"] / single_p50["onnxruntime_fp32"]
-        openvino = {name: described[name]["openvino"] for name in ("openvino_fp32", "openvino_int8")}
+        openvino = {name: described[name]["openvino"] for name in described if name.startswith("openvino")}
+    if "openvino_bf16" in rounds:
+        ratios["openvino_bf16_over_onnxruntime_fp32"] = _ratios(rounds["openvino_bf16"], rounds["onnxruntime_fp32"])
+        ratios["openvino_bf16_over_openvino_fp32"] = _ratios(rounds["openvino_bf16"], rounds["openvino_fp32"])
+        p50_ratios["openvino_bf16_over_onnxruntime_fp32"] = single_p50["openvino_bf16"] / single_p50["onnxruntime_fp32"]
     write_result(
         "precision",
         {

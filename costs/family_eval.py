@@ -98,7 +98,7 @@ def _eval_config(cfg: Any, target: Any, artifact: Path, **options: Any) -> EvalC
         backend=target.backend,
         provider=target.provider,
         graphs=target.graphs,
-        precision=cfg.train.precision if target.artifact == "checkpoint" else "auto",  # the recipe's, on torch rows
+        precision=cfg.train.precision if target.artifact == "checkpoint" else target.precision,  # torch: the recipe's
         test_limit=cfg.train.test_limit,
         protocol=Protocol(rounds=cfg.latency_rounds, calls=cfg.latency_calls),
         throughput_batch=cfg.throughput_batch,
@@ -162,7 +162,7 @@ def _runnable(targets: list, files: dict[str, Path], refused: dict[str, str], ru
         reason = refused.get(target.artifact) or (refused.get("fp16") if target.artifact == "engine" else None)
         if reason is None and target.backend == "openvino":
             try:
-                load(files[target.artifact], "openvino").close()
+                load(files[target.artifact], "openvino", precision=target.precision).close()
             except BackendRefused as err:
                 reason = f"{run.name}: {err}"
         if reason is None:

@@ -7,7 +7,8 @@ Names and what they measure:
 - ``onnxruntime``, ``onnxruntime-int8``, ``onnxruntime-int8-asym``: the fp32, symmetric int8 and uint8 ONNX
   files on onnxruntime's CPU provider;
 - ``openvino``, ``openvino-int8``: the fp32 and symmetric int8 ONNX files in OpenVINO on the CPU (the ``openvino``
-  extra; the same int8 graph TensorRT takes);
+  extra; the same int8 graph TensorRT takes); ``openvino-bf16``: the fp32 file computed in bf16 (CPUs with native
+  bf16 only; asked for by name);
 - ``onnxruntime-cuda``: the fp16 ONNX on onnxruntime's CUDA provider (onnxruntime-gpu);
 - ``tensorrt``: an engine built from the fp16 ONNX (TensorRT and a GPU).
 ``auto`` picks by machine: on a GPU the GPU backends (CPU rows there would measure the host, not the GPU, and cost
@@ -31,6 +32,7 @@ class Target:
     backend: str  # the infer.backends backend that opens it
     provider: str = "auto"  # onnxruntime execution provider
     graphs: bool = False  # torch: graph-captured
+    precision: str = "auto"  # compute precision asked of the backend (OpenVINO bf16: an fp32 graph computed in bf16)
 
 
 TARGETS = {
@@ -43,6 +45,7 @@ TARGETS = {
         Target("onnxruntime-int8-asym", "int8-asym", "onnxruntime", "cpu"),
         Target("openvino", "fp32", "openvino"),
         Target("openvino-int8", "int8", "openvino"),
+        Target("openvino-bf16", "fp32", "openvino", precision="bf16"),
         Target("onnxruntime-cuda", "fp16", "onnxruntime", "cuda"),
         Target("tensorrt", "engine", "tensorrt"),
     )
@@ -57,10 +60,20 @@ def unavailable(name: str) -> str | None:
 
     import torch
 
-    if name.startswith("openvino") and importlib.util.find_spec("openvino") is None:
-        from dawnpipe.infer.openvino_backend import INSTALL
+    if name.startswith("openvino"):
+        from dawnpipe.infer.openvino_backend import INSTALL, openvino_core
 
-        return f"OpenVINO is not installed ({INSTALL})"
+        if importlib.util.find_spec("openvino") is None:
+            return f"OpenVINO is not installed ({INSTALL})"
+        try:
+            openvino_core()  # an install that fails to import or start is skipped like a missing one
+        except DawnpipeError as err:
+            return str(err)
+        if TARGETS[name].precision == "bf16":
+            from dawnpipe.common.machine import cpu_features
+
+            if not cpu_features().get("bf16_native"):
+                return "this CPU has no native bf16 (AVX-512 BF16 or AMX), which OpenVINO's bf16 needs"
     if name in ("onnxruntime-cuda", "tensorrt") and not torch.cuda.is_available():
         return "no CUDA GPU on this machine"
     if name == "onnxruntime-cuda":

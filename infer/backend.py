@@ -97,6 +97,7 @@ class Backend:
             "graph_tta": self.graph_tta,
             "graph_views": self.graph_views,
             "threads": self.threads,
+            "cores": allowed_cores(),  # the logical CPUs this process may run on (shared by a session's backends)
             "run_id": self.meta.get("run_id"),
             "lineage": self.lineage,
             "complete": bool(self.meta.get("complete", True)),
@@ -107,6 +108,16 @@ class Backend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def allowed_cores() -> list[int] | None:
+    """The logical CPUs this process may run on (its affinity mask), or None where the OS does not say."""
+    import os
+
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def default_threads() -> int:

@@ -65,7 +65,7 @@ def load(
         from dawnpipe.infer.openvino_backend import OpenVinoBackend
 
         _check_onnx_lineage(path, allow_foreign)  # before OpenVINO compiles it and caches the result beside it
-        opened = OpenVinoBackend(path, threads=threads)
+        opened = OpenVinoBackend(path, threads=threads, precision=precision)
     elif kind == "onnx":
         opened = OnnxRuntimeBackend(path, provider=provider, threads=threads)
     else:

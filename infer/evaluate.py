@@ -167,11 +167,12 @@ def _check_options(cfg: EvalConfig) -> None:
     _modes(cfg.tta)
     if check_precision(cfg.precision) != "auto":
         artifact = Path(cfg.artifact).expanduser()
-        if artifact.exists() and artifact_kind(artifact) != "checkpoint":
+        kind = artifact_kind(artifact) if artifact.exists() else None
+        if kind not in (None, "checkpoint") and not (kind == "onnx" and cfg.backend == "openvino"):
             raise DawnpipeError(
-                f"--precision {cfg.precision} chooses the torch backends' compute precision, and {artifact.name} is "
-                f"an {artifact_kind(artifact)} file whose precision is its own",
-                "drop --precision, or export that precision (dawnpipe export --precision ...) and evaluate the file",
+                f"--precision {cfg.precision} chooses the compute precision of the torch backends and OpenVINO, and "
+                f"{artifact.name} is an {kind} file whose precision is its own on {cfg.backend}",
+                "drop --precision, export that precision (dawnpipe export --precision ...), or pass --backend openvino",
             )
     if cfg.latency_only and not cfg.latency:
         raise DawnpipeError("--latency-only times rows and --no-latency skips timing", "pass one of them")
