@@ -91,11 +91,3 @@ def update_manifest(
         for name, entry in (artifacts or {}).items():
             data["artifacts"][name] = entry
         return atomic_write_json(Path(run_dir) / MANIFEST_NAME, data)
-
-
-def find_artifact(run_dir: str | Path, sha256: str) -> tuple[str, dict[str, Any]] | None:
-    """The manifest entry whose file has this sha256, if the run knows it."""
-    for name, entry in read_manifest(run_dir).get("artifacts", {}).items():
-        if entry.get("sha256") == sha256:
-            return name, entry
-    return None

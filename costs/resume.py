@@ -34,6 +34,8 @@ def family_record(cfg: Any, targets: list[str]) -> dict[str, Any]:
     from dawnpipe.export.config import Int8Spec
 
     train = {k: v for k, v in cfg.train.to_dict().items() if k not in _NOT_RECIPE}
+    if train.get("precision") == "auto":  # recorded only when chosen, so families from before the option resume
+        del train["precision"]
     train["model"] = {k: v for k, v in train["model"].items() if k != "width"}
     report = {k: v for k, v in asdict(cfg.report).items() if k not in ("runs", "out", "plots")}
     record = {

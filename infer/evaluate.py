@@ -31,7 +31,7 @@ from dawnpipe.common.tta import selective_from_views as _selective_from_views
 from dawnpipe.infer.backends import Backend, artifact_kind, load
 from dawnpipe.infer.eval_file import EVAL_NAME, check_mergeable, read_eval, write_rows
 from dawnpipe.infer.latency import MIN_ROUNDS, Protocol, measure_rows
-from dawnpipe.infer.modes import resolve_threshold, run_mode
+from dawnpipe.infer.modes import resolve_threshold, run_mode, views_per_image
 from dawnpipe.infer.scoring import pack_bits, test_images_digest, wilson_interval
 
 __all__ = ["EVAL_NAME", "EvalConfig", "eval_config", "eval_configs", "evaluate", "evaluate_together", "read_eval"]
@@ -202,7 +202,7 @@ def _score(
     agreement = _agreement(backend, images, logits, cfg)
     rows = []
     for mode in modes:
-        n_views = _views_per_image(backend, mode, selected.get(mode), cfg)
+        n_views = views_per_image(backend, mode, selected.get(mode), cfg.shift)
         row = _row(backend, mode, logits[mode], labels, n_views, base_flops)
         row["data"] = data
         row["test_images_sha256"] = data["test_images_sha256"]
@@ -309,14 +309,6 @@ def _mode_logits(
         else:
             logits[mode] = combine(per_view(base), tta_views)
     return logits, selected
-
-
-def _views_per_image(backend: Backend, mode: str, chosen: np.ndarray | None, cfg: EvalConfig) -> float:
-    if backend.graph_tta != "none":
-        return float(backend.graph_views)
-    base, _ = parse_mode(mode)
-    n = len(views(base, cfg.shift))
-    return float(n) if chosen is None else 1.0 + (n - 1) * float(chosen.mean())
 
 
 def _test_data(cfg: EvalConfig, backend: Backend) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

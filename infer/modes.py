@@ -65,7 +65,7 @@ def run_mode(
                 f"use --tta {backend.graph_tta}, or export without --tta to choose TTA at run time",
             )
         logits = tta_logits(backend.infer, images, views("none"), batch)
-        return ModeResult(logits, np.ones(len(images), bool), float(backend.graph_views))
+        return ModeResult(logits, np.ones(len(images), bool), views_per_image(backend, mode, None, shift))
     tta_views = views(base, shift)
     on_device = getattr(backend, "run_tta", None)  # torch builds the views on its device (infer.torch_backend)
     if not selective:
@@ -73,10 +73,23 @@ def run_mode(
             logits, _ = on_device(images, tta_views)
         else:
             logits = tta_logits(backend.infer, images, tta_views, batch)
-        return ModeResult(logits, np.full(len(images), len(tta_views) > 1), float(len(tta_views)))
+        return ModeResult(logits, np.full(len(images), len(tta_views) > 1), views_per_image(backend, mode, None, shift))
     value, _ = resolve_threshold(backend, threshold, mode)
     if on_device is not None:
         logits, chosen = on_device(images, tta_views, value)
     else:
         logits, chosen = selective_logits(backend.infer, images, tta_views, value, batch)
-    return ModeResult(logits, chosen, 1.0 + (len(tta_views) - 1) * float(chosen.mean()) if len(chosen) else 1.0)
+    return ModeResult(logits, chosen, views_per_image(backend, mode, chosen, shift))
+
+
+def views_per_image(backend: Any, mode: str, chosen: np.ndarray | None, shift: int = DEFAULT_SHIFT) -> float:
+    """What ``mode`` costs on ``backend`` in views per image, the one place it is computed (run_mode's results and
+    eval rows): the graph's own views when TTA is baked in, the mode's views for full TTA, and for selective TTA
+    one view plus the extra views on the ``chosen`` fraction of images."""
+    if backend.graph_tta != "none":
+        return float(backend.graph_views)
+    base, _ = parse_mode(mode)
+    n = len(views(base, shift))
+    if chosen is None:
+        return float(n)
+    return 1.0 + (n - 1) * float(np.mean(chosen)) if len(chosen) else 1.0

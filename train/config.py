@@ -103,6 +103,9 @@ class TrainConfig:
     name: str | None = None  # run folder name; None = from time and seed
     sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics (refused: it drops ghost BN)
     compile: bool = False  # torch.compile the training forward/backward (inductor); eager with a notice if it fails
+    warmup_steps: int | None = None  # untimed steps on the real shapes before epoch 1, their effects undone (cuDNN
+    # autotuning, lazy loading, compilation, allocator growth land there, not in the training clock); None: 3 on
+    # CUDA, 0 on a CPU (nothing to warm there)
     resume: str | None = None  # run folder (or checkpoint) to continue instead of starting over
     preset: str = "page"  # the named recipe these values started from (train/presets.py); recorded, not applied
     overwrite: bool = False  # replace a finished or interrupted run of the same name (refused otherwise)

@@ -25,8 +25,6 @@ from dawnpipe.train.loss_scaling import skipped_steps
 from dawnpipe.train.model import normalize
 from dawnpipe.train.parts import ModelParts, TrainData
 
-_CHECK_EVERY = 32  # steps between finite-loss checks (the only host syncs inside an epoch)
-
 
 @dataclass
 class LoopState:
@@ -42,6 +40,7 @@ class LoopState:
     carried_epoch_seconds: float = 0.0  # the interrupted epoch's seconds before this process took it over
     first_step_unix: float | None = None
     checkpoint: Path | None = None  # where the loop's state is saved (named when a NaN stops the run)
+    warmup_seconds: float = 0.0  # this process's untimed warm-up (epoch.warm_up), kept apart from the training clock
 
     @property
     def train_seconds(self) -> float:
@@ -66,6 +65,7 @@ def train_one_epoch(
     _sync(dev)
     loop.epoch_start = time.perf_counter()  # the epoch's augmentation counts as training time
     epoch_x, epoch_y = _epoch_batches(cfg, epoch, data, dev, dist)
+    epoch_x = normalize(epoch_x, data.mean, data.std, data.compute)  # once per epoch, not once per step
     local_batch = cfg.batch_size // (1 if dist is None else dist.world_size)
     loss_sum = torch.zeros((), device=dev.device)
     correct = torch.zeros((), device=dev.device, dtype=torch.long)
@@ -81,7 +81,7 @@ def train_one_epoch(
         for group in parts.optimizer.param_groups:
             live_group = step_index < group.get("until_step", float("inf"))
             group["lr"] = lr * group["lr_scale"] if live_group else 0.0
-        x = normalize(epoch_x[step * local_batch : (step + 1) * local_batch], data.mean, data.std, data.compute)
+        x = epoch_x[step * local_batch : (step + 1) * local_batch]
         y = epoch_y[step * local_batch : (step + 1) * local_batch]
         logits, loss = _step(cfg, parts, dev, live, compiled, x, y)
         _update_ema(cfg, parts, step_index + 1)
@@ -91,8 +91,6 @@ def train_one_epoch(
         seen += len(y)
         steps_run += 1
         bar.update(1)
-        if (step + 1) % _CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
-            _stop_on_nan(epoch, step, loop)
     loop.skip_steps = 0
     _sync(dev)
     epoch_seconds = time.perf_counter() - loop.epoch_start  # this process's part of the epoch
@@ -100,8 +98,8 @@ def train_one_epoch(
     loop.carried_epoch_seconds = 0.0
     if dist is not None:
         loss_sum, correct, seen = dist.reduce_stats(loss_sum, correct, seen)  # loss averaged over ranks
-    if not torch.isfinite(loss_sum):
-        _stop_on_nan(epoch, parts.steps_per_epoch - 1, loop)
+    if not torch.isfinite(loss_sum):  # read once per epoch: a non-finite step leaves its mark in the sum
+        _stop_on_nan(epoch, loop)
     record: dict[str, Any] = {
         "epoch": epoch + 1,
         "train_loss": loss_sum.item() / max(steps_run, 1),
@@ -113,6 +111,45 @@ def train_one_epoch(
     if parts.scaler is not None:
         record["skipped_nonfinite_steps"] = skipped_steps(parts.scaler, cfg.fp16_loss_scale)  # read once per epoch
     return record
+
+
+def warm_up(cfg: TrainConfig, data: TrainData, parts: ModelParts, dev: DeviceChoice, live: Any,
+            compiled: CompiledOrEager | None, steps: int, batch: int) -> float:  # fmt: skip
+    """Seconds spent on ``steps`` untimed training steps of ``batch`` images (this process's share of a step), whose
+    effects are then undone:
+    weights, BatchNorm statistics, optimizer state, loss scale and random streams are put back exactly, so a run
+    that warmed up is bit-identical to one that did not (tests/train/test_trainer.py). What a cold process pays once
+    (cuDNN autotuning, lazy module loading, compilation, allocator growth) lands here instead of in epoch 1's clock.
+    """
+    import copy
+
+    from dawnpipe.train.checkpoint import restore_rng, rng_state
+
+    if steps <= 0:
+        return 0.0
+    _sync(dev)
+    began = time.perf_counter()
+    model_state = {k: v.detach().clone() for k, v in parts.model.state_dict().items()}
+    optimizer_state = copy.deepcopy(parts.optimizer.state_dict())
+    scaler_state = None if parts.scaler is None else copy.deepcopy(parts.scaler.state_dict())
+    random_state = rng_state(dev.device)
+    x = normalize(data.train_x[:batch], data.mean, data.std, data.compute)
+    y = data.train_y[:batch]
+    parts.model.train()
+    for group in parts.optimizer.param_groups:
+        group["lr"] = 0.0
+    for _ in range(steps):
+        _step(cfg, parts, dev, live, compiled, x, y)
+    _sync(dev)
+    with torch.no_grad():
+        for key, value in parts.model.state_dict().items():
+            value.copy_(model_state[key])
+    parts.optimizer.load_state_dict(optimizer_state)
+    if scaler_state is not None:
+        parts.scaler.load_state_dict(scaler_state)
+    restore_rng(random_state, dev.device)
+    parts.model.zero_grad(set_to_none=True)
+    return time.perf_counter() - began
 
 
 def _epoch_batches(cfg: TrainConfig, epoch: int, data: TrainData, dev: DeviceChoice, dist: Any) -> tuple:
@@ -168,13 +205,13 @@ def _sync(dev: DeviceChoice) -> None:
         torch.cuda.synchronize(dev.device)
 
 
-def _stop_on_nan(epoch: int, step: int, loop: LoopState) -> None:
+def _stop_on_nan(epoch: int, loop: LoopState) -> None:
     kept = (
         f"the last good checkpoint (epoch {len(loop.history)}) is kept at {loop.checkpoint}"
         if loop.history
         else "no epoch finished"
     )
     raise DawnpipeError(
-        f"the loss became NaN or infinite in epoch {epoch + 1} near step {step + 1}; training stopped and {kept}",
+        f"the loss became NaN or infinite in epoch {epoch + 1}; training stopped and {kept}",
         "lower the learning rate (--lr) or check the data",
     )

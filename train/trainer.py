@@ -7,8 +7,8 @@
 one epoch after another, then the final evaluation, the selective-TTA calibration and the manifest. Data lives on
 the device as uint8 NHWC; each epoch is augmented in one batched gather from a generator seeded by (seed, epoch),
 so runs repeat exactly and a resumed run replays the interrupted epoch's batches. The step never waits for the
-host: loss and accuracy accumulate on the device and are read at epoch ends (plus a finite-loss check every few
-dozen steps).
+host: loss and accuracy accumulate on the device and are read once at each epoch's end, where a non-finite loss
+stops the run (tests/train/test_step_ops.py holds every epoch to zero host syncs between its first and last step).
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ from dawnpipe.train.checkpoint import (
 )
 from dawnpipe.train.compiled import CompiledOrEager
 from dawnpipe.train.config import TrainConfig
-from dawnpipe.train.epoch import LoopState, train_one_epoch
+from dawnpipe.train.epoch import LoopState, train_one_epoch, warm_up
 from dawnpipe.train.finish import calibrate, carried_clock, clocks, over_processes, write_manifest
 from dawnpipe.train.loss_scaling import skipped_steps
 from dawnpipe.train.parts import ModelParts, TrainData, build_model, load_data
 from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
 
-_CHECK_EVERY = 32  # steps between finite-loss checks (the only host syncs inside an epoch)
 # Fields a resumed run may take from the caller instead of its checkpoint: none changes a training step.
 RESUME_MAY_CHANGE = ("selective_target", "eval_every", "device")
 
@@ -85,7 +84,7 @@ def train(
         )
     if cfg.name is not None:
         check_run_name(cfg.name)
-    _check_switches(cfg)
+    _check_switches(cfg, 1 if dist is None else dist.world_size)
     if not cfg.resume and dist is None:  # a precision that cannot run here is refused before the folder is claimed
         choose_device(cfg.device, cfg.precision)
     changes = dict(resume_changes or {})
@@ -134,6 +133,8 @@ def _train(
     if dev.device.type == "cuda":  # fixed shapes every step: let cuDNN pick the fastest kernels once (restored
         torch.backends.cudnn.benchmark = True  # after the loop: inference in this process must not autotune)
     try:
+        steps = cfg.warmup_steps if cfg.warmup_steps is not None else (3 if dev.device.type == "cuda" else 0)
+        loop.warmup_seconds = warm_up(cfg, data, parts, dev, live, compiled, steps, cfg.batch_size // world)
         with graceful_interrupt() as interrupt, closing(bar):
             for epoch in range(loop.epoch, cfg.epochs):
                 record = train_one_epoch(cfg, epoch, data, parts, dev, dist, live, compiled, loop, interrupt, bar)
@@ -210,6 +211,7 @@ def finish(
     train_seconds = loop.train_seconds
     final: dict[str, Any] = {
         "train_seconds": train_seconds,
+        "warmup_seconds": loop.warmup_seconds,  # untimed, undone warm-up steps before the first timed epoch
         "wall_seconds": wall_seconds,
         **over_processes(loop.earlier_walls, wall_seconds),
         "train_images_per_s": cfg.epochs * parts.steps_per_epoch * cfg.batch_size / train_seconds,
@@ -317,9 +319,19 @@ class _Saver:
         )
 
 
-def _check_switches(cfg: TrainConfig) -> None:
+def _check_switches(cfg: TrainConfig, world: int = 1) -> None:
     """The recipe switches' ranges, checked before any data is read."""
     check_selective_target(cfg.selective_target)
+    ghost, per_rank = cfg.model.ghost_batch, cfg.batch_size // max(world, 1)
+    if ghost > 0 and per_rank % ghost:
+        # GhostBatchNorm falls back to plain BatchNorm on a batch that does not split into whole groups: refused,
+        # as --sync-bn is, rather than silently changing the recipe
+        nearest = max(ghost, per_rank // ghost * ghost) * world
+        raise DawnpipeError(
+            f"--batch-size {cfg.batch_size} gives {per_rank} images per process, not a whole number of the recipe's "
+            f"{ghost}-image ghost batch-norm groups; ghost BN would silently become plain BatchNorm",
+            f"use a multiple of {ghost * world} (e.g. --batch-size {nearest})",
+        )
     if cfg.flip_mode not in ("random", "alternating"):
         raise DawnpipeError(f"unknown flip mode {cfg.flip_mode!r}", "use random or alternating")
     for name, value, low, high in (

@@ -121,12 +121,38 @@ def test_ema_updates_count_global_steps(image_folder, tmp_path):
     assert result.metrics["ema_test_acc"] >= 0.75
 
 
+def test_warm_up_steps_are_untimed_and_leave_the_run_bit_identical(image_folder, tmp_path, eager_run):
+    # fp32 on the CPU: 2 warm-up steps (what a GPU run does by default: 3) change nothing the run trains
+    eager, _ = eager_run
+    warmed = train(_cfg(image_folder, tmp_path, name="warmed", epochs=1, warmup_steps=2), progress=False)
+    a, b = load_checkpoint(eager.checkpoint), load_checkpoint(warmed.checkpoint)
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert a["state"]["optimizer"]["state"].keys() == b["state"]["optimizer"]["state"].keys()
+    assert warmed.metrics["warmup_seconds"] > 0 and eager.metrics["warmup_seconds"] == 0  # none by default on a CPU
+
+
 def test_sync_bn_is_refused_before_any_work(tmp_path):
     # convert_sync_batchnorm would replace every GhostBatchNorm with plain BN; refused before data is read
     cfg = config_from_options(data=tmp_path / "no-such-data", sync_bn=True, out=tmp_path)
     with pytest.raises(DawnpipeError, match="ghost batch norm"):
         train(cfg, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("batch, world", [(500, 1), (48, 1), (64, 4)])
+def test_a_batch_that_does_not_split_into_ghost_groups_is_refused_before_any_work(tmp_path, batch, world):
+    # GhostBatchNorm would fall back to plain BN on such a batch: the recipe would change without a word
+    from dawnpipe.train.trainer import _check_switches
+
+    cfg = config_from_options(data=tmp_path / "no-such-data", batch_size=batch, out=tmp_path)
+    with pytest.raises(DawnpipeError, match="ghost batch-norm groups; ghost BN would silently become plain"):
+        _check_switches(cfg, world)
+    if world == 1:
+        with pytest.raises(DawnpipeError, match=f"--batch-size {batch} gives {batch} images per process"):
+            train(cfg, progress=False)
+        assert not any(tmp_path.iterdir())
+    _check_switches(config_from_options(batch_size=512, out=tmp_path), world)  # 512 splits on 1 or 4 processes
 
 
 def test_an_overflowing_fp16_step_is_skipped_on_device_and_counted():
