@@ -11,7 +11,8 @@ its convolutions really run in (the runtime model's layers). An fp16 artifact co
 ``compute_precision`` is f32. For an int8 graph the runtime model says which convolutions and fully connected layers
 run in int8; their count is recorded with the row.
 
-The compiled model is cached beside the artifact (``openvino-cache/<file>.blob`` and a JSON sidecar). The sidecar
+The compiled model is cached beside the artifact (``openvino-cache/<file>.blob`` and a JSON sidecar; a bf16
+compilation of the file beside it as ``<file>.bf16.blob``). The sidecar
 records the artifact's sha256, the blob's sha256, the OpenVINO version, the CPU's model and instruction-set flags (a
 blob holds kernels for the instruction sets it was compiled on, and a VM can hide AVX-512 or AMX under the same
 model name) and the settings. A cache whose record does not match (another artifact of the same name, another
@@ -94,7 +95,7 @@ class OpenVinoBackend(Backend):
 
     def _compile(self, core: Any) -> tuple[Any, str]:
         """The compiled model, from the checked cache when it matches this artifact, else compiled afresh."""
-        blob, record = _cache_paths(self.path)
+        blob, record = _cache_paths(self.path, self.settings["INFERENCE_PRECISION_HINT"])
         wanted = self._cache_record()
         cached, why = _read_cache(blob, record, wanted)
         if cached is not None:
@@ -224,9 +225,12 @@ def int8_layers(runtime_model: Any) -> dict[str, int]:
     return counts
 
 
-def _cache_paths(path: Path) -> tuple[Path, Path]:
+def _cache_paths(path: Path, hint: str) -> tuple[Path, Path]:
+    """One blob per artifact and inference precision: the f32 and bf16 compilations of one file would otherwise
+    replace each other on every run."""
     folder = path.parent / CACHE_DIR
-    return folder / f"{path.name}.blob", folder / f"{path.name}.json"
+    stem = path.name if hint == "f32" else f"{path.name}.{hint}"
+    return folder / f"{stem}.blob", folder / f"{stem}.json"
 
 
 def _read_cache(blob: Path, record: Path, wanted: dict[str, Any]) -> tuple[bytes | None, str]:
