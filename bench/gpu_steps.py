@@ -101,6 +101,8 @@ def _train(args: Any, work: Path, compiled: bool) -> dict[str, Any]:
         "epochs": epochs,
         "precision": json.loads((result.run_dir / "manifest.json").read_text())["runs"]["train"]["device"]["precision"],
         "train_seconds": m["train_seconds"],
+        "warmup_seconds": m.get("warmup_seconds"),  # untimed warm-up steps (3 on CUDA), outside train_seconds
+        "wall_seconds": m.get("wall_seconds"),  # process start of the run to its manifest (cold: data, model, eval)
         "first_epoch_seconds": m["first_epoch_seconds"],
         "steady_images_per_s": steady,
         "train_images_per_s_overall": m["train_images_per_s"],

@@ -108,11 +108,12 @@ def test_bf16_on_a_bf16_cpu_computes_in_bf16_and_agrees(exported):
     assert info["precision"] == "bf16" and info["openvino"]["inference_precision"] == "bf16"
     assert info["openvino"]["compute_precision"] == "bf16"
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
-    # the f32 and bf16 compilations of one file are cached apart, so neither replaces the other on every run
-    for _ in range(2):
+    # the f32 and bf16 compilations of one file are cached apart, so neither replaces the other on every run: after
+    # one pass (which may rebuild what other tests cached with other settings) both are used as cached
+    for round_ in range(2):
         for precision in ("fp32", "bf16"):
             with load(path, "openvino", precision=precision) as again:
-                assert again.cache in ("used (checked)", "written"), again.cache
+                assert round_ == 0 or again.cache == "used (checked)", (precision, again.cache)
 
 
 def test_the_compiled_model_cache_is_used_only_when_it_matches(exported, tmp_path):
