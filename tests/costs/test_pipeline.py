@@ -25,16 +25,21 @@ def family_int8_bar(monkeypatch):
     (issue 43), one image either side of the production bar of 97%. Their int8 exports are held to 90% instead
     (every kernel's rounding flips at most a few low-margin images of 64); the bar itself is tested in
     tests/export/test_quantize.py."""
+    _int8_bar(monkeypatch, 0.9)
+
+
+def _int8_bar(monkeypatch, bar: float) -> None:
+    """The real int8 export and its real agreement check, held to ``bar`` instead of the production one."""
     from dawnpipe.export import api
 
     real = api.export_onnx_model
 
-    def lenient(source, out_dir, *, precision="fp32", int8=None, **kwargs):
+    def held(source, out_dir, *, precision="fp32", int8=None, **kwargs):
         if int8 is not None:
-            int8 = replace(int8, min_agreement=0.9)
+            int8 = replace(int8, min_agreement=bar)
         return real(source, out_dir, precision=precision, int8=int8, **kwargs)
 
-    monkeypatch.setattr(api, "export_onnx_model", lenient)
+    monkeypatch.setattr(api, "export_onnx_model", held)
 
 
 def test_pipeline_family_end_to_end(image_folder, tmp_path, family_int8_bar):
@@ -99,16 +104,7 @@ def test_pipeline_refuses_bad_options_before_training(image_folder, tmp_path):
 @pytest.fixture
 def strict_int8(monkeypatch):
     """The real int8 export and its real agreement check, held to an agreement no graph reaches."""
-    from dawnpipe.export import api
-
-    real = api.export_onnx_model
-
-    def strict(source, out_dir, *, precision="fp32", int8=None, **kwargs):
-        if int8 is not None:
-            int8 = replace(int8, min_agreement=1.01)
-        return real(source, out_dir, precision=precision, int8=int8, **kwargs)
-
-    monkeypatch.setattr(api, "export_onnx_model", strict)
+    _int8_bar(monkeypatch, 1.01)
 
 
 def test_a_refused_int8_export_skips_its_backends_and_the_family_goes_on(image_folder, tmp_path, strict_int8):
