@@ -145,3 +145,29 @@ def test_a_run_no_chosen_backend_can_evaluate_stops_the_family_in_one_line(image
     assert result.exit_code == 1 and "no chosen backend can evaluate z-w0.125-s0" in error, result.output
     assert "agrees with fp32 on only" in error and "--calibration-method" in error
     assert not (tmp_path / "z-w0.25-s0").exists()  # stopped before training another member it could not evaluate
+
+
+def test_a_bf16_family_trains_scores_and_reports_bf16_on_any_cpu(image_folder, tmp_path):
+    """bf16 (emulated where the CPU has none): the training, the torch rows and the report all name bf16, while the
+    ONNX rows stay the fp32 export's."""
+    args = ["pipeline", "--data", str(image_folder), "--epochs", "1", "--batch-size", "32", "--out", str(tmp_path)]
+    args += ["--name", "h", "--device", "cpu", "--width", "0.125", "--tta", "none,flip", "--latency-rounds", "3"]
+    args += [
+        "--latency-calls",
+        "2",
+        "--throughput-batch",
+        "8",
+        "--backends",
+        "torch,onnxruntime",
+        "--precision",
+        "bf16",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "h" / "manifest.json").read_text())
+    assert manifest["runs"]["train"]["device"]["precision"] == "bf16"
+    assert manifest["runs"]["train"]["config"]["precision"] == "bf16"
+    rows = json.loads((tmp_path / "h" / "eval.json").read_text())["rows"]
+    assert {(r["backend"], r["precision"]) for r in rows} == {("torch", "bf16"), ("onnxruntime", "fp32")}
+    report = (tmp_path / "h" / "report.md").read_text()
+    assert "w0.125 none @ torch bf16" in report and "| bf16 | cpu |" in report  # a point, and the Runs table
