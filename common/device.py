@@ -16,7 +16,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.machine import cpu_features
 from dawnpipe.common.precision import auto_cpu_precision, check_precision
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # precision name -> autocast dtype
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class DeviceChoice:
 
 def dtype_name(dtype: torch.dtype | None) -> str:
     """fp32 | fp16 | bf16: how manifests and checkpoints name an autocast dtype (None = fp32)."""
-    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    return {dtype_: name for name, dtype_ in AUTOCAST_DTYPES.items()}[dtype]
 
 
 def choose_device(name: str = "auto", precision: str = "auto") -> DeviceChoice:
@@ -74,11 +74,11 @@ def choose_device(name: str = "auto", precision: str = "auto") -> DeviceChoice:
                 f"--precision bf16 was asked for but {torch.cuda.get_device_name()} has no bf16 support",
                 "use --precision fp16 (or auto) or fp32",
             )
-        return DeviceChoice(torch.device("cuda"), _DTYPES[chosen], channels_last=True, asked=asked)
+        return DeviceChoice(torch.device("cuda"), AUTOCAST_DTYPES[chosen], channels_last=True, asked=asked)
     if asked == "fp16":
         raise DawnpipeError(
             "--precision fp16 cannot run on a CPU (PyTorch has no fp16 compute kernels there; it is a GPU precision)",
             "use --precision bf16 (native on AVX-512 BF16 and AMX CPUs, emulated elsewhere), fp32 or auto",
         )
     chosen = auto_cpu_precision() if asked == "auto" else asked
-    return DeviceChoice(torch.device("cpu"), _DTYPES[chosen], channels_last=True, asked=asked)
+    return DeviceChoice(torch.device("cpu"), AUTOCAST_DTYPES[chosen], channels_last=True, asked=asked)

@@ -124,7 +124,5 @@ def default_threads() -> int:
     """Threads a backend uses unless told: the cores this process may run on (recorded with every timing)."""
     import os
 
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    cores = allowed_cores()
+    return len(cores) if cores else (os.cpu_count() or 1)

@@ -65,7 +65,7 @@ def run_mode(
                 f"use --tta {backend.graph_tta}, or export without --tta to choose TTA at run time",
             )
         logits = tta_logits(backend.infer, images, views("none"), batch)
-        return ModeResult(logits, np.ones(len(images), bool), views_per_image(backend, mode, None, shift))
+        return ModeResult(logits, np.ones(len(images), bool), float(backend.graph_views))
     tta_views = views(base, shift)
     on_device = getattr(backend, "run_tta", None)  # torch builds the views on its device (infer.torch_backend)
     if not selective:
@@ -73,23 +73,28 @@ def run_mode(
             logits, _ = on_device(images, tta_views)
         else:
             logits = tta_logits(backend.infer, images, tta_views, batch)
-        return ModeResult(logits, np.full(len(images), len(tta_views) > 1), views_per_image(backend, mode, None, shift))
+        return ModeResult(logits, np.full(len(images), len(tta_views) > 1), _views_taken(len(tta_views), None))
     value, _ = resolve_threshold(backend, threshold, mode)
     if on_device is not None:
         logits, chosen = on_device(images, tta_views, value)
     else:
         logits, chosen = selective_logits(backend.infer, images, tta_views, value, batch)
-    return ModeResult(logits, chosen, views_per_image(backend, mode, chosen, shift))
+    return ModeResult(logits, chosen, _views_taken(len(tta_views), chosen))
 
 
 def views_per_image(backend: Any, mode: str, chosen: np.ndarray | None, shift: int = DEFAULT_SHIFT) -> float:
-    """What ``mode`` costs on ``backend`` in views per image, the one place it is computed (run_mode's results and
-    eval rows): the graph's own views when TTA is baked in, the mode's views for full TTA, and for selective TTA
-    one view plus the extra views on the ``chosen`` fraction of images."""
+    """What ``mode`` costs on ``backend`` in views per image, as eval rows state it: the graph's own views when TTA
+    is baked in, else ``_views_taken`` over the mode's views (the formula run_mode's results use too)."""
     if backend.graph_tta != "none":
         return float(backend.graph_views)
     base, _ = parse_mode(mode)
-    n = len(views(base, shift))
+    return _views_taken(len(views(base, shift)), chosen)
+
+
+def _views_taken(n: int, chosen: np.ndarray | None) -> float:
+    """Views per image of a mode of ``n`` views: all ``n`` for full TTA (``chosen`` None), else one view plus the
+    extra views on the ``chosen`` fraction of images (selective TTA). run_mode calls it inside timed calls, with the
+    views it already holds, so nothing is rebuilt there."""
     if chosen is None:
         return float(n)
     return 1.0 + (n - 1) * float(np.mean(chosen)) if len(chosen) else 1.0

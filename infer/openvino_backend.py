@@ -195,7 +195,7 @@ def _inference_precision(asked: str, artifact: str, path: Path) -> str:
     its own types decide, and its row reads back what ran)."""
     from dawnpipe.common.machine import cpu_features, cpu_summary
 
-    if asked in ("auto", "fp32") or (asked == artifact and asked != "bf16"):
+    if asked in ("auto", "fp32") or asked == artifact == "fp16":
         return "f32"
     if asked != "bf16" or artifact != "fp32":
         raise DawnpipeError(

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dawnpipe.common.device import DeviceChoice, dtype_name
+from dawnpipe.common.device import AUTOCAST_DTYPES, DeviceChoice, dtype_name
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write
 from dawnpipe.train.config import MODEL_FIELDS_ADDED, ModelConfig
@@ -215,7 +215,7 @@ def resumed_precision(dev: DeviceChoice, saved: dict[str, Any] | None) -> Device
     """
     if not saved or saved.get("device") != dev.device.type:
         return dev
-    want = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(saved.get("autocast"), dev.autocast_dtype)
+    want = AUTOCAST_DTYPES.get(saved.get("autocast"), dev.autocast_dtype)
     if want == dev.autocast_dtype:
         return dev
     print(

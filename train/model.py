@@ -24,10 +24,8 @@ class _GhostNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, weight, bias, eps, running):  # type: ignore[override]
-        rows, acc = (
-            g.shape[1],
-            torch.float64 if g.dtype == torch.float64 else torch.float32,
-        )  # a plain branch, not an op
+        rows = g.shape[1]
+        acc = torch.float64 if g.dtype == torch.float64 else torch.float32  # a plain branch: promote_types is an op
         mean = torch.sum(g, dim=1, keepdim=True, dtype=acc).div_(rows)
         var = torch.linalg.vector_norm(g, 2, dim=1, keepdim=True, dtype=acc).square_().div_(rows)
         var.addcmul_(mean, mean, value=-1).clamp_min_(0)
