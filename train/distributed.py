@@ -23,6 +23,9 @@ from dawnpipe.train.config import TrainConfig
 TIMEOUT_ENV = "DAWNPIPE_DIST_TIMEOUT_S"  # seconds a peer may stay silent before it is treated as dead (default 300)
 
 
+_FINISH_WAIT_S = 3600.0  # how long other ranks wait for rank 0's final evaluation and writes
+
+
 def _timeout() -> datetime.timedelta:
     """The collective timeout (NCCL's and gloo's): 5 minutes, or DAWNPIPE_DIST_TIMEOUT_S seconds, so a caller
     with its own limit (bench/gpu.py's DDP step) can put the library's timeout below it and get its error."""
@@ -126,12 +129,26 @@ def run_distributed(
 
     ctx = init_context(cfg)
     try:
-        return train(cfg, progress=progress, dist=ctx, resume_changes=resume_changes, resume_payload=resume_payload)
+        result = train(cfg, progress=progress, dist=ctx, resume_changes=resume_changes, resume_payload=resume_payload)
+        _leave_together(ctx)
+        return result
     except (RuntimeError, tdist.DistBackendError) as err:
         raise distributed_error(err, ctx.rank, ctx.world_size) from None
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
+
+
+def _leave_together(ctx: Context) -> None:
+    """Wait for every rank (rank 0 last: it evaluates and writes the run folder) before the process group is torn
+    down. A rank that destroyed its gloo group and exited while rank 0 still held its connections was seen to die of
+    SIGABRT in teardown (once in CI and once in 29 runs of the 2-process test here, 2026-12-07); leaving together is
+    how a process group expects to be destroyed. Rank 0's final evaluation may outlast the collective timeout on a
+    CPU, so gloo waits with its own, longer limit."""
+    if ctx.device_choice.device.type == "cuda":
+        tdist.barrier(device_ids=[ctx.local_rank])
+    else:
+        tdist.monitored_barrier(timeout=datetime.timedelta(seconds=max(_timeout().total_seconds(), _FINISH_WAIT_S)))
 
 
 def distributed_error(err: BaseException, rank: int, world: int) -> DawnpipeError:

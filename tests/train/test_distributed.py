@@ -45,6 +45,13 @@ def _torchrun(args: list[str], nproc: int, cwd: Path, timeout: int = 300) -> sub
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _failure(stderr: str) -> str:
+    """What a failed torchrun said: each rank's own error lines first (torchrun's summary ends the output and would
+    push them out of a tail), then the tail."""
+    causes = [line for line in stderr.splitlines() if any(k in line for k in ("error", "Error", "terminate", "what()"))]
+    return "\n".join(causes[:30]) + "\n...\n" + stderr[-1500:]
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(image_folder, tmp_path):
     common = [
@@ -67,7 +74,7 @@ def test_two_process_gloo_run_matches_single_process(image_folder, tmp_path):
         str(tmp_path),
     ]
     done = _torchrun([*common, "--name", "ddp"], nproc=2, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, _failure(done.stderr)
     assert done.stdout.count("checkpoint:") == 1  # only rank 0 speaks
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # only rank 0 writes
     manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
