@@ -5,7 +5,11 @@ are both pure re-indexing), plus the weight of its logits in the average. The sa
 host-side TTA (numpy or torch) and the views baked into an exported ONNX graph, so the two agree exactly.
 
 Modes (weights follow airbench's mirror/translate TTA): ``none`` 1 view; ``flip`` 2 views of weight 1/2;
-``translate`` identity 1/2 plus shifts (+s, +s) and (-s, -s) of 1/4 each; ``flip-translate`` their product.
+``translate`` identity 1/2 plus shifts (+s, +s) and (-s, -s) of 1/4 each; ``flip-translate`` their product, each
+flipped view the flip of the image then shifted; ``airbench94`` the same 6 weights with each flipped view the
+shifted image then flipped, as airbench94's ``infer`` (tta_level 2) builds them: two of its six views differ from
+``flip-translate``'s (the flipped shifts move the other way along the columns), so its timed policy is judged as
+it runs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 
-TTA_MODES = ("none", "flip", "translate", "flip-translate")
+TTA_MODES = ("none", "flip", "translate", "flip-translate", "airbench94")
 SELECTIVE_MODES = tuple(f"selective-{m}" for m in TTA_MODES if m != "none")  # per-image confidence threshold
 ALL_MODES = TTA_MODES + SELECTIVE_MODES
 DEFAULT_SHIFT = 1  # pixels; airbench and Myrtle translate by one pixel at test time
@@ -66,8 +70,18 @@ def views(mode: str, shift: int = DEFAULT_SHIFT) -> tuple[View, ...]:
         raise DawnpipeError(f"TTA shift {shift} px is out of range", "use a shift from 1 to 8 pixels")
     flips = [(False, 1.0)] if mode in ("none", "translate") else [(False, 0.5), (True, 0.5)]
     shifts = [(0, 0, 1.0)]
-    if mode in ("translate", "flip-translate"):
+    if mode in ("translate", "flip-translate", "airbench94"):
         shifts = [(0, 0, 0.5), (shift, shift, 0.25), (-shift, -shift, 0.25)]
+    if mode == "airbench94":
+        # airbench94 flips the shifted image (utils.infer: infer_mirror of each reflect-padded crop); a View flips
+        # first and then shifts, so its flipped views take the opposite column shift: flip(shift(x, dx)) is
+        # shift(flip(x), -dx). Order and weights are airbench's: plain, flip, then (up-left, its flip), (down-right,
+        # its flip) at 1/8 each.
+        return tuple(
+            View(f, dy, -dx if f else dx, fw * sw)
+            for dy, dx, sw in ((0, 0, 0.5), (-shift, -shift, 0.25), (shift, shift, 0.25))
+            for f, fw in flips
+        )
     return tuple(View(f, dy, dx, fw * sw) for f, fw in flips for dy, dx, sw in shifts)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from dawnpipe.common.files import atomic_write
 from dawnpipe.costs.rules import Point, Rule
 
-_MARKERS = {"none": "o", "flip": "s", "translate": "^", "flip-translate": "D"}
+_MARKERS = {"none": "o", "flip": "s", "translate": "^", "flip-translate": "D", "airbench94": "P"}
 
 
 def _style(p: Point, colors: dict[float, tuple]) -> dict:

@@ -119,7 +119,12 @@ def calibrate_threshold(confidence: np.ndarray, target: float) -> dict[str, Any]
     }
 
 
-BASE_MODES = ("flip", "translate", "flip-translate")  # the TTA modes selective TTA takes its extra views from
+BASE_MODES = (
+    "flip",
+    "translate",
+    "flip-translate",
+    "airbench94",
+)  # the TTA modes selective TTA takes its extra views from
 
 
 def fit_thresholds(
