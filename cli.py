@@ -23,7 +23,9 @@ from dawnpipe.costs.pipeline import MAX_WIDTH, PipelineConfig
 from dawnpipe.costs.report import ReportConfig
 from dawnpipe.costs.rules import RULE_NAMES
 from dawnpipe.costs.targets import TARGETS
+from dawnpipe.export.adapter import INPUT_RANGES, LAYOUTS, ForeignContract
 from dawnpipe.export.config import EXPORT_PRECISIONS, ExportConfig, Int8Spec
+from dawnpipe.export.entrant import ImportConfig
 from dawnpipe.export.tensorrt_build import EngineSpec
 from dawnpipe.infer.backends import BACKENDS, PROVIDERS
 from dawnpipe.infer.evaluate import EvalConfig
@@ -222,6 +224,30 @@ _EXPORT = (
     click.option("--out", type=_PATH, default=None,
                  help="Folder for the artifacts and the manifest that lists them (default: the run folder)."),
 )
+_IMPORT = (
+    click.option("--data", type=_PATH, required=True,
+                 help="CIFAR-10 copy the model is judged on (its classes, check images and selective hold-out)."),
+    click.option("--name", default=None, help="Run folder name (default: the file's stem)."),
+    click.option("--entrant", default=None,
+                 help="The entrant's name in reports, shared by its seeds (default: --name)."),
+    click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=default(ImportConfig, "seed"),
+                 help="The seed the model was trained with (an entrant's seeds pool like a family's)."),
+    click.option("--out", type=_PATH, default=default(ImportConfig, "out"), help="Parent folder of run folders."),
+    click.option("--layout", type=click.Choice(LAYOUTS), default=default(ForeignContract, "layout"),
+                 help="The model's input layout."),
+    click.option("--input-range", type=click.Choice(INPUT_RANGES), default=default(ForeignContract, "input_range"),
+                 help="The pixel range the model takes before its mean and std (0-1: pixels / 255)."),
+    click.option("--mean", type=CommaList("list", kind=float), default=",".join(map(str, ForeignContract.mean)),
+                 help="Per-channel mean R,G,B the model subtracts, in --input-range units."),
+    click.option("--std", type=CommaList("list", kind=float), default=",".join(map(str, ForeignContract.std)),
+                 help="Per-channel std R,G,B the model divides by, in --input-range units."),
+    click.option("--classes", default=None,
+                 help="The model's class names in logit order (comma-separated, or a file of one per line); "
+                 "default: the data's order."),
+    click.option("--holdout", type=click.IntRange(min=0), default=default(ImportConfig, "holdout"),
+                 help="Class-balanced training images selective thresholds are fitted on (0: no selective modes)."),
+    click.option("--overwrite", is_flag=True, help="Replace a finished run folder of the same name."),
+)
 _EVAL = (
     click.option("--data", type=_PATH, default=None,
                  help="CIFAR-10 source (default: the data the artifact says it was trained on)."),
@@ -322,15 +348,29 @@ def train(**opts) -> None:
 @click.argument("source", type=_PATH)
 @_options(*_EXPORT, *_TRUST)
 def export(**opts) -> None:
-    """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine."""
-    from dawnpipe.export.api import export as run_export
+    """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine; an
+    imported model's run folder to int8."""
     from dawnpipe.export.config import export_config
+    from dawnpipe.export.entrant_export import export_source
 
-    result = run_export(export_config(**opts))
+    result = export_source(export_config(**opts))
     click.echo("\n".join(result.lines()))
     for note in result.notes:
         click.echo(f"notice: {note}", err=True)
     click.echo(f"manifest: {result.out_dir / 'manifest.json'} ({result.seconds:.1f} s)")
+
+
+@main.command(name="import")
+@click.argument("model", type=_PATH)
+@_options(*_IMPORT)
+def import_command(**opts) -> None:
+    """Import MODEL, an ONNX image classifier dawnpipe did not train, as a run folder eval, export, costs, predict
+    and serve take: an adapter gives it dawnpipe's contract (uint8 NHWC in, logits out), checked against it."""
+    from dawnpipe.export.entrant import import_config, import_model
+
+    result = import_model(import_config(**opts))
+    click.echo("\n".join(result.lines()))
+    click.echo(f"evaluate it: dawnpipe eval {result.onnx} --data {opts['data']} --tta all ({result.seconds:.1f} s)")
 
 
 @main.command(name="check-trt")

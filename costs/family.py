@@ -200,11 +200,13 @@ def _points(runs: list[Run]) -> list[Point]:
     points = []
     for (width, backend, precision, tta), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1:])):
         members.sort(key=lambda m: m[0])
-        points.append(_pool(width, backend, precision, tta, members))
+        points.append(pool_point(width, backend, precision, tta, members))
     return points
 
 
-def _pool(width: float, backend: str, precision: str, tta: str, members: list[tuple[int, dict[str, Any]]]) -> Point:
+def pool_point(
+    width: float, backend: str, precision: str, tta: str, members: list[tuple[int, dict[str, Any]]]
+) -> Point:
     """One configuration over its seeds: accuracy and its interval with each test image counted once, latency
     averaged over seeds with every seed's rounds kept (the unit of a latency margin)."""
     from dawnpipe.infer.scoring import unpack_bits

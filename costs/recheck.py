@@ -80,14 +80,15 @@ def _check_point(path: Path, point: dict[str, Any], count: int) -> None:
         )
 
 
-def points_of(report: dict[str, Any]) -> dict[str, Point]:
-    """The report's points rebuilt (figures, per-seed bits and timing rounds), by label."""
+def points_of(report: dict[str, Any], key: str = "points") -> dict[str, Point]:
+    """The report's points rebuilt (figures, per-seed bits and timing rounds), by label; ``key``: the family's
+    points, or ``entrant_points``."""
     from dawnpipe.infer.scoring import unpack_bits
 
     names = {f.name for f in fields(Point)} - {"correct", "latency_rounds_ms", "latency_sessions"}
     count = report["test_images"]["count"]
     out = {}
-    for record in report["points"]:
+    for record in report.get(key) or []:
         values = {k: v for k, v in record.items() if k in names}
         values["seeds"], values["ci95"] = tuple(values["seeds"]), tuple(values["ci95"])
         out[record["label"]] = Point(
@@ -135,6 +136,13 @@ def recheck(path: str | Path) -> Recheck:
             margins.append((d["winner"], d["runner_up"], by, d["margin"]))
     for a, b, by, stated in margins:
         _recheck_margin(found, points, a, b, by, stated)
+    # entrants' margins pair their points with each other and with the family's; decisions never see them
+    everything = {**points, **points_of(report, "entrant_points")}
+    for r in report.get("entrant_margins") or []:
+        pairs = ((r["plain"], r["views_margin"]), (r["network"], r["network_margin"]))
+        for other, margin in (*pairs, (r.get("latency_network"), r.get("latency_margin"))):
+            if other is not None:
+                _recheck_margin(found, everything, r["configuration"], other, "accuracy", margin)
     _recheck_decisions(found, report, points)
     _recheck_counts(found, report, points)
     return found

@@ -15,6 +15,15 @@ from typing import Any
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json, atomic_write_text, ensure_writable_dir, sha256_file
 from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.costs.entrants import (
+    Entrant,
+    check_beside_family,
+    entrant_margins,
+    entrant_points,
+    entrant_section,
+    is_entrant,
+    load_entrant,
+)
 from dawnpipe.costs.family import Run, load_family
 from dawnpipe.costs.multiplicity import pairing_summary
 from dawnpipe.costs.report_markdown import (
@@ -89,7 +98,11 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         raise DawnpipeError("a report over several runs needs a folder of its own", "pass --out DIR")
     # --out is checked before the runs are read; one run's own folder once it is known to be a run
     out_dir = ensure_writable_dir(cfg.out) if cfg.out else None
-    runs, points = load_family(list(cfg.runs))
+    family_dirs, entrants = _split_entrants(cfg.runs)
+    runs, points = load_family(family_dirs)
+    check_beside_family(entrants, runs[0].test_images, runs[0].classes)
+    contenders = entrant_points(entrants)
+    contest = entrant_margins(contenders, points)
     out_dir = out_dir or ensure_writable_dir(runs[0].path)
     reference = resnet18_flops() / 1e9
     # a rule decides among models (width x TTA) run the same way: one decision per backend and precision
@@ -121,6 +134,9 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "machines": machines(runs),
         "trainings": trainings(runs),
         "skipped": skipped_backends(runs),
+        "entrants": [{"path": str(e.path), "name": e.name, "seed": e.seed, **e.record} for e in entrants],
+        "entrant_points": [point_record(p) for p in contenders],
+        "entrant_margins": contest,
     }
     out = {
         "json": atomic_write_json(out_dir / "report.json", data),
@@ -142,6 +158,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
             + latency_scaling_section(scaling_latency, data["views_vs_width_latency_summary"])
             + scaling_curve_section(points)
             + precision_section(precisions)
+            + entrant_section(contest, contenders)
             + "\n".join(["", *training_lines(data["trainings"]), *machine_lines(data["machines"])])
             + "\n".join(["", *skipped_lines(data["skipped"])]),
         ),
@@ -152,7 +169,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         out["plot_gflops"] = plot_gflops(out_dir / "accuracy_vs_gflops.png", points, rules, fronts["gflops"], reference)
         if any(p.latency_ms is not None for p in points):
             out["plot_latency"] = plot_latency(out_dir / "accuracy_vs_latency.png", points, rules)
-    made_from = {str(r.path): sha256_file(r.path / "eval.json") for r in runs}
+    made_from = {str(r.path): sha256_file(r.path / "eval.json") for r in [*runs, *entrants]}
     update_manifest(
         out_dir,
         run=("costs", {"config": asdict(cfg), "rules": [asdict(r) for r in rules]}),
@@ -162,6 +179,18 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         },
     )
     return out
+
+
+def _split_entrants(run_dirs: tuple) -> tuple[list[Path], list[Entrant]]:
+    """The family's run folders, and the imported entrants among the folders given (costs.entrants)."""
+    entrants = [load_entrant(d) for d in run_dirs if is_entrant(d)]
+    family = [Path(d) for d in run_dirs if not is_entrant(d)]
+    if entrants and not family:
+        raise DawnpipeError(
+            "only imported entrants were given; they are judged beside a family's networks",
+            "pass the family's run folders too (e.g. docs/results/gpu-10-epoch/members/*)",
+        )
+    return family, entrants
 
 
 def machines(runs: list[Run]) -> list[dict[str, Any]]:

@@ -109,7 +109,7 @@ def _decision_row(d: Decision) -> str:
     answer = f"{d.tta_answer} {d.lift}".strip()
     return (
         f"| {d.rule.name} | {d.backend} | {stat} | {_short(d.winner)} | {_short(d.runner_up)} | "
-        f"{_interval(d.margin)} | {answer} |"
+        f"{interval_text(d.margin)} | {answer} |"
     )
 
 
@@ -216,7 +216,7 @@ def _scaling_table(
         note = "" if r["network_costs_at_least_as_much"] else f" ({cheaper})"
         lines.append(
             f"| {r['tta']} | {number.format(r['tta_cost'])} | {r['network']}{note} | "
-            f"{number.format(r['network_cost'])} | {_interval(r['margin'])} |"
+            f"{number.format(r['network_cost'])} | {interval_text(r['margin'])} |"
         )
     if not rows:
         lines.append("| (no TTA rows or no single-view rows to compare) | | | | |")
@@ -267,8 +267,8 @@ def precision_section(rows: list[dict[str, Any]]) -> str:
         ms = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} (fp32 {r['fp32_latency_ms']:.2f})"
         ratio = "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}"
         lines.append(
-            f"| {r['configuration']} | {r['fp32']} | {r['gflops']:.3f} | {_interval(r['accuracy_margin'])} | {ms} | "
-            f"{ratio} |"
+            f"| {r['configuration']} | {r['fp32']} | {r['gflops']:.3f} | {interval_text(r['accuracy_margin'])} | "
+            f"{ms} | {ratio} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -382,7 +382,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _interval(m: dict[str, Any] | None) -> str:
+def interval_text(m: dict[str, Any] | None) -> str:
     if not m or m.get("difference") is None:
         return "-"
     if m.get("low") is None:

@@ -69,10 +69,11 @@ class ExportResult:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        """What ``dawnpipe export`` prints: each check against PyTorch, then where each artifact went."""
+        """What ``dawnpipe export`` prints: each check against its reference (PyTorch fp32 for a checkpoint's
+        export, the fp32 file for an imported model's), then where each artifact went."""
         out = [
-            f"{precision} check vs PyTorch: max |logit diff| {c['max_abs_diff']:.2e}, top-1 agreement "
-            f"{c['top1_agreement']:.2%} on {c['images']} images"
+            f"{precision} check vs {c.get('reference', 'pytorch fp32')}: max |logit diff| {c['max_abs_diff']:.2e}, "
+            f"top-1 agreement {c['top1_agreement']:.2%} on {c['images']} images"
             for precision, c in self.checks.items()
         ]
         written = [("onnx:", self.onnx), ("engine:", self.engine), *(("triton:", p) for p in self.triton)]

@@ -12,8 +12,12 @@ import click
 from dawnpipe.cli import main
 
 SNAPSHOT = Path(__file__).with_name("cli_options_before.json")
-NEW_COMMANDS = {"recheck"}  # issue 31: recompute a report's margins from the file alone
-ADDED_CHOICES = {"openvino": "issue 33: the OpenVINO backend"}
+NEW_COMMANDS = {"recheck", "import"}  # 31: recompute a report's margins from the file alone; 47: import an entrant
+ADDED_CHOICES = {
+    "openvino": "issue 33: the OpenVINO backend",
+    "airbench94": "issue 47: airbench94's own six weighted views",
+    "selective-airbench94": "issue 47: airbench94's views, selectively",
+}
 ADDED = {  # (command, option): why it is new
     ("serve", "backend"): "issue 33: serve on any backend, openvino among them",
     ("pipeline", "latency_calls"): "issue 34: a family times with eval's --latency-calls",

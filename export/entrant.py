@@ -1,0 +1,345 @@
+"""``dawnpipe import``: a classifier dawnpipe did not train, made into a run folder every later stage reads.
+
+    result = import_model(ImportConfig(model="airbench94.onnx", data="cifar10-jpeg.tar.gz", name="airbench94",
+                                       mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)))
+
+The foreign ONNX file is checked (export.adapter: one input, an image batch of the data's size, [N, classes]
+logits, no external data, onnxruntime can load it), given dawnpipe's contract by an adapter graph, stamped with
+dawnpipe's self-describing metadata (its ``entrant`` record names the foreign file's sha256, the contract it was
+given and the class order), and checked: the adapted graph's logits against the foreign graph's on random and real
+images. Selective-TTA thresholds are fitted through the written file on a class-balanced hold-out of the data's
+training images, and its FLOPs counted from the graph like dawnpipe's own. The run folder's manifest records the
+import (``runs.import``) and the artifact; ``eval``, ``export --precision int8``, ``predict`` and ``serve`` take the
+file as they take an exported one.
+
+A foreign model was trained on data dawnpipe cannot see: its hold-out images may be images it trained on (airbench94
+trains on all 50,000), so its thresholds may select fewer images than asked; the record says so.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dawnpipe.common.errors import DawnpipeError
+from dawnpipe.common.files import atomic_write, check_folder_option, ensure_room, sha256_file
+from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.common.run_folder import RunFolder, check_run_name
+from dawnpipe.export.adapter import ForeignContract, adapt, inspect_foreign, reference_inputs
+from dawnpipe.train.config import DEFAULT_SELECTIVE_TARGET
+
+IMPORTED_NAME = "model-fp32.onnx"  # the adapted fp32 file in an import's run folder
+_MAX_BYTES = 2 << 30  # protobuf's own limit for one ONNX file
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """What to import and the contract the foreign model takes."""
+
+    model: str  # the foreign .onnx file (one self-contained file)
+    data: str  # the CIFAR-10 copy it is judged on: classes, check images, the selective hold-out
+    name: str | None = None  # the run folder's name; None = the file's stem
+    entrant: str | None = None  # the entrant's name in reports, shared by its seeds; None = the run folder's name
+    seed: int = 0  # the seed the foreign model was trained with (its seeds pool like a family's)
+    out: str = "runs"  # parent folder of run folders
+    contract: ForeignContract = field(default_factory=ForeignContract)
+    classes: str | None = None  # the model's class order: comma-separated names, or a file of one name per line
+    holdout: int = 1000  # class-balanced training images selective thresholds are fitted on; 0 = no selective modes
+    selective_target: float | str = DEFAULT_SELECTIVE_TARGET  # as training's --selective-target
+    check_images: int = 256  # random images and as many real training images the adapted logits are checked on
+    tolerance: float = 1e-4  # largest |logit difference| adapted vs foreign (fp32) that is accepted
+    overwrite: bool = False  # replace a finished run folder of the same name
+
+
+@dataclass
+class ImportResult:
+    """Where the import went and what its checks measured."""
+
+    run_dir: Path
+    onnx: Path
+    check: dict[str, Any]
+    gflops: float
+    selective: dict[str, Any] | None
+    seconds: float
+
+    def lines(self) -> list[str]:
+        """What ``dawnpipe import`` prints."""
+        c = self.check
+        return [
+            f"adapted vs foreign: max |logit diff| {c['max_abs_diff']:.2e} on {c['images']} images "
+            f"({c['random_images']} random, {c['real_images']} real), top-1 agreement {c['top1_agreement']:.2%}",
+            f"model GFLOPs per image: {self.gflops:.4f}",
+            f"onnx:     {self.onnx}",
+            f"manifest: {self.run_dir / 'manifest.json'}",
+        ]
+
+
+def import_config(
+    *,
+    layout: str = ForeignContract.layout,
+    input_range: str = ForeignContract.input_range,
+    mean: tuple[float, ...] = ForeignContract.mean,
+    std: tuple[float, ...] = ForeignContract.std,
+    **options: Any,
+) -> ImportConfig:
+    """ImportConfig from the command line's flat options (the contract's four make the ForeignContract); paths are
+    kept as strings (JSON)."""
+    contract = ForeignContract(layout, input_range, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    return ImportConfig(contract=contract, **{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
+
+
+def import_model(cfg: ImportConfig) -> ImportResult:
+    """Import ``cfg.model`` into ``cfg.out/name``: every option and the foreign graph checked before the folder is
+    claimed; the adapted file written under a temporary name and renamed only after its checks pass."""
+    from dawnpipe.export.flops import count_onnx
+    from dawnpipe.export.onnx_export import onnxruntime_module, stamp
+    from dawnpipe.export.trt_rules import load_onnx
+    from dawnpipe.train.calibration import check_selective_target
+    from dawnpipe.train.data import load_cifar
+
+    started = time.perf_counter()
+    contract = cfg.contract.check()
+    check_selective_target(cfg.selective_target)
+    _check_counts(cfg)
+    source = Path(cfg.model).expanduser()
+    if source.suffix != ".onnx":
+        raise DawnpipeError(f"{source} is not an .onnx file", "export the model to ONNX first (torch.onnx.export)")
+    name = check_run_name(cfg.name or source.stem)
+    check_folder_option(cfg.out, "--out")
+    foreign_model = load_onnx(source)  # one-line errors for missing, empty, truncated files
+    if source.stat().st_size > _MAX_BYTES:
+        raise DawnpipeError(f"{source} is larger than 2 GiB", "import a model saved as one file under 2 GiB")
+    data = load_cifar(cfg.data)
+    order = class_order(cfg.classes, data.classes)
+    foreign = inspect_foreign(foreign_model, contract, len(data.classes))
+    foreign_session = _session(source, onnxruntime_module())
+    run_dir = Path(cfg.out) / name
+    ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), IMPORTED_NAME)
+    with RunFolder(run_dir) as folder:
+        folder.claim_new(overwrite=cfg.overwrite)
+        run_id = uuid.uuid4().hex
+        foreign_sha = sha256_file(source)
+        record = {
+            "name": name,
+            "entrant": cfg.entrant or name,
+            "seed": cfg.seed,
+            "foreign_file": str(source.resolve()),
+            "foreign_sha256": foreign_sha,
+            "foreign_opset": foreign.opset,
+            "contract": asdict(contract),
+            "model_classes": _model_classes(cfg.classes, data.classes),  # the model's logits, in its order
+            "reordered_to_data_classes": order is not None,
+            "adapter": "uint8 NHWC -> Cast -> /255 (0-1 models) -> -mean -> /std -> NCHW (NCHW models) -> model -> "
+            "float32 logits" + (" -> data's class order" if order is not None else ""),
+        }
+        metadata = _metadata(run_id, data, contract, record, foreign.input_type == 10)
+        path = run_dir / IMPORTED_NAME
+        images, real = _check_set(data, cfg.check_images)
+        check: dict[str, Any] = {}
+
+        def write(tmp: Path) -> None:
+            import onnx
+
+            adapted = adapt(foreign_model, foreign, contract, order)
+            stamp(adapted, metadata)
+            adapted.doc_string = f"dawnpipe import of {source.name} (sha256 {foreign_sha[:12]}): uint8 NHWC -> logits"
+            onnx.save_model(adapted, str(tmp), save_as_external_data=False)
+            onnx.checker.check_model(str(tmp), full_check=True)
+            check.update(_check_logits(tmp, foreign_session, images, real, contract, foreign, order, cfg.tolerance))
+
+        atomic_write(path, write)
+        flops = count_onnx(path)
+        selective = _fit_selective(path, data, cfg)
+        entry = artifact_entry(
+            run_dir,
+            path,
+            kind="onnx",
+            precision=metadata["precision"],
+            tta_mode="none",
+            tta_views=1,
+            made_from={"foreign": str(source.resolve()), "sha256": foreign_sha, "adapter": record["adapter"]},
+            input_contract=metadata["input_contract"],
+            metrics={"check": check, "model_gflops_per_image": flops.model_flops / 1e9},
+            run_id=run_id,
+            lineage="imported",
+            complete=True,
+            selective=selective,
+        )
+        run = {
+            "config": {**asdict(cfg), "name": name},
+            "run_id": run_id,
+            "entrant": record,
+            "data": data.describe(),
+            "holdout": (selective or {}).get("holdout"),
+            "check": check,
+            "flops": flops.to_dict(),
+        }
+        update_manifest(run_dir, run=("import", run), artifacts={IMPORTED_NAME: entry})
+    return ImportResult(run_dir, path, check, flops.model_flops / 1e9, selective, time.perf_counter() - started)
+
+
+def class_order(names: str | None, data_classes: tuple[str, ...]) -> list[int] | None:
+    """For each of the data's classes, the index of the model's logit that scores it; None when the model's order
+    is the data's (no names given, or the same names in the same order). One-line errors for names that are not
+    the data's classes."""
+    given = _model_classes(names, data_classes)
+    if given == list(data_classes):
+        return None
+    if len(given) != len(data_classes) or set(given) != set(data_classes) or len(set(given)) != len(given):
+        missing, extra = sorted(set(data_classes) - set(given)), sorted(set(given) - set(data_classes))
+        raise DawnpipeError(
+            f"--classes names {len(given)} classes ({', '.join(given[:12])}); the data's are "
+            f"{', '.join(data_classes)} (missing {missing or 'none'}, unknown {extra or 'none'})",
+            "list each of the data's class names once, in the order of the model's logits",
+        )
+    return [given.index(c) for c in data_classes]
+
+
+def _model_classes(names: str | None, data_classes: tuple[str, ...]) -> list[str]:
+    """The model's class names in logit order: from --classes (a names file or a comma list), else the data's."""
+    if not names:
+        return list(data_classes)
+    path = Path(names).expanduser()
+    if path.is_file():
+        if path.stat().st_size > 1 << 20:
+            raise DawnpipeError(f"--classes {path} is larger than 1 MiB", "pass a file of one class name per line")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise DawnpipeError(f"--classes {path} is not text", "pass a file of one class name per line") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def _check_counts(cfg: ImportConfig) -> None:
+    if not 1 <= cfg.check_images <= 10000:
+        raise DawnpipeError(f"--check-images {cfg.check_images} is outside 1..10000", "pass 256 (the default)")
+    if cfg.entrant is not None:
+        check_run_name(cfg.entrant)  # the same plain-name rule: it labels report rows and files
+    if not 0 <= cfg.seed < 2**31:
+        raise DawnpipeError(f"--seed {cfg.seed} is outside 0..2^31-1", "pass the seed the model was trained with")
+    if cfg.holdout < 0:
+        raise DawnpipeError(f"--holdout {cfg.holdout} is negative", "pass 0 (no selective modes) or an image count")
+    if not 0 < cfg.tolerance < 1:
+        raise DawnpipeError(f"--tolerance {cfg.tolerance} is outside (0, 1)", "pass 1e-4 (the default)")
+
+
+def _session(path: Path, ort: Any) -> Any:
+    """The foreign file in onnxruntime (CPU), or the one-line refusal naming why it cannot load."""
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types for graphs it cannot load
+        raise DawnpipeError(
+            f"onnxruntime cannot load {path.name} ({str(err).splitlines()[0][:200]})",
+            "export the model again with an opset and operators onnxruntime supports",
+        ) from None
+
+
+def _metadata(run_id: str, data: Any, contract: ForeignContract, record: dict, float16: bool) -> dict[str, Any]:
+    """dawnpipe-onnx/1 metadata for the adapted file: what every backend reads, plus the entrant record."""
+    from dawnpipe import __version__
+    from dawnpipe.train.checkpoint import input_contract
+
+    contract_record = input_contract(contract.pixel_normalization())
+    contract_record["output"]["shape"] = [None, len(data.classes)]
+    return {
+        "format": "dawnpipe-onnx/1",
+        "dawnpipe_version": __version__,
+        "run_id": run_id,
+        "classes": list(data.classes),
+        "input_contract": contract_record,
+        "data": {"source": data.source, "sha256": data.source_sha256},
+        "model_config": {"entrant": record["name"]},
+        "selective": None,
+        "complete": True,
+        "lineage": "imported",
+        "weights": "foreign",
+        "tta_mode": "none",
+        "tta_views": 1,
+        "tta_shift": 1,
+        "tta_weights": [1.0],
+        "precision": "fp16" if float16 else "fp32",
+        "entrant": record,
+    }
+
+
+def _check_set(data: Any, count: int) -> tuple[np.ndarray, int]:
+    """``count`` uniform random images and ``count`` class-balanced training images (uint8 NHWC), and how many are
+    real."""
+    from dawnpipe.train.data import balanced_subset
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    real = data.train_x[balanced_subset(data.train_y, min(count, len(data.train_y)))]
+    return np.concatenate([noise, real]), len(real)
+
+
+def _check_logits(
+    path: Path,
+    foreign_session: Any,
+    images: np.ndarray,
+    real: int,
+    contract: ForeignContract,
+    foreign: Any,
+    order: list[int] | None,
+    tolerance: float,
+) -> dict[str, Any]:
+    """The adapted file's logits against the foreign file's own on the same pixels (fp32, largest difference);
+    raises to keep the adapted file from being renamed into place when they differ by more than ``tolerance``."""
+    from dawnpipe.export.onnx_export import compare_logits, run_onnxruntime
+
+    feed = foreign_session.get_inputs()[0].name
+    want = []
+    for i in range(0, len(images), 128):
+        x = reference_inputs(images[i : i + 128], contract, float16=foreign.input_type == 10)
+        out = np.asarray(foreign_session.run(None, {feed: x})[0])
+        if out.ndim != 2 or out.shape[0] != len(x):
+            raise DawnpipeError(
+                f"the model returned shape {list(out.shape)} for {len(x)} images, not [N, classes] logits",
+                "export the model with its [N, classes] logits as the only output",
+            )
+        want.append(out.astype(np.float32))
+    expected = np.concatenate(want)
+    if expected.shape[1] != (len(order) if order is not None else foreign.classes or expected.shape[1]):
+        raise DawnpipeError(f"the model scores {expected.shape[1]} classes; the data has another count", "check --data")
+    if order is not None:
+        expected = expected[:, order]
+    got = run_onnxruntime(path, images)
+    if got.shape != expected.shape:
+        raise DawnpipeError(
+            f"the model scores {expected.shape[1]} classes; the data has {got.shape[1]}",
+            "import a model trained on this data's classes, or pass the data it was trained on",
+        )
+    result = {**compare_logits(got, expected), "random_images": len(images) - real, "real_images": real}
+    result["reference"] = "the foreign file in onnxruntime (CPU), fed the contract's preprocessing in float32"
+    if not result["max_abs_diff"] <= tolerance:
+        raise DawnpipeError(
+            f"the adapted model's logits differ from the foreign model's by {result['max_abs_diff']:.2e} "
+            f"(tolerance {tolerance:.0e}); nothing was kept",
+            "report this with the model file; a graph whose output depends on the batch cannot be adapted",
+        )
+    return result
+
+
+def _fit_selective(path: Path, data: Any, cfg: ImportConfig) -> dict[str, Any] | None:
+    """Selective thresholds fitted through the written file on the first ``holdout`` class-balanced training
+    images (export.selective_fit, as for dawnpipe's own exports), stamped into it; None with ``holdout`` 0."""
+    from dawnpipe.export.onnx_export import restamp
+    from dawnpipe.export.selective_fit import fit_artifact
+    from dawnpipe.train.calibration import describe_holdout, split_holdout
+
+    if cfg.holdout == 0:
+        return None
+    _, held = split_holdout(data.train_y, cfg.holdout, 1)
+    record = fit_artifact(path, cfg.selective_target, data.train_x[held], data.train_y[held])
+    record["holdout"] = {
+        **describe_holdout(held, len(data.train_y)),
+        "seen_in_training": "unknown: a foreign model may have trained on these images (airbench94 trains on all)",
+    }
+    restamp(path, {"selective": record})
+    return record

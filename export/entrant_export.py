@@ -1,0 +1,155 @@
+"""``dawnpipe export`` of any source: a checkpoint (export.api), or an imported entrant's ONNX quantized to int8.
+
+An entrant has no checkpoint to re-export, so its reduced-precision files are made from the adapted fp32 ONNX that
+``dawnpipe import`` wrote: static int8 quantization (export.quantize, the same schemes, methods and excluded first
+convolution as dawnpipe's own), calibrated on class-balanced training images of the data the import named (or
+``--calibration-data``), checked against the fp32 file's top-1 on that data's test images, its selective thresholds
+fitted through it on the import's hold-out, and recorded in the run's manifest beside the fp32 file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dawnpipe.common.errors import BackendRefused, DawnpipeError
+from dawnpipe.common.files import atomic_write, sha256_file
+from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, read_manifest, update_manifest
+from dawnpipe.export.api import ExportResult, export
+from dawnpipe.export.config import ExportConfig
+from dawnpipe.export.entrant import IMPORTED_NAME
+
+_CHECK_IMAGES = 1000  # test images the int8 file's top-1 is compared with the fp32 file's on
+
+
+def imported_run(source: str | Path) -> Path | None:
+    """The run folder of an imported entrant ``source`` names (the folder, or a file in it), else None."""
+    path = Path(source).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    try:
+        runs = read_manifest(folder).get("runs", {})
+    except DawnpipeError:
+        return None
+    return folder if isinstance(runs.get("import"), dict) and "train" not in runs else None
+
+
+def export_source(cfg: ExportConfig) -> ExportResult:
+    """The CLI's export: an imported entrant's int8 file, or a checkpoint's export (export.api.export)."""
+    run_dir = imported_run(cfg.source)
+    return export(cfg) if run_dir is None else export_imported(cfg, run_dir)
+
+
+def export_imported(cfg: ExportConfig, run_dir: Path) -> ExportResult:
+    """int8 (or int8-asym) from an imported run's adapted fp32 file; every option checked before any work."""
+    from dawnpipe.common.lineage import check_lineage
+    from dawnpipe.export.onnx_export import compare_logits, read_metadata, run_onnxruntime, stamp
+    from dawnpipe.export.quantize import INT8_SCHEMES, check_calibration, quantize_int8
+    from dawnpipe.export.selective_fit import fit_artifact
+    from dawnpipe.train.calibration import split_holdout
+    from dawnpipe.train.data import balanced_subset, load_cifar
+
+    started = time.perf_counter()
+    _check_options(cfg)
+    check_calibration(cfg.int8.calibration_images, cfg.int8.calibration_method)
+    fp32 = run_dir / IMPORTED_NAME
+    check_lineage(fp32, read_metadata(fp32).get("run_id"), allow_foreign=cfg.allow_foreign)
+    meta = read_metadata(fp32)
+    record = read_manifest(run_dir)["runs"]["import"]
+    out_dir = Path(cfg.out) if cfg.out else run_dir
+    data = load_cifar(cfg.int8.calibration_data or meta["data"]["source"], trusted_sha256=meta["data"]["sha256"])
+    if data.source_sha256 != meta["data"]["sha256"]:
+        raise DawnpipeError(
+            f"--calibration-data {data.source} is not the data {fp32.name} was imported with (sha256 differs)",
+            f"pass the data the import named ({meta['data']['source']})",
+        )
+    check_calibration(cfg.int8.calibration_images, cfg.int8.calibration_method, available=len(data.train_y))
+    calibration = data.train_x[balanced_subset(data.train_y, cfg.int8.calibration_images)]
+    test = data.test_x[balanced_subset(data.test_y, min(_CHECK_IMAGES, len(data.test_y)))]
+    want = run_onnxruntime(fp32, test)
+    path = out_dir / f"model-{cfg.precision}.onnx"
+    check: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        import onnx
+
+        quantization = quantize_int8(
+            fp32, tmp, calibration, method=cfg.int8.calibration_method, scheme=INT8_SCHEMES[cfg.precision]
+        )
+        model = onnx.load(str(tmp))
+        stamp(model, {**meta, "precision": cfg.precision, "quantization": quantization, "selective": None})
+        model.doc_string = (
+            f"dawnpipe {cfg.precision} of an imported model ({fp32.name}, sha256 {sha256_file(fp32)[:12]})"
+        )
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        check.update({**compare_logits(run_onnxruntime(tmp, test), want), "reference": f"{fp32.name} (fp32)"})
+        if check["top1_agreement"] < cfg.int8.min_agreement:
+            raise BackendRefused(
+                f"the {cfg.precision} graph agrees with fp32 on only {check['top1_agreement']:.2%} of top-1 "
+                f"predictions (need {cfg.int8.min_agreement:.0%}); the export was not kept",
+                "try another --calibration-method or more --calibration-images, or use the fp32 file",
+            )
+
+    atomic_write(path, write)
+    selective = None
+    holdout = (record.get("holdout") or {}).get("images")
+    if holdout:
+        from dawnpipe.export.onnx_export import restamp
+
+        _, held = split_holdout(data.train_y, holdout, 1)
+        target = record["config"].get("selective_target", 0.2)
+        selective = {**fit_artifact(path, target, data.train_x[held], data.train_y[held]), "holdout": record["holdout"]}
+        restamp(path, {"selective": selective})
+    entry = artifact_entry(
+        out_dir,
+        path,
+        kind="onnx",
+        precision=cfg.precision,
+        tta_mode="none",
+        tta_views=1,
+        made_from={"onnx": str(fp32.resolve()), "sha256": sha256_file(fp32)},
+        input_contract=meta["input_contract"],
+        metrics={"check": check, "model_gflops_per_image": _gflops(run_dir)},
+        run_id=meta["run_id"],
+        lineage="imported",
+        complete=True,
+        quantization=read_metadata(path).get("quantization"),
+        selective=selective,
+    )
+    update_manifest(out_dir, run=("export", {"config": asdict(cfg), "source": str(fp32)}), artifacts={path.name: entry})
+    result = ExportResult(out_dir=out_dir, onnx=path, checks={cfg.precision: check})
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _check_options(cfg: ExportConfig) -> None:
+    """What an imported model can be exported as: int8 or int8-asym, no baked TTA, no engine (yet)."""
+    if cfg.precision not in ("int8", "int8-asym"):
+        raise DawnpipeError(
+            f"an imported model is already its fp32 file; --precision {cfg.precision} cannot be made from it",
+            "use --precision int8 (or int8-asym), or evaluate the imported model-fp32.onnx",
+        )
+    if cfg.tta != "none":
+        raise DawnpipeError(
+            "an imported model takes TTA at run time, not baked into its graph",
+            "drop --tta and pass it to `dawnpipe eval --tta` instead",
+        )
+    if cfg.trt or cfg.triton:
+        raise DawnpipeError(
+            "TensorRT engines and Triton repositories are made from dawnpipe's own exports only (for now)",
+            "drop --trt/--triton; evaluate the int8 file with onnxruntime or OpenVINO",
+        )
+    if cfg.weights != "ema" or not cfg.fold_bn:
+        raise DawnpipeError(
+            "--weights and --no-fold-bn choose among a checkpoint's weights; an imported model has one graph",
+            "drop --weights/--no-fold-bn",
+        )
+
+
+def _gflops(run_dir: Path) -> float | None:
+    entry = read_manifest(run_dir).get("artifacts", {}).get(IMPORTED_NAME, {})
+    return (entry.get("metrics") or {}).get("model_gflops_per_image")
