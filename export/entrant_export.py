@@ -79,6 +79,12 @@ def export_imported(cfg: ExportConfig, run_dir: Path) -> ExportResult:
         quantization = quantize_int8(
             fp32, tmp, calibration, method=cfg.int8.calibration_method, scheme=INT8_SCHEMES[cfg.precision]
         )
+        # the scheme keeps the graph's first Conv in fp32 (dawnpipe's whitening layer); in a foreign graph it is
+        # whatever convolution comes first, named as such
+        quantization["kept_fp32"] = [
+            "the graph's first convolution",
+            "every op other than " + ", ".join(quantization["ops"]),
+        ]
         model = onnx.load(str(tmp))
         stamp(model, {**meta, "precision": cfg.precision, "quantization": quantization, "selective": None})
         model.doc_string = (

@@ -46,6 +46,7 @@ def load(
         backend, graphs = "torch", True
     if not path.exists():
         raise DawnpipeError(f"artifact {path} does not exist", "pass a run folder, checkpoint.pt, .onnx or .engine")
+    path = _imported_model(path)
     kind = artifact_kind(path)
     wanted = {"checkpoint": ("torch",), "onnx": ("onnxruntime", "openvino"), "engine": ("tensorrt",)}[kind]
     if backend not in ("auto", *wanted):
@@ -81,6 +82,16 @@ def load(
         opened.close()
         raise
     return opened
+
+
+def _imported_model(path: Path) -> Path:
+    """An imported entrant's run folder stands for its adapted fp32 file (it has no checkpoint)."""
+    if not path.is_dir():
+        return path
+    from dawnpipe.export.entrant import IMPORTED_NAME
+    from dawnpipe.export.entrant_export import imported_run
+
+    return path / IMPORTED_NAME if imported_run(path) is not None else path
 
 
 def _check_onnx_lineage(path: Path, allow_foreign: bool) -> None:

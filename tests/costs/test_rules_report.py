@@ -142,7 +142,7 @@ def test_a_point_interval_counts_each_image_once():
 
 
 def test_margins_pair_seeds_by_value_and_name_a_partial_pairing():
-    from dawnpipe.costs.report_markdown import _interval
+    from dawnpipe.costs.report_markdown import interval_text as _interval
     from dawnpipe.costs.rules import compare
 
     good = np.array([1] * 60 + [0] * 40, bool)  # 60%

@@ -224,6 +224,7 @@ def test_downstream_stages_take_an_imported_model(tmp_path, image_folder):
 
     image = tmp_path / "one.png"
     image.write_bytes(png_bytes(_images(1)[0]))
-    done = runner.invoke(main, ["predict", str(result.onnx), str(image), "--tta", "airbench94", "--json"])
+    folder = str(result.run_dir)  # an imported folder stands for its fp32 file
+    done = runner.invoke(main, ["predict", folder, str(image), "--tta", "airbench94", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["results"][0]["predictions"][0]["class"] in CLASSES

@@ -41,7 +41,7 @@ def test_each_artifact_selects_its_target_on_the_holdout_through_itself(fitted, 
     meta = read_metadata(fitted[precision])["selective"]
     assert meta["fitted_through"].startswith("onnxruntime") and fitted[precision].name in meta["fitted_through"]
     assert cpu_summary() in meta["fitted_through"]  # int8 kernels differ by CPU, so the fit names the one it ran on
-    assert set(meta["modes"]) == {"selective-flip", "selective-translate", "selective-flip-translate"}
+    assert set(meta["modes"]) == {f"selective-{m}" for m in ("flip", "translate", "flip-translate", "airbench94")}
     payload = load_checkpoint(trained_run)
     images, _ = holdout_images(payload)
     with load(fitted[precision]) as model:

@@ -47,7 +47,7 @@ def onnx_plain(trained_run):
 
 
 def test_view_definitions():
-    assert [len(views(m)) for m in TTA_MODES] == [1, 2, 3, 6]
+    assert [len(views(m)) for m in TTA_MODES] == [1, 2, 3, 6, 6]
     for mode in TTA_MODES:
         assert abs(sum(v.weight for v in views(mode)) - 1.0) < 1e-12
     x = np.arange(2 * 32 * 32 * 3, dtype=np.int64).reshape(2, 32, 32, 3).astype(np.uint8)
@@ -262,7 +262,7 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
     rows, out = evaluate(EvalConfig(artifact=str(path), tta=("all",), protocol=quick, throughput_batch=16))
     assert [r["tta"] for r in rows] == list(ALL_MODES)
     data = json.loads(out.read_text())
-    assert out == run / "eval.json" and len(data["rows"]) == 7 and data["format"] == "dawnpipe-eval/2"
+    assert out == run / "eval.json" and len(data["rows"]) == len(ALL_MODES) == 9 and data["format"] == "dawnpipe-eval/2"
     row = data["rows"][1]
     assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1] and row["views_per_image"] == 2.0
     assert row["gflops_per_image"] == pytest.approx(2 * rows[0]["gflops_per_image"])
@@ -271,7 +271,7 @@ def test_evaluate_writes_rows_and_manifest(trained_run, tmp_path):
     assert b1["calls"] == 4 and b1["rounds"] == 2 and b1["p50_ms"] > 0 and row["latency"]["threads"] >= 1
     bits = unpack_bits(row["correct_bits"], row["images"])
     assert int(bits.sum()) == row["correct"]
-    for mode in ("selective-flip", "selective-translate", "selective-flip-translate"):
+    for mode in ("selective-flip", "selective-translate", "selective-flip-translate", "selective-airbench94"):
         # the file's own threshold, fitted through it on the run's hold-out: it selects its target there
         selective = next(r for r in rows if r["tta"] == mode)["selective"]
         assert selective["threshold_source"].startswith("fitted on the hold-out through onnxruntime"), selective
