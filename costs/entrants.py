@@ -49,14 +49,9 @@ class Entrant:
 
 def is_entrant(run_dir: str | Path) -> bool:
     """True for a folder ``dawnpipe import`` made (its manifest records an import and no training)."""
-    path = Path(run_dir)
-    if not (path / MANIFEST_NAME).is_file():
-        return False
-    try:
-        runs = read_manifest(path).get("runs", {})
-    except DawnpipeError:
-        return False
-    return isinstance(runs.get("import"), dict) and "train" not in runs
+    from dawnpipe.export.entrant import imported_run
+
+    return imported_run(run_dir) is not None
 
 
 def load_entrant(run_dir: str | Path) -> Entrant:

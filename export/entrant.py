@@ -28,7 +28,7 @@ import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write, check_folder_option, ensure_room, sha256_file
-from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, read_manifest, update_manifest
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.export.adapter import ForeignContract, adapt, inspect_foreign, reference_inputs
 from dawnpipe.train.config import DEFAULT_SELECTIVE_TARGET
@@ -181,6 +181,19 @@ def import_model(cfg: ImportConfig) -> ImportResult:
         }
         update_manifest(run_dir, run=("import", run), artifacts={IMPORTED_NAME: entry})
     return ImportResult(run_dir, path, check, flops.model_flops / 1e9, selective, time.perf_counter() - started)
+
+
+def imported_run(source: str | Path) -> Path | None:
+    """The run folder of an imported entrant ``source`` names (the folder, or a file in it), else None."""
+    path = Path(source).expanduser()
+    folder = path if path.is_dir() else path.parent
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    try:
+        runs = read_manifest(folder).get("runs", {})
+    except DawnpipeError:
+        return None
+    return folder if isinstance(runs.get("import"), dict) and "train" not in runs else None
 
 
 def class_order(names: str | None, data_classes: tuple[str, ...]) -> list[int] | None:

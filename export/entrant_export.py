@@ -16,25 +16,12 @@ from typing import Any
 
 from dawnpipe.common.errors import BackendRefused, DawnpipeError
 from dawnpipe.common.files import atomic_write, sha256_file
-from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, read_manifest, update_manifest
+from dawnpipe.common.manifest import artifact_entry, read_manifest, update_manifest
 from dawnpipe.export.api import ExportResult, export
 from dawnpipe.export.config import ExportConfig
-from dawnpipe.export.entrant import IMPORTED_NAME
+from dawnpipe.export.entrant import IMPORTED_NAME, imported_run
 
 _CHECK_IMAGES = 1000  # test images the int8 file's top-1 is compared with the fp32 file's on
-
-
-def imported_run(source: str | Path) -> Path | None:
-    """The run folder of an imported entrant ``source`` names (the folder, or a file in it), else None."""
-    path = Path(source).expanduser()
-    folder = path if path.is_dir() else path.parent
-    if not (folder / MANIFEST_NAME).is_file():
-        return None
-    try:
-        runs = read_manifest(folder).get("runs", {})
-    except DawnpipeError:
-        return None
-    return folder if isinstance(runs.get("import"), dict) and "train" not in runs else None
 
 
 def export_source(cfg: ExportConfig) -> ExportResult:

@@ -88,8 +88,7 @@ def _imported_model(path: Path) -> Path:
     """An imported entrant's run folder stands for its adapted fp32 file (it has no checkpoint)."""
     if not path.is_dir():
         return path
-    from dawnpipe.export.entrant import IMPORTED_NAME
-    from dawnpipe.export.entrant_export import imported_run
+    from dawnpipe.export.entrant import IMPORTED_NAME, imported_run
 
     return path / IMPORTED_NAME if imported_run(path) is not None else path
 
