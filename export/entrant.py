@@ -111,9 +111,9 @@ def import_model(cfg: ImportConfig) -> ImportResult:
         raise DawnpipeError(f"{source} is not an .onnx file", "export the model to ONNX first (torch.onnx.export)")
     name = check_run_name(cfg.name or source.stem)
     check_folder_option(cfg.out, "--out")
-    foreign_model = load_onnx(source)  # one-line errors for missing, empty, truncated files
-    if source.stat().st_size > _MAX_BYTES:
+    if source.is_file() and source.stat().st_size > _MAX_BYTES:  # before protobuf reads it all
         raise DawnpipeError(f"{source} is larger than 2 GiB", "import a model saved as one file under 2 GiB")
+    foreign_model = load_onnx(source)  # one-line errors for missing, empty, truncated files
     data = load_cifar(cfg.data)
     order = class_order(cfg.classes, data.classes)
     foreign = inspect_foreign(foreign_model, contract, len(data.classes))
