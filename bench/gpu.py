@@ -11,7 +11,9 @@ evidence first:
 - environment: nvidia-smi, the CPU and its flags, torch, CUDA, cuDNN, Triton, onnxruntime versions;
 - data: decode and cache the data set once (later steps read the cache);
 - train_eager, train_compiled: the page recipe (10 epochs; ``--smoke``: 1 epoch on 2,048 images), fp16 on CUDA,
-  reporting the first epoch apart from the steady state (median images/s of epochs 2..N), effective TFLOP/s
+  each run twice in its own process: cold (process start to the first trained, written run) and warm (the same
+  run again in that process, as airbench94 times itself), reporting the first epoch apart from the steady state
+  (median images/s of epochs 2..N), effective TFLOP/s
   (3 x forward FLOPs x images / steady seconds), whether the compiled run really ran compiled, and the
   non-finite steps the fp16 loss scaling skipped;
 - inference: torch eager and graph-captured, every TTA mode, batch-1 latency under the shared protocol and

@@ -89,8 +89,14 @@ def _train(args: Any, work: Path, compiled: bool) -> dict[str, Any]:
         options.update(
             epochs=1, train_limit=SMOKE_TRAIN, test_limit=SMOKE_TEST, width=SMOKE_WIDTH, batch_size=SMOKE_BATCH
         )
-    cfg = config_from_options(name="compiled" if compiled else "eager", compile=compiled, eval_every=1, **options)
+    name = "compiled" if compiled else "eager"
+    cfg = config_from_options(name=name, compile=compiled, eval_every=1, **options)
     result = train(cfg, progress=False)
+    cold = _process_seconds()  # process start to a trained, evaluated, written run: what a user's first run waits
+    # the same run again in this process, as airbench94 times itself after a warm-up run: the kernels, cuDNN's
+    # choices, the allocator's pool and (compiled) the graphs are there already
+    again = train(config_from_options(name=f"{name}-warm", compile=compiled, eval_every=1, **options), progress=False)
+    w = again.metrics
     m = result.metrics
     forward = artifact_flops(result.run_dir).model_flops  # per image, the deployed graph (conv, linear, the rest)
     steady = m.get("steady_images_per_s")
@@ -102,7 +108,16 @@ def _train(args: Any, work: Path, compiled: bool) -> dict[str, Any]:
         "precision": json.loads((result.run_dir / "manifest.json").read_text())["runs"]["train"]["device"]["precision"],
         "train_seconds": m["train_seconds"],
         "warmup_seconds": m.get("warmup_seconds"),  # untimed warm-up steps (3 on CUDA), outside train_seconds
-        "wall_seconds": m.get("wall_seconds"),  # process start of the run to its manifest (cold: data, model, eval)
+        "wall_seconds": m.get("wall_seconds"),  # train() called to its manifest written (data, model, eval)
+        "cold_seconds": cold,
+        "cold_statistic": "process start (imports included) to the first run's manifest written, this step's process",
+        "warm": {
+            "train_seconds": w["train_seconds"],
+            "warmup_seconds": w.get("warmup_seconds"),
+            "wall_seconds": w.get("wall_seconds"),
+            "ema_test_acc_flip": w["ema_test_acc_flip"],
+            "statistic": "a second run of the same config in the same process, after the first (airbench's way)",
+        },
         "first_epoch_seconds": m["first_epoch_seconds"],
         "steady_images_per_s": steady,
         "train_images_per_s_overall": m["train_images_per_s"],
@@ -114,6 +129,17 @@ def _train(args: Any, work: Path, compiled: bool) -> dict[str, Any]:
         "compiled": m.get("compiled"),
         "skipped_nonfinite_steps": m.get("skipped_nonfinite_steps", "not applicable (no fp16 loss scaling)"),
     }
+
+
+def _process_seconds() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat's start time against /proc/uptime), the cold
+    clock's origin; None where the OS does not say."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks after boot
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _inference(args: Any, work: Path) -> dict[str, Any]:

@@ -70,6 +70,8 @@ def test_the_whole_step_list_runs_at_smoke_size_without_an_install(image_folder,
     compiled = steps["train_compiled"]["compiled"]  # ran compiled, or says why not
     assert compiled["ran_compiled"] is True or compiled["notice"].startswith("torch.compile failed"), compiled
     assert steps["train_eager"]["first_epoch_seconds"] > 0 and steps["train_eager"]["forward_gflops_per_image"] > 0
+    eager = steps["train_eager"]  # cold counts from process start, so it holds the first run's whole wall clock
+    assert eager["cold_seconds"] > eager["wall_seconds"] > 0 and eager["warm"]["train_seconds"] > 0
     assert steps["exactness"]["top1_agreement"] == 1.0
     assert steps["ddp"]["world_size"] == 1 and steps["ddp"]["backend"] == "gloo"
     assert set(steps["inference"]) >= {"torch", "torch-graphs", "graph_vs_eager_batch1_p50"}
