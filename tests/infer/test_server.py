@@ -165,3 +165,22 @@ def test_an_artifact_it_cannot_load_is_refused_before_serving(tmp_path, artifact
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(DawnpipeError, match=message):
         serve(ServeConfig(str(tmp_path / artifact), port=0))
+
+
+def test_an_imported_model_is_served_with_airbench94s_views(image_folder, tmp_path):
+    """A model dawnpipe did not train, imported, served from its run folder under airbench94's own views."""
+    from tests.export.test_entrant import _export, _import, _Net
+
+    imported = _import(_export(tmp_path / "entrant.onnx", _Net()), image_folder, tmp_path / "runs", holdout=20)
+    photo = make_images(1, seed=6)[0][0]
+    with Predictor(imported.run_dir, tta="airbench94") as predictor:
+        want = predictor.predict_arrays(photo[None])[0]
+    with (
+        _Running(ServeConfig(str(imported.run_dir), tta="airbench94")) as running,
+        httpx.Client(base_url=running.url) as client,
+    ):
+        answer = client.post("/v1/predict", content=_png(photo), headers={"content-type": "image/png"})
+        assert answer.status_code == 200
+        body = answer.json()["predictions"][0]
+        assert body["views"] == 6.0 and body["top"][0]["class"] == want.top[0][0]
+        assert body["top"][0]["probability"] == pytest.approx(want.top[0][1], abs=1e-5)
