@@ -19,6 +19,7 @@ of them selects more of the test images (airbench94 seed 0: 31.9% against a 20% 
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -97,8 +98,7 @@ def import_config(
 def import_model(cfg: ImportConfig) -> ImportResult:
     """Import ``cfg.model`` into ``cfg.out/name``: every option and the foreign graph checked before the folder is
     claimed; the adapted file written under a temporary name and renamed only after its checks pass."""
-    from dawnpipe.export.flops import count_onnx
-    from dawnpipe.export.onnx_export import onnxruntime_module, stamp
+    from dawnpipe.export.onnx_export import onnxruntime_module
     from dawnpipe.export.trt_rules import load_onnx
     from dawnpipe.train.calibration import check_selective_target
     from dawnpipe.train.data import load_cifar
@@ -118,9 +118,36 @@ def import_model(cfg: ImportConfig) -> ImportResult:
     data = load_cifar(cfg.data)
     order = class_order(cfg.classes, data.classes)
     foreign = inspect_foreign(foreign_model, contract, len(data.classes))
-    foreign_session = _session(source, onnxruntime_module())
+    session = _session(source, onnxruntime_module())  # refused here, before any folder, if it cannot load
     run_dir = Path(cfg.out) / name
     ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), IMPORTED_NAME)
+    created = not run_dir.exists()
+    try:
+        return _write_import(cfg, run_dir, name, source, (foreign_model, foreign, session), data, order, started)
+    except BaseException:
+        if created:  # a refusal after the folder was made leaves no empty run folder behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _write_import(
+    cfg: ImportConfig,
+    run_dir: Path,
+    name: str,
+    source: Path,
+    loaded: tuple[Any, Any, Any],
+    data: Any,
+    order: list[int] | None,
+    started: float,
+) -> ImportResult:
+    """The import's writes, under the run folder's lock: the adapted file (checked before it is renamed into
+    place), its selective thresholds, and the manifest. ``loaded``: the foreign ModelProto, its checked facts
+    (export.adapter.ForeignGraph) and its onnxruntime session."""
+    from dawnpipe.export.flops import count_onnx
+    from dawnpipe.export.onnx_export import stamp
+
+    foreign_model, foreign, foreign_session = loaded
+    contract = cfg.contract
     with RunFolder(run_dir) as folder:
         folder.claim_new(overwrite=cfg.overwrite)
         run_id = uuid.uuid4().hex
@@ -153,7 +180,13 @@ def import_model(cfg: ImportConfig) -> ImportResult:
             onnx.checker.check_model(str(tmp), full_check=True)
             check.update(_check_logits(tmp, foreign_session, images, real, contract, foreign, order, cfg.tolerance))
 
-        atomic_write(path, write)
+        try:
+            atomic_write(path, write)
+        except onnx_errors() as err:  # the adapted graph broke an ONNX rule the foreign file's IR version sets
+            raise DawnpipeError(
+                f"the adapted graph fails onnx.checker ({str(err).strip().splitlines()[0][:200]})",
+                "re-export the model with a current exporter (ONNX IR version 4 or later), then import it again",
+            ) from None
         flops = count_onnx(path)
         selective = _fit_selective(path, data, cfg)
         entry = artifact_entry(
@@ -182,6 +215,13 @@ def import_model(cfg: ImportConfig) -> ImportResult:
         }
         update_manifest(run_dir, run=("import", run), artifacts={IMPORTED_NAME: entry})
     return ImportResult(run_dir, path, check, flops.model_flops / 1e9, selective, time.perf_counter() - started)
+
+
+def onnx_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions onnx raises for a graph that breaks its rules (checker, shape inference)."""
+    import onnx
+
+    return (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
 
 def imported_run(source: str | Path) -> Path | None:

@@ -150,6 +150,16 @@ def _unloadable(path: Path) -> Path:
     return path
 
 
+def _ir3(path: Path) -> Path:
+    model = onnx.load(str(_export(path.with_name("current.onnx"), _Net())))
+    model.graph.input.extend(  # IR 3: every initializer is also a graph input
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer
+    )
+    model.ir_version = 3
+    onnx.save_model(model, str(path))
+    return path
+
+
 REFUSALS = {
     "two inputs": (_two_inputs, {}, "has 2 inputs"),
     "two outputs": (_two_outputs, {}, "has 2 outputs"),
@@ -164,6 +174,7 @@ REFUSALS = {
     "class count": (lambda p: _export(p, _Net(classes=10)), {}, "scores 10 classes; the data has 4"),
     "external data": (_external, {}, "external data files"),
     "unloadable": (_unloadable, {}, "onnxruntime cannot load"),
+    "IR version 3": (_ir3, {}, "IR version 4 or later|onnxruntime cannot load"),
     "wrong layout": (lambda p: _export(p, _Net()), {"contract": ForeignContract(layout="NHWC")}, "--layout NCHW"),
     "unknown class names": (lambda p: _export(p, _Net()), {"classes": "c0,c1,c2,cat"}, "unknown ['cat']"),
     "std zero": (lambda p: _export(p, _Net()), {"contract": ForeignContract(std=(1, 0, 1))}, "not positive"),
