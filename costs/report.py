@@ -134,7 +134,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "machines": machines(runs),
         "trainings": trainings(runs),
         "skipped": skipped_backends(runs),
-        "entrants": [{"path": str(e.path), "name": e.name, "seed": e.seed, **e.record} for e in entrants],
+        "entrants": [{**e.record, "path": str(e.path), "entrant": e.name, "seed": e.seed} for e in entrants],
         "entrant_points": [point_record(p) for p in contenders],
         "entrant_margins": contest,
     }
