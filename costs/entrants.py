@@ -26,7 +26,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 from dawnpipe.costs.family import backend_label, pool_point
-from dawnpipe.costs.rules import Point, compare
+from dawnpipe.costs.rules import Point, cheapest_at_least, compare
 
 
 @dataclass(frozen=True)
@@ -184,14 +184,12 @@ def _latency_rival(p: Point, family: list[Point]) -> dict[str, Any]:
     ]  # fmt: skip
     if p.latency_ms is None or not timed:
         return {"latency_network": None, "latency_note": "not timed in one session with the family's networks"}
-    timed.sort(key=lambda q: q.latency_ms)
-    slower = [q for q in timed if q.latency_ms >= p.latency_ms]
-    rival = slower[0] if slower else timed[-1]
+    rival, slower = cheapest_at_least(p.latency_ms, timed, lambda q: q.latency_ms)
     return {
         "latency_network": rival.label,
         "latency_ms": p.latency_ms,
         "latency_network_ms": rival.latency_ms,
-        "latency_network_at_least_as_slow": bool(slower),
+        "latency_network_at_least_as_slow": slower,
         "latency_margin": compare(p, rival, "accuracy"),
     }
 
@@ -207,9 +205,7 @@ def _family_rival(p: Point, family: list[Point]) -> tuple[Point | None, bool]:
     if not same:
         choices = sorted({(q.backend, q.precision) for q in plain}, key=lambda b: (b[1] != "fp32", b))
         same = [q for q in plain if (q.backend, q.precision) == choices[0]]
-    same.sort(key=lambda q: q.gflops_per_image)
-    bigger = [q for q in same if q.gflops_per_image >= p.gflops_per_image * (1 - 1e-9)]
-    return (bigger[0], True) if bigger else (same[-1], False)
+    return cheapest_at_least(p.gflops_per_image, same, lambda q: q.gflops_per_image)
 
 
 def entrant_section(rows: list[dict[str, Any]], points: list[Point]) -> str:

@@ -40,6 +40,7 @@ from dawnpipe.costs.rules import (
     DEFAULT_RULES,
     Point,
     Rule,
+    cheapest_at_least,
     compare,
     decide,
     make_rules,
@@ -284,15 +285,13 @@ def views_vs_width(points: list[Point], cost: str = "gflops") -> list[dict[str, 
     for p in points:
         if not p.uses_tta or price(p) is None:
             continue
-        plain = sorted(
-            (q for q in points if not q.uses_tta and (q.backend, q.precision) == (p.backend, p.precision)
-             and price(q) is not None),
-            key=price,
-        )  # fmt: skip
-        if not plain:
+        plain = [
+            q for q in points
+            if not q.uses_tta and (q.backend, q.precision) == (p.backend, p.precision) and price(q) is not None
+        ]  # fmt: skip
+        rival, costs_more = cheapest_at_least(price(p), plain, price)
+        if rival is None:
             continue
-        bigger = [q for q in plain if price(q) >= price(p) * (1 - 1e-9)]
-        rival = bigger[0] if bigger else plain[-1]
         rows.append(
             {
                 "cost": "GFLOP/img" if cost == "gflops" else "batch-1 mean ms/img",
@@ -302,7 +301,7 @@ def views_vs_width(points: list[Point], cost: str = "gflops") -> list[dict[str, 
                 "network": rival.label,
                 "network_gflops": rival.gflops_per_image,
                 "network_cost": price(rival),
-                "network_costs_at_least_as_much": bool(bigger),
+                "network_costs_at_least_as_much": costs_more,
                 "margin": compare(p, rival, "accuracy"),
             }
         )

@@ -12,6 +12,7 @@ Built-in rules (each names the statistic it uses):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +199,19 @@ def _rank(rule: Rule, points: list[Point]) -> list[Point]:
     if rule.ranks_by == "latency":
         return sorted(points, key=lambda p: (p.latency_ms, -p.accuracy))
     return sorted(points, key=lambda p: (-p.accuracy, p.gflops_per_image, p.latency_ms or 0.0))
+
+
+def cheapest_at_least(
+    cost: float, candidates: list[Point], price: Callable[[Point], float]
+) -> tuple[Point | None, bool]:
+    """The network to set against a configuration costing ``cost``: the cheapest of ``candidates`` whose ``price`` is
+    at least ``cost`` (True), else the most expensive (False); (None, False) without candidates. A relative 1e-9
+    counts float noise as equal. The views-against-network tables and the entrants' pairings both choose here."""
+    ranked = sorted(candidates, key=price)
+    if not ranked:
+        return None, False
+    at_least = [q for q in ranked if price(q) >= cost * (1 - 1e-9)]
+    return (at_least[0], True) if at_least else (ranked[-1], False)
 
 
 def compare(a: Point, b: Point, by: str) -> dict[str, Any]:
