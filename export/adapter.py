@@ -80,6 +80,11 @@ class ForeignGraph:
     classes: int | None  # None where the graph leaves the class dimension symbolic (checked by running it)
     opset: int
 
+    @property
+    def float16_input(self) -> bool:
+        """The model takes float16 images (the adapter casts to it; the reference feeds it)."""
+        return self.input_type == _FLOAT16
+
 
 def inspect_foreign(model: Any, contract: ForeignContract, classes: int, size: tuple[int, int] = (32, 32)):
     """The foreign graph's input and output checked against the data (``classes`` labels of ``size`` images):
@@ -190,13 +195,15 @@ def adapt(model: Any, foreign: ForeignGraph, contract: ForeignContract, order: l
     node("Div", [x, const("std", np.reshape(contract.std, (1, 1, 1, 3)))], "normalized")
     if contract.layout == "NCHW":
         node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
-    if foreign.input_type == _FLOAT16:
+    if foreign.float16_input:
         node("Cast", [x], "float16", to=TensorProto.FLOAT16)
     front.append(helper.make_node("Identity", [x], [image_in], name="adapter/into_model"))
 
     back, y = [], logits_out
     if foreign.output_type == _FLOAT16:
-        back.append(helper.make_node("Cast", [y], ["adapter/logits_float"], name="adapter/logits_float", to=1))
+        back.append(
+            helper.make_node("Cast", [y], ["adapter/logits_float"], name="adapter/logits_float", to=TensorProto.FLOAT)
+        )
         y = "adapter/logits_float"
     if order is not None and list(order) != list(range(len(order))):
         idx = const("class_order", order, np.int64)

@@ -116,14 +116,27 @@ def import_model(cfg: ImportConfig) -> ImportResult:
         raise DawnpipeError(f"{source} is larger than 2 GiB", "import a model saved as one file under 2 GiB")
     foreign_model = load_onnx(source)  # one-line errors for missing, empty, truncated files
     data = load_cifar(cfg.data)
-    order = class_order(cfg.classes, data.classes)
+    model_classes = _model_classes(cfg.classes, data.classes)
+    order = class_order(model_classes, data.classes)
     foreign = inspect_foreign(foreign_model, contract, len(data.classes))
     session = _session(source, onnxruntime_module())  # refused here, before any folder, if it cannot load
+    images, real = _check_set(data, cfg.check_images)
+    expected = _reference_logits(session, images, foreign, contract, len(data.classes), order)
     run_dir = Path(cfg.out) / name
     ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), IMPORTED_NAME)
     created = not run_dir.exists()
     try:
-        return _write_import(cfg, run_dir, name, source, (foreign_model, foreign, session), data, order, started)
+        return _write_import(
+            cfg,
+            run_dir,
+            name,
+            source,
+            (foreign_model, foreign),
+            data,
+            (model_classes, order),
+            (images, real, expected),
+            started,
+        )
     except BaseException:
         if created:  # a refusal after the folder was made leaves no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -135,18 +148,23 @@ def _write_import(
     run_dir: Path,
     name: str,
     source: Path,
-    loaded: tuple[Any, Any, Any],
+    loaded: tuple[Any, Any],
     data: Any,
-    order: list[int] | None,
+    classes: tuple[list[str], list[int] | None],
+    check_set: tuple[np.ndarray, int, np.ndarray],
     started: float,
 ) -> ImportResult:
     """The import's writes, under the run folder's lock: the adapted file (checked before it is renamed into
-    place), its selective thresholds, and the manifest. ``loaded``: the foreign ModelProto, its checked facts
-    (export.adapter.ForeignGraph) and its onnxruntime session."""
+    place), its selective thresholds, and the manifest. ``loaded``: the foreign ModelProto and its checked facts
+    (export.adapter.ForeignGraph); ``classes``: the model's class names in logit order and, where that is not the
+    data's order, the reordering (class_order); ``check_set``: the check images, how many are real, and the foreign
+    file's own logits on them."""
     from dawnpipe.export.flops import count_onnx
     from dawnpipe.export.onnx_export import stamp
 
-    foreign_model, foreign, foreign_session = loaded
+    foreign_model, foreign = loaded
+    model_classes, order = classes
+    images, real, expected = check_set
     contract = cfg.contract
     with RunFolder(run_dir) as folder:
         folder.claim_new(overwrite=cfg.overwrite)
@@ -160,14 +178,13 @@ def _write_import(
             "foreign_sha256": foreign_sha,
             "foreign_opset": foreign.opset,
             "contract": asdict(contract),
-            "model_classes": _model_classes(cfg.classes, data.classes),  # the model's logits, in its order
+            "model_classes": model_classes,  # the model's logits, in its order
             "reordered_to_data_classes": order is not None,
             "adapter": "uint8 NHWC -> Cast -> /255 (0-1 models) -> -mean -> /std -> NCHW (NCHW models) -> model -> "
             "float32 logits" + (" -> data's class order" if order is not None else ""),
         }
-        metadata = _metadata(run_id, data, contract, record, foreign.input_type == 10)
+        metadata = _metadata(run_id, data, contract, record, foreign.float16_input)
         path = run_dir / IMPORTED_NAME
-        images, real = _check_set(data, cfg.check_images)
         check: dict[str, Any] = {}
 
         def write(tmp: Path) -> None:
@@ -178,17 +195,17 @@ def _write_import(
             adapted.doc_string = f"dawnpipe import of {source.name} (sha256 {foreign_sha[:12]}): uint8 NHWC -> logits"
             onnx.save_model(adapted, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
-            check.update(_check_logits(tmp, foreign_session, images, real, contract, foreign, order, cfg.tolerance))
+            check.update(_check_logits(tmp, expected, images, real, cfg.tolerance))
 
         try:
             atomic_write(path, write)
-        except onnx_errors() as err:  # the adapted graph broke an ONNX rule the foreign file's IR version sets
+        except _onnx_errors() as err:  # the adapted graph broke an ONNX rule the foreign file's IR version sets
             raise DawnpipeError(
                 f"the adapted graph fails onnx.checker ({str(err).strip().splitlines()[0][:200]})",
                 "re-export the model with a current exporter (ONNX IR version 4 or later), then import it again",
             ) from None
         flops = count_onnx(path)
-        selective = _fit_selective(path, data, cfg)
+        selective = fit_selective(path, data, cfg.holdout, cfg.selective_target)
         entry = artifact_entry(
             run_dir,
             path,
@@ -217,7 +234,7 @@ def _write_import(
     return ImportResult(run_dir, path, check, flops.model_flops / 1e9, selective, time.perf_counter() - started)
 
 
-def onnx_errors() -> tuple[type[BaseException], ...]:
+def _onnx_errors() -> tuple[type[BaseException], ...]:
     """The exceptions onnx raises for a graph that breaks its rules (checker, shape inference)."""
     import onnx
 
@@ -237,11 +254,10 @@ def imported_run(source: str | Path) -> Path | None:
     return folder if isinstance(runs.get("import"), dict) and "train" not in runs else None
 
 
-def class_order(names: str | None, data_classes: tuple[str, ...]) -> list[int] | None:
-    """For each of the data's classes, the index of the model's logit that scores it; None when the model's order
-    is the data's (no names given, or the same names in the same order). One-line errors for names that are not
-    the data's classes."""
-    given = _model_classes(names, data_classes)
+def class_order(given: list[str], data_classes: tuple[str, ...]) -> list[int] | None:
+    """For each of the data's classes, the index of the model's logit that scores it, ``given`` the model's class
+    names in logit order; None when that is the data's order. One-line errors for names that are not the data's
+    classes."""
     if given == list(data_classes):
         return None
     if len(given) != len(data_classes) or set(given) != set(data_classes) or len(set(given)) != len(given):
@@ -333,25 +349,17 @@ def _check_set(data: Any, count: int) -> tuple[np.ndarray, int]:
     return np.concatenate([noise, real]), len(real)
 
 
-def _check_logits(
-    path: Path,
-    foreign_session: Any,
-    images: np.ndarray,
-    real: int,
-    contract: ForeignContract,
-    foreign: Any,
-    order: list[int] | None,
-    tolerance: float,
-) -> dict[str, Any]:
-    """The adapted file's logits against the foreign file's own on the same pixels (fp32, largest difference);
-    raises to keep the adapted file from being renamed into place when they differ by more than ``tolerance``."""
-    from dawnpipe.export.onnx_export import compare_logits, run_onnxruntime
-
-    feed = foreign_session.get_inputs()[0].name
+def _reference_logits(
+    session: Any, images: np.ndarray, foreign: Any, contract: ForeignContract, classes: int, order: list[int] | None
+) -> np.ndarray:
+    """The foreign file's own logits on ``images`` (the contract's preprocessing in float32), in the data's class
+    order: what the adapted file must reproduce. Run before anything is written, so a model that does not score the
+    data's ``classes`` (a symbolic class dimension is only known by running it) is refused in one line here."""
+    feed = session.get_inputs()[0].name
     want = []
     for i in range(0, len(images), 128):
-        x = reference_inputs(images[i : i + 128], contract, float16=foreign.input_type == 10)
-        out = np.asarray(foreign_session.run(None, {feed: x})[0])
+        x = reference_inputs(images[i : i + 128], contract, float16=foreign.float16_input)
+        out = np.asarray(session.run(None, {feed: x})[0])
         if out.ndim != 2 or out.shape[0] != len(x):
             raise DawnpipeError(
                 f"the model returned shape {list(out.shape)} for {len(x)} images, not [N, classes] logits",
@@ -359,17 +367,22 @@ def _check_logits(
             )
         want.append(out.astype(np.float32))
     expected = np.concatenate(want)
-    if expected.shape[1] != (len(order) if order is not None else foreign.classes or expected.shape[1]):
-        raise DawnpipeError(f"the model scores {expected.shape[1]} classes; the data has another count", "check --data")
-    if order is not None:
-        expected = expected[:, order]
-    got = run_onnxruntime(path, images)
-    if got.shape != expected.shape:
+    if expected.shape[1] != classes:
         raise DawnpipeError(
-            f"the model scores {expected.shape[1]} classes; the data has {got.shape[1]}",
+            f"the model scores {expected.shape[1]} classes; the data has {classes}",
             "import a model trained on this data's classes, or pass the data it was trained on",
         )
-    result = {**compare_logits(got, expected), "random_images": len(images) - real, "real_images": real}
+    return expected if order is None else expected[:, order]
+
+
+def _check_logits(path: Path, expected: np.ndarray, images: np.ndarray, real: int, tolerance: float) -> dict:
+    """The adapted file's logits against the foreign file's own (``expected``) on the same pixels, fp32, largest
+    difference; raises to keep the adapted file from being renamed into place when they differ by more than
+    ``tolerance``."""
+    from dawnpipe.export.onnx_export import compare_logits, run_onnxruntime
+
+    result = {**compare_logits(run_onnxruntime(path, images), expected), "random_images": len(images) - real}
+    result["real_images"] = real
     result["reference"] = "the foreign file in onnxruntime (CPU), fed the contract's preprocessing in float32"
     if not result["max_abs_diff"] <= tolerance:
         raise DawnpipeError(
@@ -380,17 +393,18 @@ def _check_logits(
     return result
 
 
-def _fit_selective(path: Path, data: Any, cfg: ImportConfig) -> dict[str, Any] | None:
-    """Selective thresholds fitted through the written file on the first ``holdout`` class-balanced training
-    images (export.selective_fit, as for dawnpipe's own exports), stamped into it; None with ``holdout`` 0."""
+def fit_selective(path: Path, data: Any, count: int, target: float | str) -> dict[str, Any] | None:
+    """Selective thresholds fitted through the file at ``path`` on the first ``count`` class-balanced training images
+    of ``data`` (export.selective_fit, as for dawnpipe's own exports) and stamped into it; None when ``count`` is 0.
+    The import's fp32 file and its int8 file are fitted here alike."""
     from dawnpipe.export.onnx_export import restamp
     from dawnpipe.export.selective_fit import fit_artifact
     from dawnpipe.train.calibration import describe_holdout, split_holdout
 
-    if cfg.holdout == 0:
+    if not count:
         return None
-    _, held = split_holdout(data.train_y, cfg.holdout, 1)
-    record = fit_artifact(path, cfg.selective_target, data.train_x[held], data.train_y[held])
+    _, held = split_holdout(data.train_y, count, 1)
+    record = fit_artifact(path, target, data.train_x[held], data.train_y[held])
     record["holdout"] = {
         **describe_holdout(held, len(data.train_y)),
         "seen_in_training": "unknown: a foreign model may have trained on these images (airbench94 trains on all)",

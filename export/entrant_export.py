@@ -19,7 +19,8 @@ from dawnpipe.common.files import atomic_write, sha256_file
 from dawnpipe.common.manifest import artifact_entry, read_manifest, update_manifest
 from dawnpipe.export.api import ExportResult, export
 from dawnpipe.export.config import ExportConfig
-from dawnpipe.export.entrant import IMPORTED_NAME, imported_run
+from dawnpipe.export.entrant import IMPORTED_NAME, fit_selective, imported_run
+from dawnpipe.train.config import DEFAULT_SELECTIVE_TARGET
 
 _CHECK_IMAGES = 1000  # test images the int8 file's top-1 is compared with the fp32 file's on
 
@@ -35,17 +36,16 @@ def export_imported(cfg: ExportConfig, run_dir: Path) -> ExportResult:
     from dawnpipe.common.lineage import check_lineage
     from dawnpipe.export.onnx_export import compare_logits, read_metadata, run_onnxruntime, stamp
     from dawnpipe.export.quantize import INT8_SCHEMES, check_calibration, quantize_int8
-    from dawnpipe.export.selective_fit import fit_artifact
-    from dawnpipe.train.calibration import split_holdout
     from dawnpipe.train.data import balanced_subset, load_cifar
 
     started = time.perf_counter()
     _check_options(cfg)
     check_calibration(cfg.int8.calibration_images, cfg.int8.calibration_method)
     fp32 = run_dir / IMPORTED_NAME
-    check_lineage(fp32, read_metadata(fp32).get("run_id"), allow_foreign=cfg.allow_foreign)
-    meta = read_metadata(fp32)
-    record = read_manifest(run_dir)["runs"]["import"]
+    meta, fp32_sha = read_metadata(fp32), sha256_file(fp32)
+    check_lineage(fp32, meta.get("run_id"), allow_foreign=cfg.allow_foreign, sha256=fp32_sha)
+    manifest = read_manifest(run_dir)
+    record = manifest["runs"]["import"]
     out_dir = Path(cfg.out) if cfg.out else run_dir
     data = load_cifar(cfg.int8.calibration_data or meta["data"]["source"], trusted_sha256=meta["data"]["sha256"])
     if data.source_sha256 != meta["data"]["sha256"]:
@@ -74,9 +74,7 @@ def export_imported(cfg: ExportConfig, run_dir: Path) -> ExportResult:
         ]
         model = onnx.load(str(tmp))
         stamp(model, {**meta, "precision": cfg.precision, "quantization": quantization, "selective": None})
-        model.doc_string = (
-            f"dawnpipe {cfg.precision} of an imported model ({fp32.name}, sha256 {sha256_file(fp32)[:12]})"
-        )
+        model.doc_string = f"dawnpipe {cfg.precision} of an imported model ({fp32.name}, sha256 {fp32_sha[:12]})"
         onnx.save_model(model, str(tmp), save_as_external_data=False)
         onnx.checker.check_model(str(tmp), full_check=True)
         check.update({**compare_logits(run_onnxruntime(tmp, test), want), "reference": f"{fp32.name} (fp32)"})
@@ -88,15 +86,9 @@ def export_imported(cfg: ExportConfig, run_dir: Path) -> ExportResult:
             )
 
     atomic_write(path, write)
-    selective = None
-    holdout = (record.get("holdout") or {}).get("images")
-    if holdout:
-        from dawnpipe.export.onnx_export import restamp
-
-        _, held = split_holdout(data.train_y, holdout, 1)
-        target = record["config"].get("selective_target", 0.2)
-        selective = {**fit_artifact(path, target, data.train_x[held], data.train_y[held]), "holdout": record["holdout"]}
-        restamp(path, {"selective": selective})
+    # the import's hold-out and target: the int8 file's thresholds are fitted as the fp32 file's were
+    count = (record.get("holdout") or {}).get("images") or 0
+    selective = fit_selective(path, data, count, record["config"].get("selective_target", DEFAULT_SELECTIVE_TARGET))
     entry = artifact_entry(
         out_dir,
         path,
@@ -104,9 +96,9 @@ def export_imported(cfg: ExportConfig, run_dir: Path) -> ExportResult:
         precision=cfg.precision,
         tta_mode="none",
         tta_views=1,
-        made_from={"onnx": str(fp32.resolve()), "sha256": sha256_file(fp32)},
+        made_from={"onnx": str(fp32.resolve()), "sha256": fp32_sha},
         input_contract=meta["input_contract"],
-        metrics={"check": check, "model_gflops_per_image": _gflops(run_dir)},
+        metrics={"check": check, "model_gflops_per_image": _gflops(manifest)},
         run_id=meta["run_id"],
         lineage="imported",
         complete=True,
@@ -143,6 +135,7 @@ def _check_options(cfg: ExportConfig) -> None:
         )
 
 
-def _gflops(run_dir: Path) -> float | None:
-    entry = read_manifest(run_dir).get("artifacts", {}).get(IMPORTED_NAME, {})
+def _gflops(manifest: dict[str, Any]) -> float | None:
+    """The imported fp32 file's model GFLOPs per image, as its import counted them (int8 keeps the graph's FLOPs)."""
+    entry = manifest.get("artifacts", {}).get(IMPORTED_NAME, {})
     return (entry.get("metrics") or {}).get("model_gflops_per_image")

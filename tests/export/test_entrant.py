@@ -160,6 +160,15 @@ def _ir3(path: Path) -> Path:
     return path
 
 
+def _symbolic_classes(path: Path) -> Path:
+    """10 classes behind a symbolic class dimension: the graph's shapes cannot tell, running it can."""
+    torch.onnx.export(
+        _Net(classes=10).eval(), (torch.zeros(2, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n", 1: "classes"}}, opset_version=17, dynamo=False,
+    )  # fmt: skip
+    return path
+
+
 REFUSALS = {
     "two inputs": (_two_inputs, {}, "has 2 inputs"),
     "two outputs": (_two_outputs, {}, "has 2 outputs"),
@@ -172,6 +181,7 @@ REFUSALS = {
     "fixed batch": (lambda p: _export(p, _Net(), dynamic=False), {}, "fixed batch of 2"),
     "output not [N, classes]": (_wrong_output, {}, "not [N, classes] logits"),
     "class count": (lambda p: _export(p, _Net(classes=10)), {}, "scores 10 classes; the data has 4"),
+    "symbolic class count": (_symbolic_classes, {}, "scores 10 classes; the data has 4"),  # known by running it
     "external data": (_external, {}, "external data files"),
     "unloadable": (_unloadable, {}, "onnxruntime cannot load"),
     "IR version 3": (_ir3, {}, "IR version 4 or later|onnxruntime cannot load"),
