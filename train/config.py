@@ -103,6 +103,8 @@ class TrainConfig:
     name: str | None = None  # run folder name; None = from time and seed
     sync_bn: bool = False  # DDP only: SyncBatchNorm instead of per-rank statistics (refused: it drops ghost BN)
     compile: bool = False  # torch.compile the training forward/backward (inductor); eager with a notice if it fails
+    cuda_graph: bool = True  # on CUDA, eager, one process: capture the whole step (and the EMA update) as CUDA graphs
+    # and replay them, one launch per step (train.step); eager with a notice if the capture fails
     warmup_steps: int | None = None  # untimed steps on the real shapes before epoch 1, their effects undone (cuDNN
     # autotuning, lazy loading, compilation, allocator growth land there, not in the training clock); None: 3 on
     # CUDA, 0 on a CPU (nothing to warm there)

@@ -28,6 +28,12 @@ class EMA:
         self._float = [(e, m) for e, m in self._pairs if e.is_floating_point()]
         self._other = [(e, m) for e, m in self._pairs if not e.is_floating_point()]
 
+    def next_decay(self) -> float:
+        """The configured decay for the next update (with its warm-up), counting that update."""
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
+        return decay
+
     @torch.no_grad()
     def update(self, decay: float | None = None, pull_back: bool = False) -> None:
         """One EMA step towards the live model (at ``decay``, else the configured one with its warm-up).
@@ -36,15 +42,22 @@ class EMA:
         airbench (Zhang et al. 2019's Lookahead with an EMA as the slow weights).
         """
         if decay is None:
-            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-        self.updates += 1
+            decay = self.next_decay()
+        else:
+            self.updates += 1
+        self.apply(1.0 - decay, pull_back)
+
+    @torch.no_grad()
+    def apply(self, weight: float | torch.Tensor, pull_back: bool = False) -> None:
+        """Move the average ``weight`` of the way to the live model (a device scalar keeps it capturable in a CUDA
+        graph, whose replay then reads the weight from that tensor)."""
         if self._float:
-            ema, live = zip(*self._float, strict=True)
-            torch._foreach_lerp_(list(ema), list(live), 1.0 - decay)
+            ema, live = (list(t) for t in zip(*self._float, strict=True))
+            torch._foreach_lerp_(ema, live, [weight] * len(ema) if isinstance(weight, torch.Tensor) else weight)
             if pull_back:
-                torch._foreach_copy_(list(live), list(ema))
-        for e, m in self._other:
-            e.copy_(m)
+                torch._foreach_copy_(live, ema)
+        if self._other:
+            torch._foreach_copy_([e for e, _ in self._other], [m for _, m in self._other])
 
     def load(self, state: dict[str, torch.Tensor], updates: int) -> None:
         """Restore a saved average and its update count (for resume)."""

@@ -6,24 +6,21 @@ step, history, the clocks of every process), which is what a checkpoint saves an
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dawnpipe.common.device import DeviceChoice
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.train.augment import alternating_flips, augment
-from dawnpipe.train.compiled import CompiledOrEager
 from dawnpipe.train.config import TrainConfig
-from dawnpipe.train.evaluation import autocast
-from dawnpipe.train.loss_scaling import skipped_steps
 from dawnpipe.train.model import normalize
 from dawnpipe.train.parts import ModelParts, TrainData
+from dawnpipe.train.step import TrainStep, smoothed_targets
 
 
 @dataclass
@@ -55,8 +52,7 @@ def train_one_epoch(
     parts: ModelParts,
     dev: DeviceChoice,
     dist: Any,
-    live: Any,
-    compiled: CompiledOrEager | None,
+    step: TrainStep,
     loop: LoopState,
     interrupt: dict[str, Any],
     bar: Any,
@@ -66,29 +62,23 @@ def train_one_epoch(
     loop.epoch_start = time.perf_counter()  # the epoch's augmentation counts as training time
     epoch_x, epoch_y = _epoch_batches(cfg, epoch, data, dev, dist)
     epoch_x = normalize(epoch_x, data.mean, data.std, data.compute)  # once per epoch, not once per step
+    targets = smoothed_targets(epoch_y, len(data.cifar.classes), cfg.label_smoothing)
     local_batch = cfg.batch_size // (1 if dist is None else dist.world_size)
-    loss_sum = torch.zeros((), device=dev.device)
-    correct = torch.zeros((), device=dev.device, dtype=torch.long)
-    seen, steps_run, loop.done, lr = 0, 0, loop.skip_steps, 0.0
+    step.start_epoch(epoch * parts.steps_per_epoch + loop.skip_steps)
+    seen, steps_run, loop.done = 0, 0, loop.skip_steps
     parts.model.train()
-    for step in range(loop.skip_steps, parts.steps_per_epoch):
+    for index in range(loop.skip_steps, parts.steps_per_epoch):
         if interrupt["stop"]:
             raise KeyboardInterrupt
         if loop.first_step_unix is None:
             loop.first_step_unix = time.time()
-        step_index = epoch * parts.steps_per_epoch + step  # steps done before this one
-        lr = float(parts.lrs[step_index])
-        for group in parts.optimizer.param_groups:
-            live_group = step_index < group.get("until_step", float("inf"))
-            group["lr"] = lr * group["lr_scale"] if live_group else 0.0
-        x = epoch_x[step * local_batch : (step + 1) * local_batch]
-        y = epoch_y[step * local_batch : (step + 1) * local_batch]
-        logits, loss = _step(cfg, parts, dev, live, compiled, x, y)
-        _update_ema(cfg, parts, step_index + 1)
-        loop.done = step + 1
-        loss_sum += loss.detach()
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
+        batch = slice(index * local_batch, (index + 1) * local_batch)
+        step.run(epoch_x[batch], epoch_y[batch], targets[batch])
+        global_step = epoch * parts.steps_per_epoch + index + 1
+        if global_step % cfg.ema_every == 0:  # counted in global steps, so short epochs still update
+            step.update_ema(*_ema_decay(cfg, parts, global_step))
+        loop.done = index + 1
+        seen += local_batch
         steps_run += 1
         bar.update(1)
     loop.skip_steps = 0
@@ -96,60 +86,78 @@ def train_one_epoch(
     epoch_seconds = time.perf_counter() - loop.epoch_start  # this process's part of the epoch
     spent = epoch_seconds + loop.carried_epoch_seconds  # with the part an interrupted process ran
     loop.carried_epoch_seconds = 0.0
+    loss_sum, correct = step.loss_sum, step.correct
     if dist is not None:
         loss_sum, correct, seen = dist.reduce_stats(loss_sum, correct, seen)  # loss averaged over ranks
     if not torch.isfinite(loss_sum):  # read once per epoch: a non-finite step leaves its mark in the sum
         _stop_on_nan(epoch, loop)
+    last = epoch * parts.steps_per_epoch + parts.steps_per_epoch - 1
     record: dict[str, Any] = {
         "epoch": epoch + 1,
         "train_loss": loss_sum.item() / max(steps_run, 1),
         "train_acc": correct.item() / max(seen, 1),
-        "lr": lr,
+        "lr": float(parts.lrs[last]),
         "train_seconds": spent,
         "train_images_per_s": seen / max(epoch_seconds, 1e-9),  # the images this process trained
     }
-    if parts.scaler is not None:
-        record["skipped_nonfinite_steps"] = skipped_steps(parts.scaler, cfg.fp16_loss_scale)  # read once per epoch
+    if parts.loss_scale is not None:
+        record["skipped_nonfinite_steps"] = parts.loss_scale.skipped_steps()  # read once per epoch
     return record
 
 
-def warm_up(cfg: TrainConfig, data: TrainData, parts: ModelParts, dev: DeviceChoice, live: Any,
-            compiled: CompiledOrEager | None, steps: int, batch: int) -> float:  # fmt: skip
-    """Seconds spent on ``steps`` untimed training steps of ``batch`` images (this process's share of a step), whose
-    effects are then undone:
-    weights, BatchNorm statistics, optimizer state, loss scale and random streams are put back exactly, so a run
-    that warmed up is bit-identical to one that did not (tests/train/test_trainer.py). What a cold process pays once
-    (cuDNN autotuning, lazy module loading, compilation, allocator growth) lands here instead of in epoch 1's clock.
+def warm_up(cfg: TrainConfig, data: TrainData, parts: ModelParts, dev: DeviceChoice, step: TrainStep, steps: int,
+            batch: int) -> float:  # fmt: skip
+    """Seconds spent on ``steps`` untimed training steps of ``batch`` images (this process's share of a step), then
+    on capturing the step as a CUDA graph where the run uses one, whose effects are then undone:
+    weights, BatchNorm statistics, momentum, EMA, loss-scale count, the step's sums and the random streams are put
+    back exactly and in place (a captured graph holds those very tensors), so a run that warmed up is bit-identical
+    to one that did not (tests/train/test_trainer.py). What a cold process pays once (cuDNN autotuning, lazy module
+    loading, compilation, allocator growth, graph capture) lands here instead of in epoch 1's clock.
     """
-    import copy
-
     from dawnpipe.train.checkpoint import restore_rng, rng_state
 
+    if step.wants_graph:
+        steps = max(steps, 3)  # a capture needs the kernels chosen and the libraries loaded by eager steps first
     if steps <= 0:
         return 0.0
     _sync(dev)
     began = time.perf_counter()
-    model_state = {k: v.detach().clone() for k, v in parts.model.state_dict().items()}
-    optimizer_state = copy.deepcopy(parts.optimizer.state_dict())
-    scaler_state = None if parts.scaler is None else copy.deepcopy(parts.scaler.state_dict())
+    kept = _state_tensors(parts, step)
+    saved = [t.detach().clone() for t in kept]
+    ema_updates = parts.ema.updates
     random_state = rng_state(dev.device)
     x = normalize(data.train_x[:batch], data.mean, data.std, data.compute)
     y = data.train_y[:batch]
+    targets = smoothed_targets(y, len(data.cifar.classes), cfg.label_smoothing)
     parts.model.train()
-    for group in parts.optimizer.param_groups:
-        group["lr"] = 0.0
-    for _ in range(steps):
-        _step(cfg, parts, dev, live, compiled, x, y)
+    side = torch.cuda.Stream() if step.wants_graph else None  # graph warm-up runs on a side stream (CUDA graphs docs)
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        for _ in range(steps):
+            step.start_epoch(0)
+            step.run(x, y, targets)
+            step.update_ema(0.5, False)
+    if side is not None:
+        torch.cuda.current_stream().wait_stream(side)
+        step.capture(x, y, targets, pull_back=cfg.lookahead)
     _sync(dev)
     with torch.no_grad():
-        for key, value in parts.model.state_dict().items():
-            value.copy_(model_state[key])
-    parts.optimizer.load_state_dict(optimizer_state)
-    if scaler_state is not None:
-        parts.scaler.load_state_dict(scaler_state)
+        torch._foreach_copy_(kept, saved)
+    parts.ema.updates = ema_updates
     restore_rng(random_state, dev.device)
-    parts.model.zero_grad(set_to_none=True)
+    if step.graph is None:
+        parts.model.zero_grad(set_to_none=True)
     return time.perf_counter() - began
+
+
+def _state_tensors(parts: ModelParts, step: TrainStep) -> list[torch.Tensor]:
+    """Every tensor a training step changes: weights and buffers, momentum, the EMA, the loss-scale count."""
+    tensors = list(parts.model.state_dict().values()) + list(parts.ema.state_dict().values())
+    tensors += [s["momentum_buffer"] for s in parts.optimizer.state.values()]
+    if parts.loss_scale is not None:
+        tensors.append(parts.loss_scale.skipped)
+    return tensors
 
 
 def _epoch_batches(cfg: TrainConfig, epoch: int, data: TrainData, dev: DeviceChoice, dist: Any) -> tuple:
@@ -166,38 +174,13 @@ def _epoch_batches(cfg: TrainConfig, epoch: int, data: TrainData, dev: DeviceCho
     return epoch_x, epoch_y
 
 
-def _forward_backward(net: Any, x: torch.Tensor, y: torch.Tensor, *, cfg: TrainConfig, parts: ModelParts, dev):
-    with autocast(dev):
-        out = net(x)
-        value = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
-    parts.optimizer.zero_grad(set_to_none=True)
-    (value if parts.scaler is None else parts.scaler.scale(value)).backward()  # fp16: scaled (the step unscales)
-    return out, value
-
-
-def _step(cfg, parts: ModelParts, dev, live, compiled, x: torch.Tensor, y: torch.Tensor) -> tuple:
-    """Forward, loss, backward and the optimizer step (fp16: unscaled and skipped on overflow, on the device)."""
-    forward_backward = functools.partial(_forward_backward, x=x, y=y, cfg=cfg, parts=parts, dev=dev)
-    if compiled is not None and not compiled.proven:  # the backward compiles here: same fallback
-        logits, loss = compiled.first_step(forward_backward, parts.model)
-    else:
-        logits, loss = forward_backward(compiled or live)
-    if parts.scaler is not None:  # the fused kernel unscales, and skips an overflowing update on the device
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-    else:
-        parts.optimizer.step()
-    return logits, loss
-
-
-def _update_ema(cfg: TrainConfig, parts: ModelParts, global_step: int) -> None:
-    if global_step % cfg.ema_every:  # counted in global steps, so epochs shorter than ema_every still update
-        return
+def _ema_decay(cfg: TrainConfig, parts: ModelParts, global_step: int) -> tuple[float, bool]:
+    """(decay, pull back) of the EMA update after ``global_step`` steps."""
     if cfg.lookahead:
         through = global_step / (cfg.epochs * parts.steps_per_epoch)  # fraction of training done
-        parts.ema.update(decay=cfg.lookahead_decay**cfg.ema_every * through**3, pull_back=True)
-    else:
-        parts.ema.update()
+        parts.ema.updates += 1
+        return cfg.lookahead_decay**cfg.ema_every * through**3, True
+    return parts.ema.next_decay(), False
 
 
 def _sync(dev: DeviceChoice) -> None:

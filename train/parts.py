@@ -19,8 +19,8 @@ from dawnpipe.train.config import ModelConfig, TrainConfig
 from dawnpipe.train.data import Cifar, load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
 from dawnpipe.train.evaluation import accuracy
-from dawnpipe.train.loss_scaling import fp16_optimizer
-from dawnpipe.train.model import ResNet9, normalize
+from dawnpipe.train.loss_scaling import ConstantLossScale
+from dawnpipe.train.model import ResNet9, normalize, probe_native_layout
 from dawnpipe.train.schedule import lr_multiplier, lr_table
 
 
@@ -88,7 +88,7 @@ class ModelParts:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     ema: EMA
-    scaler: torch.amp.GradScaler | None  # fp16 only: the loss scale, and overflowing steps skipped on the device
+    loss_scale: ConstantLossScale | None  # fp16 only: the loss scale, and overflowing steps skipped on the device
     lrs: Any  # learning rate of every step (the one-cycle table, scaled)
     steps_per_epoch: int
 
@@ -113,11 +113,18 @@ def build_model(cfg: TrainConfig, data: TrainData, dev: DeviceChoice) -> ModelPa
         groups.append(
             {"params": [whiten_bias], **bias_group, "until_step": cfg.whiten_bias_frac * cfg.epochs * steps_per_epoch}
         )
-    scaler = None
-    if data.compute == torch.float16:  # train.loss_scaling: why GradScaler with the fused kernel
-        optimizer, scaler = fp16_optimizer(groups, cfg.momentum, cfg.fp16_loss_scale, dev.device.type)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, nesterov=True, foreach=True)
+    # one fused kernel per group, whose learning rate is a device tensor (train.step) and which skips an fp16 step
+    # the loss scale flagged; momentum starts as zeros, the same first step as none (buf = 0*m + g), so the
+    # buffers exist before a CUDA graph is captured and stay the same tensors for the whole run
+    optimizer = torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, nesterov=True, fused=True)
+    for p in weights + biases + ([] if whiten_bias is None else [whiten_bias]):
+        optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    loss_scale = None
+    if data.compute == torch.float16:  # train.loss_scaling: a constant scale, overflowing steps skipped on device
+        trained = [p for group in groups for p in group["params"]]
+        loss_scale = ConstantLossScale(cfg.fp16_loss_scale, trained, dev.device)
+    if dev.device.type != "cpu":  # ghost BN's fastest layout on this device, decided once before any capture
+        probe_native_layout(dev.device, data.compute)
     ema = EMA(model, cfg.ema_decay**cfg.ema_every, warmup=cfg.ema_warmup)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
-    return ModelParts(model_cfg, model, optimizer, ema, scaler, lrs, steps_per_epoch)
+    return ModelParts(model_cfg, model, optimizer, ema, loss_scale, lrs, steps_per_epoch)

@@ -41,9 +41,9 @@ from dawnpipe.train.compiled import CompiledOrEager
 from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.epoch import LoopState, train_one_epoch, warm_up
 from dawnpipe.train.finish import calibrate, carried_clock, clocks, over_processes, write_manifest
-from dawnpipe.train.loss_scaling import skipped_steps
 from dawnpipe.train.parts import ModelParts, TrainData, build_model, load_data
 from dawnpipe.train.run_control import closing, epoch_line, graceful_interrupt, progress_bar
+from dawnpipe.train.step import TrainStep
 
 # Fields a resumed run may take from the caller instead of its checkpoint: none changes a training step.
 RESUME_MAY_CHANGE = ("selective_target", "eval_every", "device")
@@ -125,6 +125,7 @@ def _train(
     loop.checkpoint = run_dir / CHECKPOINT_NAME
     live = parts.model if dist is None else dist.wrap(parts.model)  # after resume: DDP broadcasts the weights
     compiled = CompiledOrEager(live) if cfg.compile else None
+    step = TrainStep(cfg, parts, dev, live, compiled)  # after resume: it binds the optimizer's rates to the device
     saver = _Saver(loop.checkpoint, cfg, data, parts, dev, world, loop, (resume or {}).get("run_id"))
     rank0 = dist is None or dist.rank == 0
     bar = progress_bar(cfg.epochs * parts.steps_per_epoch, enabled=progress and rank0)
@@ -134,10 +135,10 @@ def _train(
         torch.backends.cudnn.benchmark = True  # after the loop: inference in this process must not autotune)
     try:
         steps = cfg.warmup_steps if cfg.warmup_steps is not None else (3 if dev.device.type == "cuda" else 0)
-        loop.warmup_seconds = warm_up(cfg, data, parts, dev, live, compiled, steps, cfg.batch_size // world)
+        loop.warmup_seconds = warm_up(cfg, data, parts, dev, step, steps, cfg.batch_size // world)
         with graceful_interrupt() as interrupt, closing(bar):
             for epoch in range(loop.epoch, cfg.epochs):
-                record = train_one_epoch(cfg, epoch, data, parts, dev, dist, live, compiled, loop, interrupt, bar)
+                record = train_one_epoch(cfg, epoch, data, parts, dev, dist, step, loop, interrupt, bar)
                 if rank0 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                     record["ema_test_acc"] = data.test_accuracy(parts.ema.module, dev)
                 record["elapsed_s"] = time.time() - started
@@ -161,7 +162,7 @@ def _train(
         ) from None
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
-    final, selective = finish(cfg, data, parts, dev, loop, compiled, rank0)
+    final, selective = finish(cfg, data, parts, dev, loop, compiled, step, rank0)
     if rank0:
         saver.save(cfg.epochs, 0, complete=True, final=final, selective=selective)
         write_manifest(run_dir, saver.path, cfg, dev, data.cifar, data.norm, final, world, data.holdout, selective,
@@ -179,8 +180,8 @@ def restore(parts: ModelParts, resume: dict[str, Any], dev: DeviceChoice, world:
     parts.model.load_state_dict(resume["model"])
     parts.ema.load(resume["ema"], state.get("ema_updates", 0))
     parts.optimizer.load_state_dict(state["optimizer"])
-    if parts.scaler is not None and state.get("scaler"):  # fp16: the scale an overflow may have halved
-        parts.scaler.load_state_dict(state["scaler"])
+    if parts.loss_scale is not None and state.get("scaler"):  # fp16: the steps skipped so far
+        parts.loss_scale.load_state_dict(state["scaler"])
     restore_rng(state.get("rng"), dev.device)
     if saved_world != world:  # the global batch split and the data order depend on it
         raise DawnpipeError(
@@ -201,6 +202,7 @@ def finish(
     dev: DeviceChoice,
     loop: LoopState,
     compiled: CompiledOrEager | None,
+    step: TrainStep,
     rank0: bool,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The run's final record (clocks over every process, the EMA's accuracy with and without flip TTA, the raw
@@ -217,11 +219,12 @@ def finish(
         "train_images_per_s": cfg.epochs * parts.steps_per_epoch * cfg.batch_size / train_seconds,
         **clocks(loop.history),
         "compiled": None if compiled is None else compiled.describe(),
+        "step": step.describe(),
         "first_step_unix": loop.first_step_unix,
         "started_unix": loop.started,
     }
-    if parts.scaler is not None:
-        final["skipped_nonfinite_steps"] = skipped_steps(parts.scaler, cfg.fp16_loss_scale)
+    if parts.loss_scale is not None:
+        final["skipped_nonfinite_steps"] = parts.loss_scale.skipped_steps()
     if not rank0:
         return final, None
     ema = parts.ema.module
@@ -306,7 +309,7 @@ class _Saver:
                     "optimizer": parts.optimizer.state_dict(),
                     "world_size": self.world,
                     "ema_updates": parts.ema.updates,
-                    "scaler": None if parts.scaler is None else parts.scaler.state_dict(),
+                    "scaler": None if parts.loss_scale is None else parts.loss_scale.state_dict(),
                     "precision": {"device": self.dev.device.type, "autocast": self.dev.describe()["precision"]},
                     "rng": rng_state(self.dev.device),  # stochastic depth draws from it; a resume continues the stream
                     # this process's wall so far: a process killed outright still counts up to this checkpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 
@@ -156,38 +157,45 @@ def test_a_batch_that_does_not_split_into_ghost_groups_is_refused_before_any_wor
 
 
 def test_an_overflowing_fp16_step_is_skipped_on_device_and_counted():
-    # GradScaler with the fused kernel, on the CPU: the injected inf reaches neither weights nor momentum
-    from dawnpipe.train.loss_scaling import fp16_optimizer, skipped_steps
+    # fp32 tensors on the CPU stand for fp16's gradients: the constant loss scale unscales and flags them, the fused
+    # SGD kernel reads the flag; the injected inf reaches neither weights nor momentum, and the count is on the device
+    from dawnpipe.train.loss_scaling import ConstantLossScale
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
-    groups = [{"params": list(model.parameters()), "weight_decay": 5e-4}]
-    optimizer, scaler = fp16_optimizer(groups, momentum=0.9, scale=512.0, device_type="cpu")
-    for group in optimizer.param_groups:
-        group["lr"] = 0.1
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD([{"params": params, "weight_decay": 5e-4}], lr=torch.tensor(0.1), momentum=0.9,
+                                nesterov=True, fused=True)  # fmt: skip
+    scale = ConstantLossScale(512.0, params, torch.device("cpu"))
     x = torch.randn(8, 4)
 
     def step(poison: bool = False) -> None:
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(model(x).square().mean()).backward()
+        scale.scale(model(x).square().mean()).backward()
         if poison:
             model.weight.grad[0, 0] = float("inf")  # the injected overflow
-        scaler.step(optimizer)
-        scaler.update()
+        scale.unscale_(optimizer)
+        optimizer.step()
 
+    reference = copy.deepcopy(model)
     step()
-    before = [p.detach().clone() for p in model.parameters()]
-    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
-    assert skipped_steps(scaler, 512.0) == 0
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    reference(x).square().mean().backward()
+    plain.step()
+    assert all(torch.allclose(p, r, rtol=1e-6) for p, r in zip(params, reference.parameters(), strict=True))  # unscaled
+    before = [p.detach().clone() for p in params]
+    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in params]
+    assert scale.skipped_steps() == 0
     step(poison=True)
-    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
-    assert all(
-        torch.equal(optimizer.state[p]["momentum_buffer"], m) for p, m in zip(model.parameters(), momentum, strict=True)
-    )
-    assert skipped_steps(scaler, 512.0) == 1
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], m) for p, m in zip(params, momentum, strict=True))
+    assert scale.skipped_steps() == 1
     step()
     assert not torch.equal(model.weight, before[0]) and torch.isfinite(model.weight).all()
-    assert skipped_steps(scaler, 512.0) == 1  # a good step neither skips nor grows the scale
+    assert scale.skipped_steps() == 1  # a good step after the bad one is taken
+    restored = ConstantLossScale(512.0, params, torch.device("cpu"))
+    restored.load_state_dict({"scale": 128.0, "growth_factor": 2.0})  # a GradScaler checkpoint: two halvings
+    assert restored.skipped_steps() == 2
 
 
 def test_compile_failure_falls_back_to_eager_with_a_notice(image_folder, tmp_path, monkeypatch, capsys):
