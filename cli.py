@@ -158,6 +158,9 @@ _RUN_SWITCHES = (
     click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks."),
     click.option("--compile", is_flag=True,
                  help="torch.compile the training step (falls back to eager with a notice)."),
+    click.option("--cuda-graph/--no-cuda-graph", default=default(TrainConfig, "cuda_graph"),
+                 help="On CUDA (eager, one process): capture the whole training step as a CUDA graph and replay it "
+                 "(falls back to eager with a notice). Ignored on a CPU."),
 )
 _TRUST = (
     click.option("--allow-foreign", is_flag=True,

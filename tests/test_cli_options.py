@@ -28,6 +28,8 @@ ADDED = {  # (command, option): why it is new
     ("train", "precision"): "issue 43: precision is the caller's choice (auto keeps the machine's choice)",
     ("pipeline", "precision"): "issue 43: the family's training and torch rows at a chosen precision",
     ("eval", "precision"): "issue 43: the torch backends' precision as a choice",
+    ("train", "cuda_graph"): "issue 45: the CUDA graph of the training step can be turned off",
+    ("pipeline", "cuda_graph"): "issue 45: the family's training step, as train's",
 }
 WIDENED = {  # (command, parameter before): (parameter now, why); a widening: what was typed before still works
     ("eval", "artifact"): ("artifacts", "issue 32: several artifacts timed in one session, one still accepted"),

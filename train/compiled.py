@@ -14,8 +14,12 @@ Two things this adds to a bare ``torch.compile``:
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +46,7 @@ class CompiledOrEager:
         self.graphs = 0  # graphs inductor compiled for this module (forward graphs; each includes its backward)
         self.proven = False  # the first training step (forward and backward) ran compiled or fell back
         self._first_step = False  # inside first_step: whether a graph compiled is judged after the backward
+        self.cache: dict[str, Any] = {"loaded": False, "saved": False, "path": None}
         try:
             self.compiled = torch.compile(module, backend=self._inductor, **options)
         except Exception as err:  # torch.compile itself may refuse (unsupported platform, no dynamo)
@@ -108,6 +113,59 @@ class CompiledOrEager:
         if self.compiled is not None and not self.graphs and self.notice is None:
             self._say(f"torch.compile ran without compiling any graph (dynamo fell back); {self.what} runs eagerly")
 
+    def load_cache(self, path: Path) -> None:
+        """Hand torch.compile the artifacts an earlier process saved at ``path`` (``save_cache``), so this process
+        does not compile again. Only a file whose sha256 matches the record dawnpipe wrote beside it is loaded:
+        the artifacts are torch's own serialisation, trusted as torch trusts its on-disk inductor cache."""
+        self.cache["path"] = str(path)
+        record = path.with_suffix(".json")
+        if self.compiled is None or not path.is_file() or not record.is_file():
+            return
+        try:
+            blob = path.read_bytes()
+            expected = json.loads(record.read_text()).get("sha256")
+            if hashlib.sha256(blob).hexdigest() != expected:
+                self._say(f"compile cache {path} does not match its record; compiling afresh")
+                return
+            torch.compiler.load_cache_artifacts(blob)
+        except Exception as err:  # a cache from another torch, or damaged: compile afresh, say so
+            self._say(f"compile cache {path} not used ({type(err).__name__}); compiling afresh")
+            return
+        self.cache["loaded"] = True
+
+    def save_cache(self, path: Path) -> None:
+        """Save what torch.compile compiled in this process to ``path`` (and its sha256 beside it), written under a
+        temporary name and renamed, for the next process's ``load_cache``."""
+        if not self.compiled_ran:
+            return
+        try:
+            saved = torch.compiler.save_cache_artifacts()
+            if saved is None:
+                return
+            blob = saved[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for target, data in ((path, blob), (path.with_suffix(".json"),
+                                                json.dumps({"sha256": hashlib.sha256(blob).hexdigest(),
+                                                            "torch": torch.__version__}).encode())):  # fmt: skip
+                partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+                partial.write_bytes(data)
+                partial.replace(target)
+        except OSError as err:  # a cache that cannot be written costs the next process a compile, nothing more
+            self._say(f"compile cache not saved to {path} ({err.strerror or err})")
+            return
+        self.cache["saved"] = True
+
     def describe(self) -> dict[str, Any]:
-        """What the manifest records: whether a compiled graph ran, how many were compiled, and any notice."""
-        return {"ran_compiled": self.compiled_ran, "graphs": self.graphs, "notice": self.notice}
+        """What the manifest records: whether a compiled graph ran, how many were compiled, any notice, and whether
+        the compile cache was loaded from or saved to disk."""
+        return {"ran_compiled": self.compiled_ran, "graphs": self.graphs, "notice": self.notice, "cache": self.cache}
+
+
+def compile_cache_path(cfg: Any, device: torch.device, precision: str, batch: int) -> Path:
+    """Where this training configuration's compile artifacts live: the dawnpipe cache, keyed by torch version,
+    device, precision and what shapes the compiled graphs (model config, ``batch`` images per process)."""
+    from dawnpipe.train.data import cache_dir
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    key = json.dumps([torch.__version__, name, precision, cfg.model.to_dict(), batch], sort_keys=True)
+    return cache_dir() / "compile" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"

@@ -15,106 +15,90 @@ from dawnpipe.train.config import ModelConfig
 class _GhostNormFn(torch.autograd.Function):
     """Per-group batch norm as one native kernel each way: a ghost group is an instance of ``group_norm``.
 
-    In channels_last memory (n, h, w, c) the images of a group are one contiguous block, so the activations viewed
-    as (groups, c, ghost*h, w) are a channels_last tensor with no copy, and ``native_group_norm`` with one channel
-    per group normalises each (group, channel) over (ghost, h, w): ghost BN's statistics in one reduction, the
-    output in the same kernel, the backward in one more (weight and bias gradients included). Its mean and 1/std
-    come back for the running statistics, which the owner updates for every layer at once (``update_running_stats``);
-    they are not differentiated, so autograd materialises no gradients for them (issue 45: 20 forward and 21
-    backward dispatcher ops per layer before, 40 after the first fusion, 6 now).
+    ``native_group_norm`` with one channel per group, over the activations as (groups, c, ghost*h*w), normalises
+    each (group, channel) over (ghost, h, w): ghost BN's statistics in one reduction, the output in the same kernel,
+    the backward in one more (weight and bias gradients included). Mean and 1/std come back for the running
+    statistics, which the owner updates for every layer at once (``update_running_stats``); they are not
+    differentiated, so autograd materialises no gradients for them (issue 45: 20 forward and 21 backward
+    dispatcher ops per layer before, 40 after the first fusion, 6 or 8 now).
+
+    Two layouts, by measurement (``gather``): in channels_last memory the groups are a free view, which the CPU's
+    kernel reads fast in fp32; in bf16 it ran 10-60x slower on that view (512 channels on 4x4, batch 256: 27 ms
+    against 0.5 ms per forward, 2-core Xeon), and CUDA's kernel takes only contiguous input, so there the groups
+    are gathered contiguous (one copy in and one out each way, one op each: ``as_strided_copy``).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, ghost, eps):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, ghost, eps, gather):  # type: ignore[override]
         n, c, h, w = x.shape
-        groups, length = n // ghost, ghost * h * w
-        takes_channels_last, takes_mixed = native_layout(x.device, x.dtype, weight.dtype)
-        v = _grouped(x, groups)
-        if not takes_channels_last:  # the device's kernel wants (groups, c, ghost*h*w) contiguous: one copy
-            v = v.contiguous()
-        w_, b_ = (weight, bias) if takes_mixed or weight.dtype == x.dtype else (weight.to(x.dtype), bias.to(x.dtype))
-        out, mean, rstd = torch.native_group_norm(v, w_, b_, groups, c, length, c, eps)
+        groups = n // ghost
+        v = _gathered(x, groups) if gather else _grouped_view(x, groups)
+        # CPU's kernel takes reduced-precision input with fp32 weights; elsewhere the weights are cast to match
+        w_, b_ = (weight, bias) if x.device.type == "cpu" else (weight.to(x.dtype), bias.to(x.dtype))
+        out, mean, rstd = torch.native_group_norm(v, w_, b_, groups, c, ghost * h * w, c, eps)
         ctx.save_for_backward(v, mean, rstd, w_)
-        ctx.shape, ctx.takes_channels_last, ctx.param_dtype = x.shape, takes_channels_last, weight.dtype
+        ctx.param_dtype, ctx.gather, ctx.ghost = weight.dtype, gather, ghost
         ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)
-        return _ungrouped(out, x, takes_channels_last), mean, rstd
+        return _scattered(out, ghost) if gather else _ungrouped_view(out, ghost), mean, rstd
 
     @staticmethod
     def backward(ctx, dy, _mean, _rstd):  # type: ignore[override]
-        v, mean, rstd, w_ = ctx.saved_tensors
-        n, c, h, w = ctx.shape
-        groups = v.shape[0]
         if dy is None:  # the output took no part in the loss
-            return None, None, None, None, None
+            return None, None, None, None, None, None
+        v, mean, rstd, w_ = ctx.saved_tensors
+        groups, c = v.shape[:2]
         dy = dy.contiguous(memory_format=torch.channels_last)  # free when it already is (the usual case)
-        dv = _grouped(dy, groups)
-        if not ctx.takes_channels_last:
-            dv = dv.contiguous()
+        dv = _gathered(dy, groups) if ctx.gather else _grouped_view(dy, groups)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
             dv, v, mean, rstd, w_, groups, c, v.numel() // (groups * c), c, mask
         )
-        dx = None if dx is None else _ungrouped(dx, dy, ctx.takes_channels_last)
+        if dx is not None:
+            dx = _scattered(dx, ctx.ghost) if ctx.gather else _ungrouped_view(dx, ctx.ghost)
         dweight = None if dweight is None else dweight.to(ctx.param_dtype)
         dbias = None if dbias is None else dbias.to(ctx.param_dtype)
-        return dx, dweight, dbias, None, None
+        return dx, dweight, dbias, None, None, None
 
 
-def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(n, c, h, w) in channels_last memory as (groups, c, n/groups*h, w): a view, also channels_last."""
+def gathers(x: torch.Tensor) -> bool:
+    """Whether ghost BN gathers its groups contiguous for this input (``_GhostNormFn``: fp32 on a CPU reads the
+    channels_last view; reduced precision on a CPU, and CUDA, gather)."""
+    return x.device.type != "cpu" or x.dtype in (torch.bfloat16, torch.float16)
+
+
+def _grouped_view(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(n, c, h, w) in channels_last memory as (groups, c, n/groups*h, w): a view, itself channels_last."""
     n, c, h, w = x.shape
     return x.as_strided((groups, c, n // groups * h, w), (n // groups * h * w * c, 1, w * c, c))
 
 
-def _ungrouped(out: torch.Tensor, like: torch.Tensor, is_view: bool) -> torch.Tensor:
-    """``_grouped`` undone: a view back, or (a kernel that wrote contiguous groups) one copy into ``like``'s layout."""
-    n, c, h, w = like.shape
-    if is_view:
-        return out.as_strided((n, c, h, w), (h * w * c, 1, w * c, c))
-    result = torch.empty_like(like, memory_format=torch.channels_last)
-    _grouped(result, out.shape[0]).copy_(out.view(out.shape[0], c, -1, w))
-    return result
+def _ungrouped_view(v: torch.Tensor, ghost: int) -> torch.Tensor:
+    """``_grouped_view`` undone, a view."""
+    groups, c, rows, w = v.shape
+    h = rows // ghost
+    return v.as_strided((groups * ghost, c, h, w), (h * w * c, 1, w * c, c))
 
 
-_LAYOUTS: dict[tuple[str, torch.dtype, torch.dtype], tuple[bool, bool]] = {}
+def _gathered(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(n, c, h, w) in channels_last memory -> contiguous (groups, c, n/groups, h, w): one copy, one op."""
+    n, c, h, w = x.shape
+    ghost = n // groups
+    return torch.ops.aten.as_strided_copy(x, (groups, c, ghost, h, w), (ghost * h * w * c, 1, h * w * c, w * c, c))
 
 
-def native_layout(device: torch.device, dtype: torch.dtype, param_dtype: torch.dtype) -> tuple[bool, bool]:
-    """Whether this device's ``native_group_norm`` takes channels_last input and reduced-precision input with fp32
-    weights. The CPU kernel takes both; another device's answer comes from ``probe_native_layout`` (run before a
-    CUDA graph or a compile), else the safe path (a contiguous copy, weights cast) is taken."""
-    if device.type == "cpu":
-        return True, True
-    return _LAYOUTS.get((device.type, dtype, param_dtype), (False, False))
-
-
-@torch.no_grad()
-def probe_native_layout(device: torch.device, dtype: torch.dtype, param_dtype: torch.dtype = torch.float32) -> None:
-    """Try the fast layouts on ``device`` once, on a tiny tensor against the safe path, and remember what worked."""
-    if device.type == "cpu" or (device.type, dtype, param_dtype) in _LAYOUTS:
-        return
-    x = torch.randn(4, 3, 2, 2, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    weight = torch.rand(3, device=device, dtype=param_dtype) + 0.5
-    bias = torch.randn(3, device=device, dtype=param_dtype)
-    want = _GhostNormFn.apply(x, weight, bias, 2, 1e-5)[0].float()  # the safe path (nothing remembered yet)
-    found = (False, False)
-    for candidate in [(True, True), (True, False), (False, True)]:
-        _LAYOUTS[(device.type, dtype, param_dtype)] = candidate
-        try:
-            got = _GhostNormFn.apply(x, weight, bias, 2, 1e-5)[0].float()
-        except RuntimeError:
-            continue
-        if torch.allclose(got, want, atol=1e-2, rtol=1e-2):
-            found = candidate
-            break
-    _LAYOUTS[(device.type, dtype, param_dtype)] = found
+def _scattered(v: torch.Tensor, ghost: int) -> torch.Tensor:
+    """``_gathered`` undone: contiguous (groups, c, ghost, h, w) -> (n, c, h, w) in channels_last memory."""
+    groups, c, _, h, w = v.shape
+    plane = ghost * h * w
+    nhwc = torch.ops.aten.as_strided_copy(v, (groups, ghost, h, w, c), (c * plane, h * w, w, 1, plane))
+    return nhwc.as_strided((groups * ghost, c, h, w), (h * w * c, 1, w * c, c))
 
 
 @torch.no_grad()
 def update_running_stats(layers: list[GhostBatchNorm]) -> None:
     """Fold the batch statistics every layer kept from its last training forward into its running statistics, in
-    a fixed handful of ops for all layers together (not six per layer): each running mean and unbiased variance
+    a fixed handful of ops for all layers together (8, not six per layer): each running mean and unbiased variance
     moves towards the average over the ghost groups, as ``nn.BatchNorm2d`` does with one group."""
     live = [m for m in layers if m.batch_stats is not None]
     if not live:
@@ -123,15 +107,29 @@ def update_running_stats(layers: list[GhostBatchNorm]) -> None:
     stats = torch.cat([m.batch_stats[0] for m in live] + [m.batch_stats[1] for m in live], dim=1)
     stats = stats.to(live[0].running_mean.dtype)  # free unless a device kept reduced-precision statistics
     stats[:, sum(sizes) :].pow_(-2)  # 1/std -> var + eps
-    pieces = list(stats.mean(0).split(sizes * 2))
-    variances = pieces[len(live) :]
-    torch._foreach_add_(variances, [-m.eps for m in live])
-    torch._foreach_mul_(variances, [m.batch_stats[2] for m in live])  # Bessel's n/(n-1) over a group's values
+    scale, shift = _stat_affine(live, stats.device, stats.dtype)
+    targets = torch.addcmul(shift, stats.mean(0), scale)  # means as they are; variances (v - eps) * n/(n-1)
     running = [m.running_mean for m in live] + [m.running_var for m in live]
-    torch._foreach_lerp_(running, pieces, [float(m.momentum) for m in live] * 2)
+    torch._foreach_lerp_(running, list(targets.split(sizes * 2)), [float(m.momentum) for m in live] * 2)
     torch._foreach_add_([m.num_batches_tracked for m in live], 1)
     for m in live:
         m.batch_stats = None
+
+
+_AFFINES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stat_affine(live: list[GhostBatchNorm], device: torch.device, dtype: torch.dtype) -> tuple:
+    """(scale, shift) taking the group-averaged (means, var + eps) of ``live`` to (means, unbiased variances):
+    made once per layer set and kept, so a step pays one op for it."""
+    key = (device, dtype, tuple((m.num_features, m.eps, m.batch_stats[2]) for m in live))
+    if key not in _AFFINES:
+        ones = [1.0] * sum(m.num_features for m in live)
+        bessel = [m.batch_stats[2] for m in live for _ in range(m.num_features)]
+        shift = [0.0] * len(ones) + [-m.eps * m.batch_stats[2] for m in live for _ in range(m.num_features)]
+        _AFFINES[key] = (torch.tensor(ones + bessel, device=device, dtype=dtype),
+                         torch.tensor(shift, device=device, dtype=dtype))  # fmt: skip
+    return _AFFINES[key]
 
 
 class GhostBatchNorm(nn.BatchNorm2d):
@@ -155,7 +153,7 @@ class GhostBatchNorm(nn.BatchNorm2d):
         if not self.training or self.ghost <= 0 or n % self.ghost != 0 or n == self.ghost:
             return super().forward(x)
         x = x.contiguous(memory_format=torch.channels_last)  # free in the trainer's channels_last network
-        out, mean, rstd = _GhostNormFn.apply(x, self.weight, self.bias, self.ghost, self.eps)
+        out, mean, rstd = _GhostNormFn.apply(x, self.weight, self.bias, self.ghost, self.eps, gathers(x))
         count = self.ghost * h * w
         self.batch_stats = (mean, rstd, count / (count - 1))
         if not self.defer_running_stats:

@@ -20,7 +20,7 @@ from dawnpipe.train.data import Cifar, load_cifar, pixel_statistics
 from dawnpipe.train.ema import EMA
 from dawnpipe.train.evaluation import accuracy
 from dawnpipe.train.loss_scaling import ConstantLossScale
-from dawnpipe.train.model import ResNet9, normalize, probe_native_layout
+from dawnpipe.train.model import ResNet9, normalize
 from dawnpipe.train.schedule import lr_multiplier, lr_table
 
 
@@ -123,8 +123,6 @@ def build_model(cfg: TrainConfig, data: TrainData, dev: DeviceChoice) -> ModelPa
     if data.compute == torch.float16:  # train.loss_scaling: a constant scale, overflowing steps skipped on device
         trained = [p for group in groups for p in group["params"]]
         loss_scale = ConstantLossScale(cfg.fp16_loss_scale, trained, dev.device)
-    if dev.device.type != "cpu":  # ghost BN's fastest layout on this device, decided once before any capture
-        probe_native_layout(dev.device, data.compute)
     ema = EMA(model, cfg.ema_decay**cfg.ema_every, warmup=cfg.ema_warmup)
     lrs = lr_table(cfg, steps_per_epoch) * lr_multiplier(cfg)
     return ModelParts(model_cfg, model, optimizer, ema, loss_scale, lrs, steps_per_epoch)

@@ -37,7 +37,7 @@ from dawnpipe.train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from dawnpipe.train.compiled import CompiledOrEager
+from dawnpipe.train.compiled import CompiledOrEager, compile_cache_path
 from dawnpipe.train.config import TrainConfig
 from dawnpipe.train.epoch import LoopState, train_one_epoch, warm_up
 from dawnpipe.train.finish import calibrate, carried_clock, clocks, over_processes, write_manifest
@@ -125,6 +125,10 @@ def _train(
     loop.checkpoint = run_dir / CHECKPOINT_NAME
     live = parts.model if dist is None else dist.wrap(parts.model)  # after resume: DDP broadcasts the weights
     compiled = CompiledOrEager(live) if cfg.compile else None
+    compile_cache = None
+    if compiled is not None:  # a later process with the same shapes loads what this one compiles
+        compile_cache = compile_cache_path(cfg, dev.device, dev.describe()["precision"], cfg.batch_size // world)
+        compiled.load_cache(compile_cache)
     step = TrainStep(cfg, parts, dev, live, compiled)  # after resume: it binds the optimizer's rates to the device
     saver = _Saver(loop.checkpoint, cfg, data, parts, dev, world, loop, (resume or {}).get("run_id"))
     rank0 = dist is None or dist.rank == 0
@@ -162,6 +166,8 @@ def _train(
         ) from None
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
+    if compiled is not None and compile_cache is not None and rank0:
+        compiled.save_cache(compile_cache)
     final, selective = finish(cfg, data, parts, dev, loop, compiled, step, rank0)
     if rank0:
         saver.save(cfg.epochs, 0, complete=True, final=final, selective=selective)

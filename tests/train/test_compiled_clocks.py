@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,17 +69,32 @@ def test_a_compile_failure_falls_back_to_the_eager_step_exactly(image_folder, tm
     err = capsys.readouterr().err
     assert err.count("notice: torch.compile failed") == 1 and f"{fail} compiler failed" in err
     notice = err.split("notice: ")[1].strip()
+    cache = fallen.metrics["compiled"].pop("cache")
     assert fallen.metrics["compiled"] == {"ran_compiled": False, "graphs": 0, "notice": notice}
+    assert not cache["loaded"] and not cache["saved"]  # nothing compiled: nothing saved for the next run
     a, b = load_checkpoint(eager.checkpoint), load_checkpoint(fallen.checkpoint)
     # the failed compiled forward updated BatchNorm statistics; they were restored, so the runs agree exactly
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 @pytest.mark.slow
-def test_a_compiled_step_that_runs_says_so(image_folder, tmp_path):
+def test_a_compiled_step_that_runs_says_so_and_saves_its_compile_for_the_next_run(image_folder, tmp_path, monkeypatch,
+                                                                                   capsys):  # fmt: skip
+    from dawnpipe.train.compiled import CompiledOrEager
+
+    monkeypatch.setenv("DAWNPIPE_CACHE", str(tmp_path / "cache"))
     result = train(_cfg(image_folder, tmp_path, name="ok", epochs=1, compile=True), progress=False)
     compiled = result.metrics["compiled"]
     assert compiled["ran_compiled"] and compiled["graphs"] >= 1 and compiled["notice"] is None
+    assert compiled["cache"]["saved"] and not compiled["cache"]["loaded"]
+    blob = Path(compiled["cache"]["path"])
+    assert blob.is_file() and blob.with_suffix(".json").is_file()
+    again = train(_cfg(image_folder, tmp_path, name="again", epochs=1, compile=True), progress=False)
+    assert again.metrics["compiled"]["cache"]["loaded"] and again.metrics["compiled"]["cache"]["path"] == str(blob)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"x")  # damaged (or replaced) since dawnpipe wrote it: not loaded
+    late = CompiledOrEager(torch.nn.Linear(2, 2))
+    late.load_cache(blob)
+    assert not late.cache["loaded"] and "does not match its record" in late.notice
 
 
 def test_a_step_dynamo_never_compiled_is_not_called_compiled(image_folder, tmp_path, monkeypatch, capsys):

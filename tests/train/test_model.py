@@ -109,3 +109,40 @@ def test_the_fused_step_trains_as_the_textbook_step(dtype, steps, rtol):
         if a.is_floating_point():
             worst = float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
             assert worst <= rtol, (name, worst)
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_both_ghost_norm_layouts_match_the_reference_forward_and_backward(gather):
+    """fp64 on the CPU: the channels_last view (the CPU's fp32 path) and the gathered copy (bf16 on a CPU, and
+    CUDA) give the per-group reference's output, input gradient and bias gradient."""
+    from dawnpipe.train.model import _GhostNormFn
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(8, dtype=torch.float64) + 0.5, torch.randn(8, dtype=torch.float64)
+    grad = torch.randn(64, 8, 6, 5, dtype=torch.float64)
+    got_x, want_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    got_b, want_b = bias.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    out = _GhostNormFn.apply(got_x, weight, got_b, 16, 1e-5, gather)[0]
+    groups = want_x.view(4, 16, 8, 6, 5)
+    var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
+    want = (groups - mean) / torch.sqrt(var + 1e-5) * weight.view(1, 1, 8, 1, 1) + want_b.view(1, 1, 8, 1, 1)
+    want = want.reshape(64, 8, 6, 5)
+    assert out.shape == want.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, want, atol=1e-12)
+    (out * grad).sum().backward()
+    (want * grad).sum().backward()
+    assert torch.allclose(got_x.grad, want_x.grad, atol=1e-10) and torch.allclose(got_b.grad, want_b.grad, atol=1e-10)
+
+
+def test_bf16_ghost_norm_gathers_and_agrees_with_fp32():
+    """bf16 (emulated where not native) takes the gathered layout on a CPU and stays within bf16 rounding of fp32."""
+    from dawnpipe.train.model import gathers
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    bn = GhostBatchNorm(16, 32, freeze_scale=True)
+    assert gathers(x.bfloat16()) and not gathers(x)
+    want = bn(x)
+    got = bn(x.bfloat16())
+    assert got.dtype == torch.bfloat16 and (got.float() - want).abs().max() < 0.05

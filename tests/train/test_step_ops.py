@@ -10,9 +10,10 @@ from bench.step_ops import SYNC_OPS, OpCounter, per_step
 from tests.conftest import make_images, write_image_folder
 
 # Width 0.125, batch 64 (two ghost groups), bench/step_ops.py at 32 against 64 steps on 2026-12-07: fp32 556 ops per
-# step before issue 45 (and 1/32 host sync per step), 460 after; bf16 619, then 521 (0 syncs). The ceilings sit just
-# above, so a change that adds ops to the step fails here and is looked at.
-CEILING = {"fp32": 175, "bf16": 195}
+# step before issue 45 (and 1/32 host sync per step), 460 after the first fusion, 161.5 now; bf16 619, then 521, now
+# 199.5 (0 syncs). The issue's limit is 200; the ceilings sit at or just above today's counts, so a change that adds
+# ops to the step fails here and is looked at.
+CEILING = {"fp32": 170, "bf16": 200}
 
 
 @pytest.mark.slow
