@@ -10,7 +10,9 @@ evidence first:
 
 - environment: nvidia-smi, the CPU and its flags, torch, CUDA, cuDNN, Triton, onnxruntime versions;
 - data: decode and cache the data set once (later steps read the cache);
-- train_eager, train_compiled: the page recipe (10 epochs; ``--smoke``: 1 epoch on 2,048 images), fp16 on CUDA,
+- train_graph, train_eager, train_compiled: the step captured as a CUDA graph (the default), eager, and
+  torch.compile'd (its compile cache saved by the cold run and loaded by the warm one); the page recipe
+  (10 epochs; ``--smoke``: 1 epoch on 2,048 images), fp16 on CUDA,
   each run twice in its own process: cold (process start to the first trained, written run) and warm (the same
   run again in that process, as airbench94 times itself), reporting the first epoch apart from the steady state
   (median images/s of epochs 2..N), effective TFLOP/s
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = (
     "environment",
     "data",
+    "train_graph",
     "train_eager",
     "train_compiled",
     "inference",
@@ -53,6 +56,7 @@ STEPS = (
 LIMITS_S = {  # per step on the GPU; --smoke on a CPU uses SMOKE_LIMITS_S
     "environment": 60,
     "data": 240,
+    "train_graph": 150,
     "train_eager": 150,
     "train_compiled": 300,
     "inference": 240,

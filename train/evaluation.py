@@ -13,11 +13,12 @@ from dawnpipe.common.tta import softmax_confidence, tta_logits, views
 from dawnpipe.train.model import ResNet9, normalize
 
 
-def autocast(dev: DeviceChoice) -> contextlib.AbstractContextManager:
-    """torch.autocast in the device's compute dtype (fp16 on CUDA, bf16 on CPUs that have it), else nothing."""
+def autocast(dev: DeviceChoice, cache: bool = True) -> contextlib.AbstractContextManager:
+    """torch.autocast in the device's compute dtype (fp16 on CUDA, bf16 on CPUs that have it), else nothing;
+    ``cache``: autocast's cache of weight casts (off for a step a CUDA graph captures)."""
     if dev.autocast_dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(dev.device.type, dtype=dev.autocast_dtype)
+    return torch.autocast(dev.device.type, dtype=dev.autocast_dtype, cache_enabled=cache)
 
 
 @torch.no_grad()

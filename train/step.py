@@ -118,7 +118,9 @@ class TrainStep:
                               is_first_step=False, grad_scale=None, found_inf=found_inf)  # fmt: skip
 
     def _forward_backward(self, net: Any, x: torch.Tensor, targets: torch.Tensor) -> tuple:
-        with autocast(self.dev):
+        # no autocast weight-cast cache: a cached cast would be freed into the graph's pool when the region exits
+        # while the captured kernels still read it (PyTorch's CUDA graphs notes: autocast with cache_enabled=False)
+        with autocast(self.dev, cache=False):
             logits = net(x)
             loss = F.cross_entropy(logits.float(), targets)  # label smoothing is in the targets
         scale = self.parts.loss_scale
@@ -136,7 +138,7 @@ class TrainStep:
             with torch.cuda.graph(graph):
                 self._body(*self._static)
             ema_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(ema_graph, pool=graph.pool()):
+            with torch.cuda.graph(ema_graph):
                 self.parts.ema.apply(self.ema_weight, pull_back)
         except Exception as err:  # an op the capture refuses: the eager step, with a notice
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
