@@ -48,7 +48,8 @@ def count_training(images_folder: Path, steps: int, width: float, batch: int, pr
 
     cfg = config_from_options(data=images_folder, epochs=1, batch_size=batch, width=width, train_limit=steps * batch,
                               test_limit=64, out=out, name=f"ops-{steps}-{precision}", device="cpu", holdout=0,
-                              precision=precision, overwrite=True, **options)  # fmt: skip
+                              precision=precision, overwrite=True, whitening_images=batch,
+                              **options)  # fmt: skip  # the same whitening work at N and 2N steps: it cancels
     with OpCounter() as counter:
         train(cfg, progress=False)
     return counter.ops
