@@ -28,10 +28,11 @@ from dawnpipe.train.evaluation import autocast
 from dawnpipe.train.parts import ModelParts
 
 
-def smoothed_targets(labels: torch.Tensor, classes: int, smoothing: float) -> torch.Tensor:
+def smoothed_targets(labels: torch.Tensor, classes: int, smoothing: float, dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:  # fmt: skip
     """Label-smoothed target distributions, made once per epoch: cross-entropy against them equals
     ``F.cross_entropy(logits, labels, label_smoothing=smoothing)`` in half its ops per step (14 against 28)."""
-    targets = F.one_hot(labels.long(), classes).float().mul_(1.0 - smoothing)
+    targets = F.one_hot(labels.long(), classes).to(dtype).mul_(1.0 - smoothing)
     return targets.add_(smoothing / classes)
 
 
@@ -44,8 +45,9 @@ class TrainStep:
         groups = parts.optimizer.param_groups
         steps = np.arange(cfg.epochs * parts.steps_per_epoch)
         columns = [parts.lrs * g["lr_scale"] * (steps < g.get("until_step", np.inf)) for g in groups]
-        self.lr_table = torch.tensor(np.stack(columns, axis=1), dtype=torch.float32, device=device)
-        self.lr_row = torch.zeros((1, len(groups)), device=device)
+        dtype = groups[0]["params"][0].dtype  # the parameters' dtype: fp32 in training, fp64 in exactness tests
+        self.lr_table = torch.tensor(np.stack(columns, axis=1), dtype=dtype, device=device)
+        self.lr_row = torch.zeros((1, len(groups)), dtype=dtype, device=device)
         self.counter = torch.zeros(1, dtype=torch.long, device=device)  # steps done: this step's row of the table
         for index, group in enumerate(groups):  # the fused kernel reads each group's rate from the device
             group["lr"] = self.lr_row[0, index]
@@ -122,7 +124,8 @@ class TrainStep:
         # while the captured kernels still read it (PyTorch's CUDA graphs notes: autocast with cache_enabled=False)
         with autocast(self.dev, cache=False):
             logits = net(x)
-            loss = F.cross_entropy(logits.float(), targets)  # label smoothing is in the targets
+            wide = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # autocast's logits
+            loss = F.cross_entropy(wide, targets)  # label smoothing is in the targets
         scale = self.parts.loss_scale
         (loss if scale is None else scale.scale(loss)).backward()  # fp16: scaled, unscaled before the step
         return logits, loss
