@@ -27,6 +27,8 @@ def test_the_first_epoch_is_reported_apart_from_the_steady_state(image_folder, t
     assert final["first_epoch_seconds"] == epochs[0]["train_seconds"]
     assert final["steady_images_per_s"] == statistics.median(e["train_images_per_s"] for e in epochs[1:])
     assert final["steady_epochs"] == 2 and final["compiled"] is None  # not asked to compile
+    # a CUDA graph is asked for by default and used only on CUDA: on a CPU the manifest says it did not run
+    assert final["step"] == {"cuda_graph": False, "asked": True, "notice": None}
 
 
 def test_wall_time_adds_every_process_of_a_resumed_run():
