@@ -69,6 +69,9 @@ def test_the_whole_step_list_runs_at_smoke_size_without_an_install(image_folder,
     steps = {n: s.get("result", {}) for n, s in report["steps"].items()}
     compiled = steps["train_compiled"]["compiled"]  # ran compiled, or says why not
     assert compiled["ran_compiled"] is True or compiled["notice"].startswith("torch.compile failed"), compiled
+    assert steps["train_compiled"]["warm_compile_cache"]["loaded"] is compiled["ran_compiled"]  # the cold run's cache
+    assert steps["train_graph"]["step"]["asked"] and not steps["train_eager"]["step"]["asked"]
+    assert steps["train_graph"]["step"]["cuda_graph"] is False  # a CPU: asked, not captured, no notice
     assert steps["train_eager"]["first_epoch_seconds"] > 0 and steps["train_eager"]["forward_gflops_per_image"] > 0
     eager = steps["train_eager"]  # cold counts from process start, so it holds the first run's whole wall clock
     assert eager["cold_seconds"] > eager["wall_seconds"] > 0 and eager["warm"]["train_seconds"] > 0
