@@ -13,6 +13,7 @@ Each stage merges its own section so later stages keep what earlier ones wrote.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from pathlib import Path
@@ -26,16 +27,39 @@ _FORMAT = "dawnpipe-manifest"
 
 
 def versions() -> dict[str, str]:
-    """Versions of the parts that decide whether an artifact can be reproduced or loaded."""
+    """Versions of the parts that decide whether an artifact can be reproduced or loaded, dawnpipe's own commit
+    among them where it runs from a git checkout (so two runs of different code say so)."""
     import importlib.metadata as md
 
     found = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "onnx", "onnxruntime", "tensorrt", "click"):
+    for name in ("dawnpipe", "torch", "numpy", "onnx", "onnxruntime", "tensorrt", "click"):
         try:
             found[name] = md.version(name)
         except md.PackageNotFoundError:
             continue
+    commit = source_commit()
+    if commit is not None:
+        found["dawnpipe_commit"] = commit
     return found
+
+
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of the checkout this dawnpipe runs from, with ``+dirty`` when tracked files differ from it;
+    None outside a checkout or without git (asked once per process, 5 s at most)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
