@@ -108,7 +108,7 @@ class TrainStep:
 
     def _sgd(self) -> None:
         """The optimizer's step as its fused kernel, one call per parameter group: what ``SGD(fused=True).step()``
-        runs, without the step's profiler markers and Python (4 dispatcher ops and a state lookup per step). The
+        runs, without the step's profiler markers (2 dispatcher ops per step) and its per-step Python. The
         optimizer object still owns the momentum buffers and the rates, so checkpoints hold the same state."""
         optimizer = self.parts.optimizer
         found_inf = getattr(optimizer, "found_inf", None)  # fp16: the loss scale's flag skips the whole update
