@@ -18,6 +18,8 @@ evidence first:
   (median images/s of epochs 2..N), effective TFLOP/s
   (3 x forward FLOPs x images / steady seconds), whether the compiled run really ran compiled, and the
   non-finite steps the fp16 loss scaling skipped;
+- graph_agreement: the captured training step against the eager one, 4 steps in fp32 (TF32 off) from one seed,
+  the largest relative weight difference;
 - inference: torch eager and graph-captured, every TTA mode, batch-1 latency under the shared protocol and
   throughput at batch 512;
 - exactness: fp32 on the device against fp32 on the CPU, 1,000 images;
@@ -46,6 +48,7 @@ STEPS = (
     "train_graph",
     "train_eager",
     "train_compiled",
+    "graph_agreement",
     "inference",
     "exactness",
     "ddp",
@@ -59,6 +62,7 @@ LIMITS_S = {  # per step on the GPU; --smoke on a CPU uses SMOKE_LIMITS_S
     "train_graph": 150,
     "train_eager": 150,
     "train_compiled": 300,
+    "graph_agreement": 90,
     "inference": 240,
     "exactness": 90,
     "ddp": 180,

@@ -188,6 +188,43 @@ def _inference(args: Any, work: Path) -> dict[str, Any]:
     return rows
 
 
+def _graph_agreement(args: Any, work: Path) -> dict[str, Any]:
+    """The captured step against the eager step: the same seed, one epoch of 2,048 images (4 steps of 512; smoke: 32
+    of 64 at width 0.125) in fp32 with TF32 off, once each way, then the largest weight difference relative to the
+    tensor's scale. A replay reading a stale learning rate, a missed EMA update or gradients accumulated across
+    replays would differ by far more than cuDNN's nondeterministic backward kernels do."""
+    import torch
+
+    from dawnpipe.train.api import config_from_options
+    from dawnpipe.train.checkpoint import load_checkpoint
+    from dawnpipe.train.trainer import train
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    options: dict[str, Any] = dict(data=args.data, epochs=1, train_limit=SMOKE_TRAIN, test_limit=SMOKE_TEST,
+                                   precision="fp32", out=work, device=args.device, holdout=0,
+                                   overwrite=True)  # fmt: skip
+    if args.smoke:
+        options.update(width=SMOKE_WIDTH, batch_size=SMOKE_BATCH)
+    runs = {mode: train(config_from_options(name=f"agree-{mode}", cuda_graph=mode == "graph", **options),
+                        progress=False) for mode in ("graph", "eager")}  # fmt: skip
+    graph, eager = (load_checkpoint(r.checkpoint) for r in runs.values())
+    worst, where = 0.0, None
+    for key, value in eager["model"].items():
+        if value.is_floating_point():
+            gap = float((graph["model"][key] - value).abs().max() / value.abs().max().clamp_min(1e-12))
+            if gap >= worst:
+                worst, where = gap, key
+    return {
+        "graph_ran": runs["graph"].metrics["step"]["cuda_graph"],
+        "graph_notice": runs["graph"].metrics["step"]["notice"],
+        "max_relative_weight_diff": worst,
+        "at": where,
+        "train_loss": {m: load_checkpoint(r.checkpoint)["metrics"]["epochs"][0]["train_loss"] for m, r in runs.items()},
+        "note": "fp32, TF32 off, same seed and data order; relative to each tensor's largest magnitude",
+    }
+
+
 def _exactness(args: Any, work: Path) -> dict[str, Any]:
     import numpy as np
 
@@ -319,6 +356,7 @@ _STEPS = {
     "train_graph": lambda args, work: _train(args, work, "graph"),
     "train_eager": lambda args, work: _train(args, work, "eager"),
     "train_compiled": lambda args, work: _train(args, work, "compiled"),
+    "graph_agreement": _graph_agreement,
     "inference": _inference,
     "exactness": _exactness,
     "ddp": _ddp,

@@ -72,6 +72,8 @@ def test_the_whole_step_list_runs_at_smoke_size_without_an_install(image_folder,
     assert steps["train_compiled"]["warm_compile_cache"]["loaded"] is compiled["ran_compiled"]  # the cold run's cache
     assert steps["train_graph"]["step"]["asked"] and not steps["train_eager"]["step"]["asked"]
     assert steps["train_graph"]["step"]["cuda_graph"] is False  # a CPU: asked, not captured, no notice
+    agreement = steps["graph_agreement"]  # both eager on a CPU: the same step, the same weights
+    assert agreement["graph_ran"] is False and agreement["max_relative_weight_diff"] == 0.0
     assert steps["train_eager"]["first_epoch_seconds"] > 0 and steps["train_eager"]["forward_gflops_per_image"] > 0
     eager = steps["train_eager"]  # cold counts from process start, so it holds the first run's whole wall clock
     assert eager["cold_seconds"] > eager["wall_seconds"] > 0 and eager["warm"]["train_seconds"] > 0
