@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -134,8 +133,11 @@ class CompiledOrEager:
         self.cache["loaded"] = True
 
     def save_cache(self, path: Path) -> None:
-        """Save what torch.compile compiled in this process to ``path`` (and its sha256 beside it), written under a
-        temporary name and renamed, for the next process's ``load_cache``."""
+        """Save what torch.compile compiled in this process to ``path`` (and its sha256 beside it), each written
+        under a temporary name and renamed (``common.files.atomic_write``), for the next process's ``load_cache``."""
+        from dawnpipe.common.errors import DiskFull
+        from dawnpipe.common.files import atomic_write, atomic_write_json
+
         if not self.compiled_ran:
             return
         try:
@@ -143,15 +145,11 @@ class CompiledOrEager:
             if saved is None:
                 return
             blob = saved[0]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for target, data in ((path, blob), (path.with_suffix(".json"),
-                                                json.dumps({"sha256": hashlib.sha256(blob).hexdigest(),
-                                                            "torch": torch.__version__}).encode())):  # fmt: skip
-                partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-                partial.write_bytes(data)
-                partial.replace(target)
-        except OSError as err:  # a cache that cannot be written costs the next process a compile, nothing more
-            self._say(f"compile cache not saved to {path} ({err.strerror or err})")
+            atomic_write(path, lambda tmp: tmp.write_bytes(blob), expected_bytes=len(blob))
+            atomic_write_json(path.with_suffix(".json"),
+                              {"sha256": hashlib.sha256(blob).hexdigest(), "torch": torch.__version__})  # fmt: skip
+        except (OSError, DiskFull) as err:  # a cache that cannot be written costs the next process a compile only
+            self._say(f"compile cache not saved to {path} ({getattr(err, 'strerror', None) or err})")
             return
         self.cache["saved"] = True
 

@@ -28,9 +28,11 @@ class EMA:
         self._float = [(e, m) for e, m in self._pairs if e.is_floating_point()]
         self._other = [(e, m) for e, m in self._pairs if not e.is_floating_point()]
 
-    def next_decay(self) -> float:
-        """The configured decay for the next update (with its warm-up), counting that update."""
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+    def next_decay(self, decay: float | None = None) -> float:
+        """The decay of the next update, counting that update: ``decay`` where the caller has its own schedule
+        (lookahead), else the configured one with its warm-up."""
+        if decay is None:
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         self.updates += 1
         return decay
 
@@ -41,11 +43,7 @@ class EMA:
         ``pull_back``: then copy the average back into the live model, the lookahead scheme of hlb-CIFAR10 and
         airbench (Zhang et al. 2019's Lookahead with an EMA as the slow weights).
         """
-        if decay is None:
-            decay = self.next_decay()
-        else:
-            self.updates += 1
-        self.apply(1.0 - decay, pull_back)
+        self.apply(1.0 - self.next_decay(decay), pull_back)
 
     @torch.no_grad()
     def apply(self, weight: float | torch.Tensor, pull_back: bool = False) -> None:

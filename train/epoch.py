@@ -122,7 +122,7 @@ def warm_up(cfg: TrainConfig, data: TrainData, parts: ModelParts, dev: DeviceCho
         return 0.0
     _sync(dev)
     began = time.perf_counter()
-    kept = _state_tensors(parts, step)
+    kept = _state_tensors(parts)
     saved = [t.detach().clone() for t in kept]
     ema_updates = parts.ema.updates
     random_state = rng_state(dev.device)
@@ -151,7 +151,7 @@ def warm_up(cfg: TrainConfig, data: TrainData, parts: ModelParts, dev: DeviceCho
     return time.perf_counter() - began
 
 
-def _state_tensors(parts: ModelParts, step: TrainStep) -> list[torch.Tensor]:
+def _state_tensors(parts: ModelParts) -> list[torch.Tensor]:
     """Every tensor a training step changes: weights and buffers, momentum, the EMA, the loss-scale count."""
     tensors = list(parts.model.state_dict().values()) + list(parts.ema.state_dict().values())
     tensors += [s["momentum_buffer"] for s in parts.optimizer.state.values()]
@@ -178,8 +178,7 @@ def _ema_decay(cfg: TrainConfig, parts: ModelParts, global_step: int) -> tuple[f
     """(decay, pull back) of the EMA update after ``global_step`` steps."""
     if cfg.lookahead:
         through = global_step / (cfg.epochs * parts.steps_per_epoch)  # fraction of training done
-        parts.ema.updates += 1
-        return cfg.lookahead_decay**cfg.ema_every * through**3, True
+        return parts.ema.next_decay(cfg.lookahead_decay**cfg.ema_every * through**3), True
     return parts.ema.next_decay(), False
 
 

@@ -127,7 +127,7 @@ def _train(
     compiled = CompiledOrEager(live) if cfg.compile else None
     compile_cache = None
     if compiled is not None:  # a later process with the same shapes loads what this one compiles
-        compile_cache = compile_cache_path(cfg, dev.device, dev.describe()["precision"], cfg.batch_size // world)
+        compile_cache = compile_cache_path(cfg, dev.device, dev.precision, cfg.batch_size // world)
         compiled.load_cache(compile_cache)
     step = TrainStep(cfg, parts, dev, live, compiled)  # after resume: it binds the optimizer's rates to the device
     saver = _Saver(loop.checkpoint, cfg, data, parts, dev, world, loop, (resume or {}).get("run_id"))
@@ -166,7 +166,7 @@ def _train(
         ) from None
     finally:
         torch.backends.cudnn.benchmark = benchmark_before
-    if compiled is not None and compile_cache is not None and rank0:
+    if compile_cache is not None and rank0:  # set exactly when the run compiles
         compiled.save_cache(compile_cache)
     final, selective = finish(cfg, data, parts, dev, loop, compiled, step, rank0)
     if rank0:
