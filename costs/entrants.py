@@ -25,7 +25,7 @@ from typing import Any
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
-from dawnpipe.costs.family import backend_label, pool_point
+from dawnpipe.costs.family import backend_label, pool_point, refuse_repeats
 from dawnpipe.costs.rules import Point, cheapest_at_least, compare
 
 
@@ -97,16 +97,11 @@ def load_entrant(run_dir: str | Path) -> Entrant:
 def entrant_points(entrants: list[Entrant]) -> list[Point]:
     """Each entrant's rows pooled over its seeds per backend, precision and TTA mode (width 0: not a member of the
     width family; the label carries the entrant's name)."""
-    seen: dict[tuple[str, int], Path] = {}
+    refuse_repeats(entrants, lambda e: (e.name, e.seed),
+                   lambda e: f"the same entrant and seed ({e.name}, seed {e.seed})",
+                   "pass each once, or import the second with its own --seed")  # fmt: skip
     groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
     for entrant in entrants:
-        key = (entrant.name, entrant.seed)
-        if key in seen:
-            raise DawnpipeError(
-                f"{seen[key]} and {entrant.path} are the same entrant and seed ({entrant.name}, seed {entrant.seed})",
-                "pass each once, or import the second with its own --seed",
-            )
-        seen[key] = entrant.path
         for row in entrant.rows:
             groups.setdefault((entrant.name, backend_label(row), row["precision"], row["tta"]), []).append(
                 (entrant.seed, row)

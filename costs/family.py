@@ -9,6 +9,7 @@ and backend alone. Rows of the same width, mode, backend and precision are poole
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,23 @@ def load_family(run_dirs: list[str | Path]) -> tuple[list[Run], list[Point]]:
                 "a family differs only in width and seed; report other runs separately",
             )
     _check_same_images(runs)
-    seen: dict[tuple[float, int], Path] = {}
-    for run in runs:
-        key = (run.width, run.seed)
-        if key in seen:
-            raise DawnpipeError(
-                f"{seen[key]} and {run.path} are the same configuration (width {run.width}, seed {run.seed})",
-                "pass each run once",
-            )
-        seen[key] = run.path
+    refuse_repeats(
+        runs,
+        lambda run: (run.width, run.seed),
+        lambda run: f"the same configuration (width {run.width}, seed {run.seed})",
+        "pass each run once",
+    )
     return runs, _points(runs)
+
+
+def refuse_repeats(items: list[Any], key: Callable[[Any], Any], what: Callable[[Any], str], fix: str) -> None:
+    """One line naming the first two of ``items`` (each with a ``path``) that share ``key``: the same run passed
+    twice to one report, where it would count its test images twice. ``what`` describes the shared key."""
+    seen: dict[Any, Path] = {}
+    for item in items:
+        if key(item) in seen:
+            raise DawnpipeError(f"{seen[key(item)]} and {item.path} are {what(item)}", fix)
+        seen[key(item)] = item.path
 
 
 def _check_same_images(runs: list[Run]) -> None:

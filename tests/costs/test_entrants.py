@@ -13,12 +13,11 @@ from click.testing import CliRunner
 
 from dawnpipe.cli import main
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.common.files import atomic_write_json
 from dawnpipe.common.manifest import artifact_entry, update_manifest
 from dawnpipe.costs.recheck import recheck
 from dawnpipe.costs.report import ReportConfig, build_report
 from dawnpipe.costs.stats import paired_difference
-from tests.costs.test_rules_report import IMAGES, _bits, _eval_row, make_family
+from tests.costs.test_rules_report import IMAGES, _bits, _eval_row, make_family, write_eval
 
 
 def _entrant(root: Path, name: str, seed: int, rows: list[dict], folder: str | None = None) -> Path:
@@ -33,10 +32,7 @@ def _entrant(root: Path, name: str, seed: int, rows: list[dict], folder: str | N
         "data": {"sha256": "d" * 64, "classes": ["a", "b"]},
     }
     update_manifest(run, run=("import", record), artifacts={"model-fp32.onnx": entry})
-    for row in rows:
-        row["artifact_sha256"] = entry["sha256"]
-    atomic_write_json(run / "eval.json", {"format": "dawnpipe-eval/2", "rows": rows})
-    update_manifest(run, artifacts={"eval.json": artifact_entry(run, run / "eval.json", kind="eval")})
+    write_eval(run, rows, entry["sha256"])
     return run
 
 

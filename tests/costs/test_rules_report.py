@@ -211,11 +211,17 @@ def _run(
     ckpt = artifact_entry(run, run / "checkpoint.pt", kind="checkpoint")
     record = {"config": config, "data": data, "holdout": {"images": 1000, "indices_sha256": holdout}}
     update_manifest(run, run=("train", record), artifacts={"checkpoint": ckpt})
+    write_eval(run, rows, ckpt["sha256"])
+    return run
+
+
+def write_eval(run: Path, rows: list[dict], artifact_sha256: str) -> None:
+    """``rows`` as `dawnpipe eval` leaves them for the artifact with ``artifact_sha256``: eval.json, listed in the
+    run's manifest."""
     for row in rows:
-        row["artifact_sha256"] = ckpt["sha256"]
+        row["artifact_sha256"] = artifact_sha256
     atomic_write_json(run / "eval.json", {"format": "dawnpipe-eval/2", "rows": rows})
     update_manifest(run, artifacts={"eval.json": artifact_entry(run, run / "eval.json", kind="eval")})
-    return run
 
 
 def _eval_row(tta, views, gflops, correct, mean_ms, flagged=False, rounds=None, session="", images="t" * 64):
