@@ -208,7 +208,8 @@ def _graph_agreement(args: Any, work: Path) -> dict[str, Any]:
         options.update(width=SMOKE_WIDTH, batch_size=SMOKE_BATCH)
     runs = {mode: train(config_from_options(name=f"agree-{mode}", cuda_graph=mode == "graph", **options),
                         progress=False) for mode in ("graph", "eager")}  # fmt: skip
-    graph, eager = (load_checkpoint(r.checkpoint) for r in runs.values())
+    loaded = {mode: load_checkpoint(r.checkpoint) for mode, r in runs.items()}
+    graph, eager = loaded["graph"], loaded["eager"]
     worst, where = 0.0, None
     for key, value in eager["model"].items():
         if value.is_floating_point():
@@ -220,7 +221,7 @@ def _graph_agreement(args: Any, work: Path) -> dict[str, Any]:
         "graph_notice": runs["graph"].metrics["step"]["notice"],
         "max_relative_weight_diff": worst,
         "at": where,
-        "train_loss": {m: load_checkpoint(r.checkpoint)["metrics"]["epochs"][0]["train_loss"] for m, r in runs.items()},
+        "train_loss": {mode: state["metrics"]["epochs"][0]["train_loss"] for mode, state in loaded.items()},
         "note": "fp32, TF32 off, same seed and data order; relative to each tensor's largest magnitude",
     }
 
