@@ -226,6 +226,16 @@ def _graph_agreement(args: Any, work: Path) -> dict[str, Any]:
     }
 
 
+def _ghost_bn(args: Any, work: Path) -> dict[str, Any]:
+    """Ghost BN's kernels on the real layer shapes (bench/ghost_bn.py): the library's gathered group norm against the
+    copy-free candidate, the per-group batch norm and plain BN's floor, fp16 at batch 512 (smoke: fp32, tiny)."""
+    from bench.ghost_bn import measure
+
+    if args.smoke:
+        return measure(args.device, "fp32", width=SMOKE_WIDTH, batch=SMOKE_BATCH, rounds=2, calls=2)
+    return measure(args.device, "fp16", width=1.0, batch=512, rounds=5, calls=10)
+
+
 def _exactness(args: Any, work: Path) -> dict[str, Any]:
     import numpy as np
 
@@ -358,6 +368,7 @@ _STEPS = {
     "train_eager": lambda args, work: _train(args, work, "eager"),
     "train_compiled": lambda args, work: _train(args, work, "compiled"),
     "graph_agreement": _graph_agreement,
+    "ghost_bn": _ghost_bn,
     "inference": _inference,
     "exactness": _exactness,
     "ddp": _ddp,

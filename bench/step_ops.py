@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -41,8 +42,9 @@ class OpCounter(TorchDispatchMode):
 
 
 def count_training(images_folder: Path, steps: int, width: float, batch: int, precision: str, out: Path,
-                   **options) -> collections.Counter[str]:  # fmt: skip
-    """Ops of one ``train`` call of one epoch of ``steps`` steps on the image folder (no hold-out, no compile)."""
+                   kernel: str | None = None, **options) -> collections.Counter[str]:  # fmt: skip
+    """Ops of one ``train`` call of one epoch of ``steps`` steps on the image folder (no hold-out, no compile), with
+    ghost-BN kernel ``kernel`` (default: this device's)."""
     from dawnpipe.train.api import config_from_options
     from dawnpipe.train.trainer import train
 
@@ -50,16 +52,18 @@ def count_training(images_folder: Path, steps: int, width: float, batch: int, pr
                               test_limit=64, out=out, name=f"ops-{steps}-{precision}", device="cpu", holdout=0,
                               precision=precision, overwrite=True, whitening_images=batch,
                               **options)  # fmt: skip  # the same whitening work at N and 2N steps: it cancels
-    with OpCounter() as counter:
+    from dawnpipe.train.model import force_ghost_kernel
+
+    with force_ghost_kernel(kernel) if kernel else contextlib.nullcontext(), OpCounter() as counter:
         train(cfg, progress=False)
     return counter.ops
 
 
 def per_step(images_folder: Path, steps: int, width: float, batch: int, precision: str, out: Path,
-             **options) -> dict:  # fmt: skip
+             kernel: str | None = None, **options) -> dict:  # fmt: skip
     """Per-step op counts by name (2N steps minus N steps, over N), their total, and host syncs per step."""
-    one = count_training(images_folder, steps, width, batch, precision, out, **options)
-    two = count_training(images_folder, 2 * steps, width, batch, precision, out, **options)
+    one = count_training(images_folder, steps, width, batch, precision, out, kernel, **options)
+    two = count_training(images_folder, 2 * steps, width, batch, precision, out, kernel, **options)
     diff = {name: (two[name] - one[name]) / steps for name in set(one) | set(two) if two[name] != one[name]}
     syncs = sum(v for name, v in diff.items() if name in SYNC_OPS)
     return {
@@ -86,15 +90,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--precision", default="fp32,bf16")
+    parser.add_argument("--ghost-kernel", default="gathered,sliced",
+                        help="ghost-BN kernels to count with (gathered: CUDA's; sliced: the CPU's)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(2)
     result = {"width": args.width, "batch": args.batch, "steps": args.steps, "statistic": "aten ops per step "
-              "(views included): (ops of 2N steps - ops of N steps) / N", "precisions": {}}  # fmt: skip
+              "(views included): (ops of 2N steps - ops of N steps) / N", "kernels": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = synthetic_folder(Path(tmp) / "data", 2 * args.steps * args.batch)
-        for precision in args.precision.split(","):
-            result["precisions"][precision] = per_step(folder, args.steps, args.width, args.batch, precision,
-                                                       Path(tmp) / "runs")  # fmt: skip
+        for kernel in args.ghost_kernel.split(","):
+            result["kernels"][kernel] = {
+                precision: per_step(folder, args.steps, args.width, args.batch, precision, Path(tmp) / "runs", kernel)
+                for precision in args.precision.split(",")
+            }
     write_result("step_ops", result)
 
 

@@ -78,6 +78,8 @@ def test_the_whole_step_list_runs_at_smoke_size_without_an_install(image_folder,
     eager = steps["train_eager"]  # cold counts from process start, so it holds the first run's whole wall clock
     assert eager["cold_seconds"] > eager["wall_seconds"] > 0 and eager["warm"]["train_seconds"] > 0
     assert steps["exactness"]["top1_agreement"] == 1.0
+    ghost = steps["ghost_bn"]  # every kernel checked against the per-group reference before it is timed
+    assert max(ghost["max_relative_error_fp32"].values()) < 1e-4 and ghost["network_ms"]["gathered"] > 0
     assert steps["ddp"]["world_size"] == 1 and steps["ddp"]["backend"] == "gloo"
     assert set(steps["inference"]) >= {"torch", "torch-graphs", "graph_vs_eager_batch1_p50"}
     assert "TensorRT" in steps["tensorrt"]["skipped"] and "CUDA provider" in steps["onnxruntime_cuda"]["skipped"]

@@ -6,78 +6,125 @@ prep (64) -> layer1 (128, pool, residual of two convs) -> layer2 (256, pool) -> 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from dawnpipe.train.config import ModelConfig
 
 
-class _GhostNormFn(torch.autograd.Function):
+class _GatheredNormFn(torch.autograd.Function):
     """Per-group batch norm as one native kernel each way: a ghost group is an instance of ``group_norm``.
 
-    ``native_group_norm`` with one channel per group, over the activations as (groups, c, ghost*h*w), normalises
-    each (group, channel) over (ghost, h, w): ghost BN's statistics in one reduction, the output in the same kernel,
-    the backward in one more (weight and bias gradients included). Mean and 1/std come back for the running
-    statistics, which the owner updates for every layer at once (``update_running_stats``); they are not
+    ``native_group_norm`` with one channel per group, over the activations gathered contiguous as (groups, c,
+    ghost*h*w) (one ``as_strided_copy`` in and one out each way: CUDA's kernel takes only contiguous input),
+    normalises each (group, channel) over (ghost, h, w): ghost BN's statistics in one reduction, the output in the
+    same kernel, the backward in one more (weight and bias gradients included). Mean and 1/std come back for the
+    running statistics, which the owner updates for every layer at once (``update_running_stats``); they are not
     differentiated, so autograd materialises no gradients for them (issue 45: 20 forward and 21 backward
-    dispatcher ops per layer before, 40 after the first fusion, 6 or 8 now).
-
-    Two layouts, by measurement (``gather``): in channels_last memory the groups are a free view, which the CPU's
-    kernel reads fast in fp32; in bf16 it ran 10-60x slower on that view (512 channels on 4x4, batch 256: 27 ms
-    against 0.5 ms per forward, 2-core Xeon), and CUDA's kernel takes only contiguous input, so there the groups
-    are gathered contiguous (one copy in and one out each way, one op each: ``as_strided_copy``).
+    dispatcher ops per layer before, 8 now). The kernel on CUDA; whether its copies cost a GPU step more than a
+    copy-free layout would is what bench/ghost_bn.py measures on the next loan.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, ghost, eps, gather):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, ghost, eps):  # type: ignore[override]
         n, c, h, w = x.shape
         groups = n // ghost
-        v = _gathered(x, groups) if gather else _grouped_view(x, groups)
+        v = _gathered(x, groups)
         # CPU's kernel takes reduced-precision input with fp32 weights; elsewhere the weights are cast to match
         w_, b_ = (weight, bias) if x.device.type == "cpu" else (weight.to(x.dtype), bias.to(x.dtype))
         out, mean, rstd = torch.native_group_norm(v, w_, b_, groups, c, ghost * h * w, c, eps)
         ctx.save_for_backward(v, mean, rstd, w_)
-        ctx.param_dtype, ctx.gather, ctx.ghost = weight.dtype, gather, ghost
+        ctx.param_dtype, ctx.ghost = weight.dtype, ghost
         ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)
-        return _scattered(out, ghost) if gather else _ungrouped_view(out, ghost), mean, rstd
+        return _scattered(out, ghost), mean, rstd
 
     @staticmethod
     def backward(ctx, dy, _mean, _rstd):  # type: ignore[override]
         if dy is None:  # the output took no part in the loss
-            return None, None, None, None, None, None
+            return None, None, None, None, None
         v, mean, rstd, w_ = ctx.saved_tensors
         groups, c = v.shape[:2]
         dy = dy.contiguous(memory_format=torch.channels_last)  # free when it already is (the usual case)
-        dv = _gathered(dy, groups) if ctx.gather else _grouped_view(dy, groups)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
-            dv, v, mean, rstd, w_, groups, c, v.numel() // (groups * c), c, mask
+            _gathered(dy, groups), v, mean, rstd, w_, groups, c, v.numel() // (groups * c), c, mask
         )
-        if dx is not None:
-            dx = _scattered(dx, ctx.ghost) if ctx.gather else _ungrouped_view(dx, ctx.ghost)
+        dx = None if dx is None else _scattered(dx, ctx.ghost)
         dweight = None if dweight is None else dweight.to(ctx.param_dtype)
         dbias = None if dbias is None else dbias.to(ctx.param_dtype)
-        return dx, dweight, dbias, None, None, None
+        return dx, dweight, dbias, None, None
 
 
-def gathers(x: torch.Tensor) -> bool:
-    """Whether ghost BN gathers its groups contiguous for this input (``_GhostNormFn``: fp32 on a CPU reads the
-    channels_last view; reduced precision on a CPU, and CUDA, gather)."""
-    return x.device.type != "cpu" or x.dtype in (torch.bfloat16, torch.float16)
+class _SlicedNormFn(torch.autograd.Function):
+    """Per-group batch norm as the device's own batch-norm kernel on each group: consecutive images are a contiguous
+    slice of channels_last memory (a view), so each group is one ``native_batch_norm`` (it returns the group's mean
+    and 1/std for the running statistics) and the outputs are joined by one ``cat``; the backward likewise.
+
+    Two ops per group each way, so the op count grows with the batch; on a CPU it is the fastest layout measured
+    (bench/ghost_bn.py, width 1, batch 256, 2-core Xeon with AMX: ghost BN's share of a step 95 ms against the
+    gathered group norm's 312 in bf16, 194 against the channels_last view's 275 in fp32; plain BN over the whole
+    batch 76 and 158).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ghost, eps):  # type: ignore[override]
+        outs, means, rstds = zip(*[torch.native_batch_norm(part, weight, bias, None, None, True, 0.0, eps)
+                                   for part in x.split(ghost)], strict=True)  # fmt: skip
+        ctx.save_for_backward(x, weight)
+        ctx.stats, ctx.ghost, ctx.eps = (
+            list(zip(means, rstds, strict=True)),
+            ghost,
+            eps,
+        )  # per group, as the kernel gave
+        mean, rstd = torch.stack(means), torch.stack(rstds)
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)
+        return torch.cat(outs), mean, rstd
+
+    @staticmethod
+    def backward(ctx, dy, _mean, _rstd):  # type: ignore[override]
+        if dy is None:  # the output took no part in the loss
+            return None, None, None, None, None
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        backward = torch.ops.aten.native_batch_norm_backward
+        parts = [
+            backward(d, part, weight, None, None, mean, rstd, True, ctx.eps, mask)
+            for d, part, (mean, rstd) in zip(dy.split(ctx.ghost), x.split(ctx.ghost), ctx.stats, strict=True)
+        ]
+        dx = torch.cat([p[0] for p in parts]) if mask[0] else None
+        dweight = torch.stack([p[1] for p in parts]).sum(0) if mask[1] else None
+        dbias = torch.stack([p[2] for p in parts]).sum(0) if mask[2] else None
+        return dx, dweight, dbias, None, None
 
 
-def _grouped_view(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(n, c, h, w) in channels_last memory as (groups, c, n/groups*h, w): a view, itself channels_last."""
-    n, c, h, w = x.shape
-    return x.as_strided((groups, c, n // groups * h, w), (n // groups * h * w * c, 1, w * c, c))
+GHOST_KERNELS = {"gathered": _GatheredNormFn, "sliced": _SlicedNormFn}
+_forced_kernel: list[str] = []  # force_ghost_kernel's stack
 
 
-def _ungrouped_view(v: torch.Tensor, ghost: int) -> torch.Tensor:
-    """``_grouped_view`` undone, a view."""
-    groups, c, rows, w = v.shape
-    h = rows // ghost
-    return v.as_strided((groups * ghost, c, h, w), (h * w * c, 1, w * c, c))
+def ghost_kernel(x: torch.Tensor) -> str:
+    """The ghost-BN kernel for this input: ``sliced`` on a CPU (measured fastest there in fp32 and bf16), ``gathered``
+    on CUDA (one kernel each way, a fixed op count), unless ``force_ghost_kernel`` says otherwise."""
+    if _forced_kernel:
+        return _forced_kernel[-1]
+    return "sliced" if x.device.type == "cpu" else "gathered"
+
+
+@contextlib.contextmanager
+def force_ghost_kernel(name: str) -> Iterator[None]:
+    """Run ghost BN with kernel ``name`` inside the block, on any device: for measurement (bench/step_ops.py counts
+    CUDA's kernel on a CPU) and the tests that hold every kernel to the reference."""
+    if name not in GHOST_KERNELS:
+        raise ValueError(f"unknown ghost-BN kernel {name!r}; known: {', '.join(GHOST_KERNELS)}")
+    _forced_kernel.append(name)
+    try:
+        yield
+    finally:
+        _forced_kernel.pop()
 
 
 def _gathered(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -153,7 +200,8 @@ class GhostBatchNorm(nn.BatchNorm2d):
         if not self.training or self.ghost <= 0 or n % self.ghost != 0 or n == self.ghost:
             return super().forward(x)
         x = x.contiguous(memory_format=torch.channels_last)  # free in the trainer's channels_last network
-        out, mean, rstd = _GhostNormFn.apply(x, self.weight, self.bias, self.ghost, self.eps, gathers(x))
+        kernel = GHOST_KERNELS[ghost_kernel(x)]
+        out, mean, rstd = kernel.apply(x, self.weight, self.bias, self.ghost, self.eps)
         count = self.ghost * h * w
         self.batch_stats = (mean, rstd, count / (count - 1))
         if not self.defer_running_stats:

@@ -77,8 +77,9 @@ def _reference_ghost_forward(self, x):
     return out.view(n, c, h, w)
 
 
+@pytest.mark.parametrize("kernel", ["gathered", "sliced"])
 @pytest.mark.parametrize("dtype, steps, rtol", [(torch.float64, 20, 1e-6), (torch.float32, 1, 1e-4)])
-def test_the_fused_step_trains_as_the_textbook_step(dtype, steps, rtol):
+def test_the_fused_step_trains_as_the_textbook_step(dtype, steps, rtol, kernel):
     """CPU: Nesterov SGD steps (the recipe's x64 bias rate) through the fused ghost BN and through plain autograd end
     at the same weights and running statistics. Two correct kernels that round differently drift apart
     chaotically, about 3x per step here (fp32: 2e-5 after one step, 0.46 of a tensor's scale after 20), so 20 steps
@@ -86,6 +87,8 @@ def test_the_fused_step_trains_as_the_textbook_step(dtype, steps, rtol):
     import copy
 
     import torch.nn.functional as F
+
+    from dawnpipe.train.model import force_ghost_kernel
 
     torch.manual_seed(0)
     fused = ResNet9(ModelConfig(width=0.125, num_classes=4)).to(dtype, memory_format=torch.channels_last).train()
@@ -101,7 +104,8 @@ def test_the_fused_step_trains_as_the_textbook_step(dtype, steps, rtol):
         sgd = torch.optim.SGD([{"params": weights, "lr": 0.02}, {"params": biases, "lr": 1.28}], momentum=0.9,
                               nesterov=True, weight_decay=5e-4)  # fmt: skip
         for x, y in zip(data, labels, strict=True):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
+            with force_ghost_kernel(kernel):  # each ghost-BN kernel, CUDA's and the CPU's
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
             sgd.zero_grad()
             loss.backward()
             sgd.step()
@@ -111,38 +115,66 @@ def test_the_fused_step_trains_as_the_textbook_step(dtype, steps, rtol):
             assert worst <= rtol, (name, worst)
 
 
-@pytest.mark.parametrize("gather", [False, True])
-def test_both_ghost_norm_layouts_match_the_reference_forward_and_backward(gather):
-    """fp64 on the CPU: the channels_last view (the CPU's fp32 path) and the gathered copy (bf16 on a CPU, and
-    CUDA) give the per-group reference's output, input gradient and bias gradient."""
-    from dawnpipe.train.model import _GhostNormFn
+@pytest.mark.parametrize("kernel", ["gathered", "sliced"])
+def test_every_ghost_kernel_matches_the_reference_forward_and_backward(kernel):
+    """fp64 on the CPU: the gathered group norm (CUDA's kernel) and the per-group batch norm (the CPU's) give the
+    per-group reference's output, input gradient, weight and bias gradients, and the group statistics."""
+    from dawnpipe.train.model import GHOST_KERNELS
 
     torch.manual_seed(0)
-    x = torch.randn(64, 8, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(64, 8, 6, 5, dtype=torch.float64) * 2 + 3).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.rand(8, dtype=torch.float64) + 0.5, torch.randn(8, dtype=torch.float64)
     grad = torch.randn(64, 8, 6, 5, dtype=torch.float64)
-    got_x, want_x = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    got_b, want_b = bias.clone().requires_grad_(True), bias.clone().requires_grad_(True)
-    out = _GhostNormFn.apply(got_x, weight, got_b, 16, 1e-5, gather)[0]
-    groups = want_x.view(4, 16, 8, 6, 5)
-    var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
-    want = (groups - mean) / torch.sqrt(var + 1e-5) * weight.view(1, 1, 8, 1, 1) + want_b.view(1, 1, 8, 1, 1)
-    want = want.reshape(64, 8, 6, 5)
-    assert out.shape == want.shape and out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(out, want, atol=1e-12)
+    got = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    want = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    out, mean, rstd = GHOST_KERNELS[kernel].apply(*got, 16, 1e-5)
+    groups = want[0].view(4, 16, 8, 6, 5)
+    var, want_mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
+    reference = (groups - want_mean) / torch.sqrt(var + 1e-5) * want[1].view(1, 1, 8, 1, 1) + want[2].view(
+        1, 1, 8, 1, 1
+    )
+    reference = reference.reshape(64, 8, 6, 5)
+    assert out.shape == reference.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, reference, atol=1e-12)
+    assert torch.allclose(mean, want_mean.view(4, 8), atol=1e-12)
+    assert torch.allclose(rstd, torch.rsqrt(var + 1e-5).view(4, 8), atol=1e-10)
     (out * grad).sum().backward()
-    (want * grad).sum().backward()
-    assert torch.allclose(got_x.grad, want_x.grad, atol=1e-10) and torch.allclose(got_b.grad, want_b.grad, atol=1e-10)
+    (reference * grad).sum().backward()
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-10)
 
 
-def test_bf16_ghost_norm_gathers_and_agrees_with_fp32():
-    """bf16 (emulated where not native) takes the gathered layout on a CPU and stays within bf16 rounding of fp32."""
-    from dawnpipe.train.model import gathers
+@pytest.mark.parametrize("kernel", ["gathered", "sliced"])
+def test_bf16_ghost_norm_agrees_with_fp32(kernel):
+    """bf16 (emulated where not native) through either kernel stays within bf16 rounding of fp32, output and input
+    gradient; the statistics stay fp32 (the CPU's kernels take bf16 input with fp32 weights)."""
+    from dawnpipe.train.model import force_ghost_kernel
 
     torch.manual_seed(0)
     x = torch.randn(64, 16, 4, 4).contiguous(memory_format=torch.channels_last)
-    bn = GhostBatchNorm(16, 32, freeze_scale=True)
-    assert gathers(x.bfloat16()) and not gathers(x)
-    want = bn(x)
-    got = bn(x.bfloat16())
-    assert got.dtype == torch.bfloat16 and (got.float() - want).abs().max() < 0.05
+    grad = torch.randn(64, 16, 4, 4)
+    bn = GhostBatchNorm(16, 32, freeze_scale=False)
+    bn.defer_running_stats = True  # the statistics stay in batch_stats, as inside ResNet9
+    results = []
+    with force_ghost_kernel(kernel):
+        for dtype in (torch.float32, torch.bfloat16):
+            leaf = x.to(dtype).detach().requires_grad_(True)
+            out = bn(leaf)
+            assert out.dtype == dtype and bn.batch_stats[0].dtype == torch.float32
+            (out.float() * grad).sum().backward()
+            results.append((out.float(), leaf.grad.float()))
+    (want, want_grad), (got, got_grad) = results
+    assert (got - want).abs().max() < 0.05 and (got_grad - want_grad).abs().max() < 0.05 * want_grad.abs().max()
+
+
+def test_the_kernel_follows_the_device_and_can_be_forced():
+    from dawnpipe.train.model import force_ghost_kernel, ghost_kernel
+
+    x = torch.zeros(1)
+    assert ghost_kernel(x) == "sliced"  # a CPU (bench/ghost_bn.py); CUDA takes "gathered"
+    with force_ghost_kernel("gathered"):
+        assert ghost_kernel(x) == "gathered"
+    assert ghost_kernel(x) == "sliced"
+    with pytest.raises(ValueError, match="unknown ghost-BN kernel"):
+        with force_ghost_kernel("nope"):
+            pass
