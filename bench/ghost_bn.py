@@ -48,15 +48,22 @@ class ReductionGhostNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, ghost, eps):  # type: ignore[override]
+        with torch.autocast(x.device.type, enabled=False):  # its precision is its own, as the library kernels' are
+            return ReductionGhostNorm._forward(ctx, x, weight, bias, ghost, eps)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, ghost, eps):  # type: ignore[no-untyped-def]
         n, c, h, w = x.shape
         rows = ghost * h * w
         v = x.as_strided((n // ghost, rows, c), (rows * c, c, 1))  # x is channels_last: a view
+        acc = torch.promote_types(x.dtype, torch.float32)  # coefficients in fp32 at least
         var, mean = torch.var_mean(v, dim=1, correction=0, keepdim=True)
-        rstd = torch.rsqrt(var.float() + eps)
+        mean = mean.to(acc)
+        rstd = torch.rsqrt(var.to(acc) + eps)
         scale = rstd * weight
-        shift = torch.addcmul(bias, mean.float(), scale, value=-1)
+        shift = torch.addcmul(bias, mean, scale, value=-1)
         y = torch.addcmul(shift, v, scale, out=torch.empty_like(v))
-        ctx.save_for_backward(v, mean.float(), rstd, weight)
+        ctx.save_for_backward(v, mean, rstd, weight)
         return y.as_strided(x.shape, (h * w * c, 1, w * c, c))
 
     @staticmethod
@@ -66,8 +73,8 @@ class ReductionGhostNorm(torch.autograd.Function):
         dv = dy.as_strided(v.shape, v.stride())
         rows = v.shape[1]
         centred = torch.sub(v, mean, out=torch.empty_like(v))
-        sum_dy = dv.sum(1, keepdim=True, dtype=torch.float32)
-        dot = (dv * centred).sum(1, keepdim=True, dtype=torch.float32)  # sum of dy (x - mean) per group and channel
+        sum_dy = dv.sum(1, keepdim=True, dtype=mean.dtype)
+        dot = (dv * centred).sum(1, keepdim=True, dtype=mean.dtype)  # sum of dy (x - mean) per group and channel
         a = rstd * weight
         b = a * rstd.square() * dot / -rows
         dx = torch.addcmul(a * sum_dy / -rows, dv, a, out=torch.empty_like(v))
