@@ -6,26 +6,11 @@ from __future__ import annotations
 import torch
 
 from bench.ghost_bn import ReductionGhostNorm, layer_shapes, measure
+from tests.conftest import assert_is_ghost_bn
 
 
 def test_the_copy_free_candidate_is_ghost_bn_forward_and_backward():
-    torch.manual_seed(0)
-    x = (torch.randn(64, 8, 6, 5, dtype=torch.float64) * 2 + 3).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.rand(8, dtype=torch.float64) + 0.5, torch.randn(8, dtype=torch.float64)
-    grad = torch.randn(64, 8, 6, 5, dtype=torch.float64)
-    got = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
-    want = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
-    out = ReductionGhostNorm.apply(*got, 16, 1e-5)
-    groups = want[0].view(4, 16, 8, 6, 5)
-    var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
-    reference = (groups - mean) / torch.sqrt(var + 1e-5) * want[1].view(1, 1, 8, 1, 1) + want[2].view(1, 1, 8, 1, 1)
-    reference = reference.reshape(64, 8, 6, 5)
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(out, reference, atol=1e-12)
-    (out * grad).sum().backward()
-    (reference * grad).sum().backward()
-    for a, b in zip(got, want, strict=True):
-        assert torch.allclose(a.grad, b.grad, atol=1e-10)
+    assert_is_ghost_bn(ReductionGhostNorm.apply)
 
 
 def test_the_shapes_are_resnet9s_and_a_tiny_measurement_checks_every_kernel():

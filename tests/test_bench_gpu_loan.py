@@ -14,24 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.gpu import STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_loan.sh"
 # the check cut to its first step: the full step list has its own smoke test (tests/test_bench_gpu.py)
-_ONLY_ENVIRONMENT = "--device cpu --smoke --skip " + ",".join(
-    [
-        "data",
-        "train_graph",
-        "train_eager",
-        "train_compiled",
-        "graph_agreement",
-        "inference",
-        "exactness",
-        "ddp",
-        "onnxruntime_cuda",
-        "tensorrt",
-        "airbench",
-    ]  # fmt: skip
-)
+_ONLY_ENVIRONMENT = "--device cpu --smoke --skip " + ",".join(name for name in STEPS if name != "environment")
 
 
 def _loan(tmp_path: Path, image_folder: Path, **overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
