@@ -46,7 +46,8 @@ def versions() -> dict[str, str]:
 @functools.cache
 def source_commit() -> str | None:
     """The git commit of the checkout this dawnpipe runs from, with ``+dirty`` when tracked files differ from it;
-    None outside a checkout or without git (asked once per process, 5 s at most)."""
+    None outside a checkout or without git. Asked once per process (5 s at most) and kept: training asks at its
+    start, so a commit made while it runs is not recorded as the code that ran."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]

@@ -25,6 +25,7 @@ import torch
 from dawnpipe.common.device import DeviceChoice, choose_device
 from dawnpipe.common.errors import DawnpipeError, DiskFull, Interrupted
 from dawnpipe.common.files import ensure_room
+from dawnpipe.common.manifest import source_commit
 from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.train.calibration import check_selective_target
 from dawnpipe.train.checkpoint import (
@@ -76,6 +77,7 @@ def train(
     finished or interrupted run unless ``cfg.overwrite``; both are decided before any data is read.
     """
     started = time.time()
+    source_commit()  # asked now, once per process: a commit made while this trains is not the code that ran
     if cfg.sync_bn and cfg.model.ghost_batch > 0:
         raise DawnpipeError(
             f"--sync-bn would replace the recipe's ghost batch norm ({cfg.model.ghost_batch}-image groups) with "

@@ -38,3 +38,23 @@ def _fresh_cache():
     manifest.source_commit.cache_clear()
     yield
     manifest.source_commit.cache_clear()
+
+
+def test_training_asks_for_the_commit_before_its_first_epoch(image_folder, tmp_path, monkeypatch):
+    """A commit made while a run trains must not be recorded as the code that ran: the commit is asked (and kept for
+    the process) before the first epoch starts."""
+    from dawnpipe.train import trainer
+    from dawnpipe.train.api import config_from_options
+
+    asked_before_epoch: list[int] = []
+    real_epoch = trainer.train_one_epoch
+
+    def spy(*args, **kwargs):
+        asked_before_epoch.append(manifest.source_commit.cache_info().currsize)
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", spy)
+    cfg = config_from_options(data=image_folder, epochs=1, batch_size=64, width=0.125, out=tmp_path, holdout=0,
+                              device="cpu", name="commit", train_limit=128, test_limit=64)  # fmt: skip
+    trainer.train(cfg, progress=False)
+    assert asked_before_epoch == [1]
