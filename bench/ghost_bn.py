@@ -55,7 +55,8 @@ class ReductionGhostNorm(torch.autograd.Function):
     def _forward(ctx, x, weight, bias, ghost, eps):  # type: ignore[no-untyped-def]
         n, c, h, w = x.shape
         rows = ghost * h * w
-        v = x.as_strided((n // ghost, rows, c), (rows * c, c, 1))  # x is channels_last: a view
+        x = x.contiguous(memory_format=torch.channels_last)  # free in a channels_last network
+        v = x.as_strided((n // ghost, rows, c), (rows * c, c, 1))  # channels_last memory as (groups, rows, c): a view
         acc = torch.promote_types(x.dtype, torch.float32)  # coefficients in fp32 at least
         var, mean = torch.var_mean(v, dim=1, correction=0, keepdim=True)
         mean = mean.to(acc)

@@ -65,9 +65,10 @@ class _SlicedNormFn(torch.autograd.Function):
     and 1/std for the running statistics) and the outputs are joined by one ``cat``; the backward likewise.
 
     Two ops per group each way, so the op count grows with the batch; on a CPU it is the fastest layout measured
-    (bench/ghost_bn.py, width 1, batch 256, 2-core Xeon with AMX: ghost BN's share of a step 95 ms against the
-    gathered group norm's 312 in bf16, 194 against the channels_last view's 275 in fp32; plain BN over the whole
-    batch 76 and 158).
+    (bench/ghost_bn.py, width 1, batch 256, 2-core Xeon with AMX: ghost BN's share of a step 96 ms against the
+    gathered group norm's 319 in bf16, 187 against 669 in fp32, where the group norm on the free channels_last view,
+    the fp32 path before, took 275 in a run of the bench before that path went; plain BN over the whole batch 78
+    and 159; docs/results/bench/ghost-bn-*-xeon-amx.json).
     """
 
     @staticmethod
@@ -75,11 +76,8 @@ class _SlicedNormFn(torch.autograd.Function):
         outs, means, rstds = zip(*[torch.native_batch_norm(part, weight, bias, None, None, True, 0.0, eps)
                                    for part in x.split(ghost)], strict=True)  # fmt: skip
         ctx.save_for_backward(x, weight)
-        ctx.stats, ctx.ghost, ctx.eps = (
-            list(zip(means, rstds, strict=True)),
-            ghost,
-            eps,
-        )  # per group, as the kernel gave
+        ctx.stats = list(zip(means, rstds, strict=True))  # per group, as the kernel gave them (no unbind later)
+        ctx.ghost, ctx.eps = ghost, eps
         mean, rstd = torch.stack(means), torch.stack(rstds)
         ctx.mark_non_differentiable(mean, rstd)
         ctx.set_materialize_grads(False)
