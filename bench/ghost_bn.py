@@ -100,8 +100,8 @@ def layer_shapes(width: float, device: torch.device) -> list[tuple[int, int, int
     return shapes  # type: ignore[return-value]
 
 
-def candidates(device: torch.device) -> dict[str, Any]:
-    """name -> f(x, weight, bias, ghost, eps) -> output."""
+def candidates() -> dict[str, Any]:
+    """name -> f(x, weight, bias, ghost, eps) -> output, on any device."""
     from dawnpipe.train.model import GHOST_KERNELS
 
     gathered, sliced = GHOST_KERNELS["gathered"], GHOST_KERNELS["sliced"]
@@ -113,7 +113,9 @@ def candidates(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ghost: int, eps: float) -> torch.Tensor:
+def ghost_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ghost: int, eps: float) -> torch.Tensor:
+    """Ghost BN by plain autograd: each group of ``ghost`` consecutive images normalised over (images, h, w) by its
+    own biased variance. The oracle every kernel is checked against, here and in the tests."""
     n, c, h, w = x.shape
     groups = x.view(n // ghost, ghost, c, h, w)
     var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
@@ -121,7 +123,7 @@ def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ghost:
     return out.view(n, c, h, w)
 
 
-def check(name: str, fn: Any, shape: tuple[int, ...], device: torch.device, ghost: int = 32) -> float:
+def check(fn: Any, shape: tuple[int, ...], device: torch.device, ghost: int = 32) -> float:
     """Largest error of ``fn``'s output and input gradient against the per-group reference, fp32, relative to the
     reference's largest magnitude (the input has a mean far from zero, as a conv's output may)."""
     torch.manual_seed(0)
@@ -131,7 +133,7 @@ def check(name: str, fn: Any, shape: tuple[int, ...], device: torch.device, ghos
     grad = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last)
     worst = 0.0
     outputs = []
-    for f in (fn, _reference):
+    for f in (fn, ghost_reference):
         x = base.clone().requires_grad_(True)
         out = f(x, weight, bias, ghost, 1e-5)
         (out * grad).sum().backward()
@@ -176,9 +178,9 @@ def measure(device: str = "cuda", precision: str = "fp16", width: float = 1.0, b
     """Per layer and summed over the network: median forward+backward milliseconds of each candidate."""
     dev = torch.device(device)
     dtype = DTYPES[precision]
-    fns = candidates(dev)
+    fns = candidates()
     shapes = layer_shapes(width, dev)
-    errors = {name: check(name, fn, (64, *shapes[-1]), dev) for name, fn in fns.items() if name != "batch_norm"}
+    errors = {name: check(fn, (64, *shapes[-1]), dev) for name, fn in fns.items() if name != "batch_norm"}
     layers = []
     for c, h, w in shapes:
         seconds = _time_rounds(fns, (batch, c, h, w), dtype, dev, calls, rounds, ghost)

@@ -98,6 +98,8 @@ def assert_is_ghost_bn(kernel) -> list:
     kernel returned, for checks of its extra outputs."""
     import torch
 
+    from bench.ghost_bn import ghost_reference
+
     torch.manual_seed(0)
     x = (torch.randn(64, 8, 6, 5, dtype=torch.float64) * 2 + 3).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.rand(8, dtype=torch.float64) + 0.5, torch.randn(8, dtype=torch.float64)
@@ -106,17 +108,15 @@ def assert_is_ghost_bn(kernel) -> list:
     want = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
     returned = kernel(*got, 16, 1e-5)
     out = returned[0] if isinstance(returned, tuple) else returned
-    groups = want[0].view(4, 16, 8, 6, 5)
-    var, mean = torch.var_mean(groups, dim=(1, 3, 4), keepdim=True, correction=0)
-    reference = (groups - mean) / torch.sqrt(var + 1e-5) * want[1].view(1, 1, 8, 1, 1) + want[2].view(1, 1, 8, 1, 1)
-    reference = reference.reshape(64, 8, 6, 5)
+    reference = ghost_reference(*want, 16, 1e-5)
     assert out.shape == reference.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, reference, atol=1e-12)
     (out * grad).sum().backward()
     (reference * grad).sum().backward()
     for a, b in zip(got, want, strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-10)
-    return [mean.view(4, 8), torch.rsqrt(var + 1e-5).view(4, 8), *(returned if isinstance(returned, tuple) else ())]
+    var, mean = torch.var_mean(x.view(4, 16, 8, 6, 5), dim=(1, 3, 4), correction=0)
+    return [mean, torch.rsqrt(var + 1e-5), *(returned if isinstance(returned, tuple) else ())]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
