@@ -10,7 +10,7 @@ test image counts once:
   per image (or, if none does, the family's most expensive), on the family's backend. FLOPs are the machine-free
   cost, so this pairing crosses backends; each row names both.
 
-Latency pairs only rows timed in one session (costs.rules pairs by round there, else compares two samples of
+Latency pairs only rows timed in one session (costs.points pairs by round there, else compares two samples of
 rounds), so an entrant timed on another machine than the family gets no latency margin here. Seeds of an entrant
 and of the family pair by value; they are labels of independent trainings of different recipes, so a pairing says
 which it covered and the seed spread stays beside the image interval.
@@ -26,7 +26,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 from dawnpipe.costs.family import backend_label, pool_point, refuse_repeats
-from dawnpipe.costs.rules import Point, cheapest_at_least, compare
+from dawnpipe.costs.points import Point, cheapest_at_least, compare
 
 
 @dataclass(frozen=True)

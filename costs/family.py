@@ -19,7 +19,7 @@ import numpy as np
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
-from dawnpipe.costs.rules import Point
+from dawnpipe.costs.points import Point
 from dawnpipe.costs.stats import accuracy_interval
 
 _PER_RUN = ("seed", "name", "out", "resume", "model")  # config fields allowed to differ between runs of a family

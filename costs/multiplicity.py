@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from dawnpipe.costs.rules import Point
+from dawnpipe.costs.points import Point
 
 ALPHA = 0.05
 

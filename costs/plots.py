@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dawnpipe.common.files import atomic_write
-from dawnpipe.costs.rules import Point, Rule
+from dawnpipe.costs.points import Point
+from dawnpipe.costs.rules import Rule
 
 _MARKERS = {"none": "o", "flip": "s", "translate": "^", "flip-translate": "D", "airbench94": "P"}
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dawnpipe.common.errors import DawnpipeError
-from dawnpipe.costs.rules import Point, compare
+from dawnpipe.costs.points import Point, compare
 
 TOLERANCE = 0.0005  # a recomputed accuracy margin must agree to within 0.05 points (latency: 0.0005 ms; p: 0.0005)
 

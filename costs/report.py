@@ -26,6 +26,7 @@ from dawnpipe.costs.entrants import (
 )
 from dawnpipe.costs.family import Run, load_family
 from dawnpipe.costs.multiplicity import pairing_summary
+from dawnpipe.costs.points import Point, cheapest_at_least, compare, pareto_front
 from dawnpipe.costs.report_markdown import (
     latency_scaling_section,
     machine_lines,
@@ -36,17 +37,7 @@ from dawnpipe.costs.report_markdown import (
     skipped_lines,
     training_lines,
 )
-from dawnpipe.costs.rules import (
-    DEFAULT_RULES,
-    Point,
-    Rule,
-    cheapest_at_least,
-    compare,
-    decide,
-    make_rules,
-    pareto_front,
-    verdict,
-)
+from dawnpipe.costs.rules import DEFAULT_RULES, Rule, decide, make_rules, verdict
 
 REPORT_FORMAT = "dawnpipe-report/3"
 

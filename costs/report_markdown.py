@@ -11,7 +11,8 @@ import math
 from typing import Any
 
 from dawnpipe.costs.family import Run
-from dawnpipe.costs.rules import Decision, Point, Rule, verdict
+from dawnpipe.costs.points import Point
+from dawnpipe.costs.rules import Decision, Rule, verdict
 
 
 def render_markdown(

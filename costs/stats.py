@@ -194,7 +194,7 @@ class RoundDifference:
 
 def round_difference(a_rounds: list[float], b_rounds: list[float], paired: bool) -> RoundDifference:
     """B's per-round latency minus A's: paired over rounds timed together, else Welch over the two sets; each value
-    one independent round (costs.rules averages a configuration's seeds within a round first). Fewer than
+    one independent round (costs.points averages a configuration's seeds within a round first). Fewer than
     MIN_ROUNDS rounds: no interval (low and high are None) and nothing decided."""
     a, b = np.asarray(a_rounds, dtype=np.float64), np.asarray(b_rounds, dtype=np.float64)
     rounds = int(min(a.size, b.size))

@@ -125,46 +125,38 @@ def import_model(cfg: ImportConfig) -> ImportResult:
     run_dir = Path(cfg.out) / name
     ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), IMPORTED_NAME)
     created = not run_dir.exists()
+    checked = _CheckedImport(name, source, foreign_model, foreign, data, model_classes, order, images, real, expected)
     try:
-        return _write_import(
-            cfg,
-            run_dir,
-            name,
-            source,
-            (foreign_model, foreign),
-            data,
-            (model_classes, order),
-            (images, real, expected),
-            started,
-        )
+        return _write_import(cfg, run_dir, checked, started)
     except BaseException:
         if created:  # a refusal after the folder was made leaves no empty run folder behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
-def _write_import(
-    cfg: ImportConfig,
-    run_dir: Path,
-    name: str,
-    source: Path,
-    loaded: tuple[Any, Any],
-    data: Any,
-    classes: tuple[list[str], list[int] | None],
-    check_set: tuple[np.ndarray, int, np.ndarray],
-    started: float,
-) -> ImportResult:
-    """The import's writes, under the run folder's lock: the adapted file (checked before it is renamed into
-    place), its selective thresholds, and the manifest. ``loaded``: the foreign ModelProto and its checked facts
-    (export.adapter.ForeignGraph); ``classes``: the model's class names in logit order and, where that is not the
-    data's order, the reordering (class_order); ``check_set``: the check images, how many are real, and the foreign
-    file's own logits on them."""
+@dataclass(frozen=True)
+class _CheckedImport:
+    """What import_model checked before any folder was claimed, and what _write_import writes from."""
+
+    name: str  # the run folder's name
+    source: Path  # the foreign .onnx file
+    foreign_model: Any  # its onnx.ModelProto
+    foreign: Any  # its checked facts (export.adapter.ForeignGraph)
+    data: Any  # the loaded CIFAR-10 copy
+    model_classes: list[str]  # the model's class names in logit order
+    order: list[int] | None  # the reordering to the data's class order (class_order); None where it is the same
+    images: np.ndarray  # the check images (random, then real)
+    real: int  # how many of them are real training images
+    expected: np.ndarray  # the foreign file's own logits on them
+
+
+def _write_import(cfg: ImportConfig, run_dir: Path, checked: _CheckedImport, started: float) -> ImportResult:
+    """The import's writes, under the run folder's lock: the adapted file (checked against the foreign file's logits
+    before it is renamed into place), its selective thresholds, and the manifest."""
     from dawnpipe.export.flops import count_onnx
     from dawnpipe.export.onnx_export import stamp
 
-    foreign_model, foreign = loaded
-    model_classes, order = classes
-    images, real, expected = check_set
+    name, source, foreign, data, order = checked.name, checked.source, checked.foreign, checked.data, checked.order
     contract = cfg.contract
     with RunFolder(run_dir) as folder:
         folder.claim_new(overwrite=cfg.overwrite)
@@ -178,7 +170,7 @@ def _write_import(
             "foreign_sha256": foreign_sha,
             "foreign_opset": foreign.opset,
             "contract": asdict(contract),
-            "model_classes": model_classes,  # the model's logits, in its order
+            "model_classes": checked.model_classes,  # the model's logits, in its order
             "reordered_to_data_classes": order is not None,
             "adapter": "uint8 NHWC -> Cast -> /255 (0-1 models) -> -mean -> /std -> NCHW (NCHW models) -> model -> "
             "float32 logits" + (" -> data's class order" if order is not None else ""),
@@ -190,12 +182,12 @@ def _write_import(
         def write(tmp: Path) -> None:
             import onnx
 
-            adapted = adapt(foreign_model, foreign, contract, order)
+            adapted = adapt(checked.foreign_model, foreign, contract, order)
             stamp(adapted, metadata)
             adapted.doc_string = f"dawnpipe import of {source.name} (sha256 {foreign_sha[:12]}): uint8 NHWC -> logits"
             onnx.save_model(adapted, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
-            check.update(_check_logits(tmp, expected, images, real, cfg.tolerance))
+            check.update(_check_logits(tmp, checked.expected, checked.images, checked.real, cfg.tolerance))
 
         try:
             atomic_write(path, write)

@@ -16,8 +16,9 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write_json
 from dawnpipe.common.machine import parse_cpuinfo
 from dawnpipe.common.manifest import artifact_entry, update_manifest
+from dawnpipe.costs.points import Point, pareto_front
 from dawnpipe.costs.report import ReportConfig, build_report
-from dawnpipe.costs.rules import Point, decide, make_rules, pareto_front, verdict
+from dawnpipe.costs.rules import decide, make_rules, verdict
 from dawnpipe.costs.stats import PAIRED_METHOD, mcnemar_exact, paired_difference, tango_interval
 from dawnpipe.infer.scoring import pack_bits
 
@@ -142,8 +143,8 @@ def test_a_point_interval_counts_each_image_once():
 
 
 def test_margins_pair_seeds_by_value_and_name_a_partial_pairing():
+    from dawnpipe.costs.points import compare
     from dawnpipe.costs.report_markdown import interval_text as _interval
-    from dawnpipe.costs.rules import compare
 
     good = np.array([1] * 60 + [0] * 40, bool)  # 60%
     bad = np.array([1] * 40 + [0] * 60, bool)  # 40%
@@ -519,7 +520,7 @@ def test_runs_scored_on_other_test_images_or_fitted_on_another_holdout_are_refus
 
 
 def test_latency_margins_pair_rounds_timed_together_so_drift_stays_inside():
-    from dawnpipe.costs.rules import compare
+    from dawnpipe.costs.points import compare
 
     # the machine slows by half in round 3; A is always 1 ms faster than B in the same round
     a_rounds, b_rounds = (2.0, 2.0, 3.0, 2.0, 2.0), (3.0, 3.0, 4.5, 3.0, 3.0)

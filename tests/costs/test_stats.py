@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from dawnpipe.cli import main
 from dawnpipe.costs.multiplicity import holm, pairing_summary
-from dawnpipe.costs.rules import Point, compare, scope
+from dawnpipe.costs.points import Point, compare, scope
 from dawnpipe.costs.stats import (
     PAIRED_METHOD,
     clopper_pearson,
