@@ -8,14 +8,21 @@ printed as one line (exit 1), never as a traceback. Nothing here imports torch: 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from dawnpipe.common.cli_types import CommaList, Finite, explicit_options, typed_command
+from dawnpipe.common.cli_types import (
+    CommaList,
+    Finite,
+    OneLineErrors,
+    default,
+    explicit_options,
+    options,
+    typed_command,
+)
 from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.precision import PRECISIONS
 from dawnpipe.common.tta import ALL_MODES, TTA_MODES
@@ -34,33 +41,10 @@ from dawnpipe.infer.server import ServeConfig
 from dawnpipe.train.config import ModelConfig, TrainConfig
 from dawnpipe.train.presets import PRESETS
 
-
-def default(config: type, name: str):
-    """The default of field ``name`` of dataclass ``config``: where every default lives, shown by --help."""
-    found = {f.name: f for f in dataclasses.fields(config)}[name]
-    return found.default if found.default is not dataclasses.MISSING else found.default_factory()
-
-
-class _Group(click.Group):
-    """A click group that turns DawnpipeError into a one-line message and exit code 1."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except DawnpipeError as err:
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(1)
-        except click.UsageError as err:  # bad option values: one line too (click's default prints three)
-            where = err.ctx.command_path if err.ctx else "dawnpipe"
-            message = " ".join(err.format_message().split())
-            click.echo(f"error: {message}; see `{where} --help`", err=True)
-            ctx.exit(2)
-
-
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110, "show_default": True}
 
 
-@click.group(cls=_Group, context_settings=_SETTINGS)
+@click.group(cls=OneLineErrors, context_settings=_SETTINGS)
 @click.version_option(package_name="dawnpipe", prog_name="dawnpipe")
 def main() -> None:
     """dawnpipe: train a fast CIFAR-10 ResNet-9, export it, evaluate it with and without TTA, count its cost."""
@@ -87,17 +71,6 @@ class _SelectiveTarget(click.ParamType):
             return check_selective_target(candidate)
         except DawnpipeError as err:
             self.fail(str(err), param, ctx)
-
-
-def _options(*options):
-    """Apply click options in the order listed (one decorator for a whole group)."""
-
-    def apply(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return apply
 
 
 _PATH = click.Path(path_type=Path)
@@ -249,6 +222,13 @@ _IMPORT = (
                  "default: the data's order."),
     click.option("--holdout", type=click.IntRange(min=0), default=default(ImportConfig, "holdout"),
                  help="Class-balanced training images selective thresholds are fitted on (0: no selective modes)."),
+    click.option("--check-images", type=click.IntRange(1, 10_000), default=default(ImportConfig, "check_images"),
+                 help="Random images, and as many class-balanced training images, the adapted file's logits are "
+                 "checked on against the foreign file's."),
+    click.option("--tolerance", type=Finite(min=0, max=1, min_open=True, max_open=True),
+                 default=default(ImportConfig, "tolerance"),
+                 help="Largest |logit difference| accepted between the adapted and the foreign file (a float16 model: "
+                 "at least 8 fp16 units in the last place of its largest logit)."),
     click.option("--overwrite", is_flag=True, help="Replace a finished run folder of the same name."),
 )
 _EVAL = (
@@ -329,7 +309,7 @@ _FAMILY_RESUME = click.option(
 
 
 @main.command()
-@_options(*_TRAINING, _TRAIN_RESUME, *_RUN_SWITCHES)
+@options(*_TRAINING, _TRAIN_RESUME, *_RUN_SWITCHES)
 def train(**opts) -> None:
     """Train ResNet-9 with Myrtle.ai's 10-epoch recipe and write runs/<name>/checkpoint.pt + manifest.json."""
     from dawnpipe.train.api import train_command
@@ -349,7 +329,7 @@ def train(**opts) -> None:
 
 @main.command()
 @click.argument("source", type=_PATH)
-@_options(*_EXPORT, *_TRUST)
+@options(*_EXPORT, *_TRUST)
 def export(**opts) -> None:
     """Export SOURCE (a run folder or checkpoint.pt) to a checked ONNX model, optionally a TensorRT engine; an
     imported model's run folder to int8."""
@@ -365,7 +345,7 @@ def export(**opts) -> None:
 
 @main.command(name="import")
 @click.argument("model", type=_PATH)
-@_options(*_IMPORT)
+@options(*_IMPORT)
 def import_command(**opts) -> None:
     """Import MODEL, an ONNX image classifier dawnpipe did not train, as a run folder eval, export, costs, predict
     and serve take: an adapter gives it dawnpipe's contract (uint8 NHWC in, logits out), checked against it."""
@@ -389,7 +369,7 @@ def check_trt(models: tuple[Path, ...]) -> None:
 
 @main.command(name="eval")
 @click.argument("artifacts", nargs=-1, required=True, type=_PATH)
-@_options(*_EVAL, *_TRUST)
+@options(*_EVAL, *_TRUST)
 def eval_command(artifacts: tuple[Path, ...], **opts) -> None:
     """Evaluate ARTIFACTS (run folders, checkpoints, .onnx or .engine files) with and without TTA. Several are
     timed in one session, so their rows pair by round in `dawnpipe costs`."""
@@ -405,7 +385,7 @@ def eval_command(artifacts: tuple[Path, ...], **opts) -> None:
 @main.command()
 @click.argument("artifact", type=_PATH)
 @click.argument("images", nargs=-1, required=True, type=_PATH)
-@_options(*_PREDICT, *_TRUST)
+@options(*_PREDICT, *_TRUST)
 def predict(artifact: Path, images: tuple[Path, ...], as_json: bool, **opts) -> None:
     """Classify IMAGES (files or folders; any size or mode, converted to 32x32 RGB) with ARTIFACT."""
     import json
@@ -422,7 +402,7 @@ def predict(artifact: Path, images: tuple[Path, ...], as_json: bool, **opts) -> 
 
 @main.command()
 @click.argument("artifact", type=_PATH)
-@_options(*_SERVE)
+@options(*_SERVE)
 def serve(artifact: Path, **opts) -> None:
     """Serve ARTIFACT over HTTP: POST /v1/predict (image bytes or multipart), GET /healthz, GET /metrics."""
     from dawnpipe.infer.server import serve as run_server
@@ -433,7 +413,7 @@ def serve(artifact: Path, **opts) -> None:
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=_PATH)
-@_options(*_RULES)
+@options(*_RULES)
 @click.option("--out", type=_PATH, default=None,
               help="Report folder (default: the run folder for one run; required for several).")  # fmt: skip
 def costs(run_dirs: tuple[Path, ...], **opts) -> None:
@@ -457,7 +437,7 @@ def recheck(report: Path) -> None:
 
 
 @main.command()
-@_options(*_TRAINING, _FAMILY_RESUME, *_RUN_SWITCHES, *_FAMILY, *_RULES)
+@options(*_TRAINING, _FAMILY_RESUME, *_RUN_SWITCHES, *_FAMILY, *_RULES)
 def pipeline(**opts) -> None:
     """Train (a family), export, evaluate every TTA mode on the chosen backends, and write the cost report."""
     from dawnpipe.costs.pipeline import pipeline_config, run_pipeline

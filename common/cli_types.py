@@ -1,12 +1,52 @@
-"""click parameter types that refuse a bad value in one line before any work starts (a float range that also
-refuses nan and inf, and a comma-separated list of names or numbers, each checked and never repeated), and the two
-questions a command asks of its own command line: which options were typed, and the line as typed."""
+"""The command line's generic parts: parameter types that refuse a bad value in one line before any work starts (a
+float range that also refuses nan and inf, and a comma-separated list of names or numbers, each checked and never
+repeated); the group that prints every expected failure as one line; a config dataclass's field default (where
+every default lives) and one decorator for a group of options; and the two questions a command asks of its own
+command line: which options were typed, and the line as typed. cli.py declares dawnpipe's options with these."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import click
+
+from dawnpipe.common.errors import DawnpipeError
+
+
+def default(config: type, name: str) -> object:
+    """The default of field ``name`` of dataclass ``config``: where every default lives, shown by --help."""
+    found = {f.name: f for f in dataclasses.fields(config)}[name]
+    return found.default if found.default is not dataclasses.MISSING else found.default_factory()
+
+
+class OneLineErrors(click.Group):
+    """A click group that prints a DawnpipeError as ``error: <problem>; <fix>`` (exit 1) and a bad option value as one
+    line naming the command's --help (exit 2): never a traceback, never click's three-line usage block."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DawnpipeError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(1)
+        except click.UsageError as err:  # bad option values: one line too (click's default prints three)
+            where = err.ctx.command_path if err.ctx else "dawnpipe"
+            message = " ".join(err.format_message().split())
+            click.echo(f"error: {message}; see `{where} --help`", err=True)
+            ctx.exit(2)
+
+
+def options(*declared: Callable) -> Callable:
+    """Apply click options in the order listed (one decorator for a whole group)."""
+
+    def apply(command):
+        for option in reversed(declared):
+            command = option(command)
+        return command
+
+    return apply
 
 
 class Finite(click.FloatRange):
