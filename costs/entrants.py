@@ -66,7 +66,7 @@ def load_entrant(run_dir: str | Path) -> Entrant:
     if not path.is_file():
         raise DawnpipeError(
             f"{run_dir} has no eval results ({EVAL_NAME})",
-            f"run `dawnpipe eval {run_dir}/model-fp32.onnx --data DATA --tta all` first",
+            f"run `dawnpipe eval {run_dir} --data DATA --tta all` first",
         )
     if manifest.get("artifacts", {}).get(EVAL_NAME, {}).get("sha256") != sha256_file(path):
         raise DawnpipeError(

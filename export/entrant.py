@@ -35,7 +35,8 @@ from dawnpipe.common.run_folder import RunFolder, check_run_name
 from dawnpipe.export.adapter import ForeignContract, adapt, inspect_foreign, reference_inputs
 from dawnpipe.train.config import DEFAULT_SELECTIVE_TARGET
 
-IMPORTED_NAME = "model-fp32.onnx"  # the adapted fp32 file in an import's run folder
+IMPORTED_NAME = "model-fp32.onnx"  # the adapted file in an import's run folder (a float16 model's: model-fp16.onnx)
+_FP16_ULPS = 8  # a float16 model's logit check: tolerance in fp16 units in the last place of its largest logit
 _MAX_BYTES = 2 << 30  # protobuf's own limit for one ONNX file
 
 
@@ -54,7 +55,8 @@ class ImportConfig:
     holdout: int = 1000  # class-balanced training images selective thresholds are fitted on; 0 = no selective modes
     selective_target: float | str = DEFAULT_SELECTIVE_TARGET  # as training's --selective-target
     check_images: int = 256  # random images and as many real training images the adapted logits are checked on
-    tolerance: float = 1e-4  # largest |logit difference| adapted vs foreign (fp32) that is accepted
+    tolerance: float = 1e-4  # largest |logit difference| adapted vs foreign accepted (a float16 model: at least
+    # _FP16_ULPS fp16 units of its largest logit, since onnxruntime's CPU runs its graph in mixed precision)
     overwrite: bool = False  # replace a finished run folder of the same name
 
 
@@ -123,7 +125,7 @@ def import_model(cfg: ImportConfig) -> ImportResult:
     images, real = _check_set(data, cfg.check_images)
     expected = _reference_logits(session, images, foreign, contract, len(data.classes), order)
     run_dir = Path(cfg.out) / name
-    ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), IMPORTED_NAME)
+    ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), imported_name(foreign.float16_input))
     created = not run_dir.exists()
     checked = _CheckedImport(name, source, foreign_model, foreign, data, model_classes, order, images, real, expected)
     try:
@@ -176,7 +178,7 @@ def _write_import(cfg: ImportConfig, run_dir: Path, checked: _CheckedImport, sta
             "float32 logits" + (" -> data's class order" if order is not None else ""),
         }
         metadata = _metadata(run_id, data, contract, record, foreign.float16_input)
-        path = run_dir / IMPORTED_NAME
+        path = run_dir / imported_name(foreign.float16_input)
         check: dict[str, Any] = {}
 
         def write(tmp: Path) -> None:
@@ -187,7 +189,8 @@ def _write_import(cfg: ImportConfig, run_dir: Path, checked: _CheckedImport, sta
             adapted.doc_string = f"dawnpipe import of {source.name} (sha256 {foreign_sha[:12]}): uint8 NHWC -> logits"
             onnx.save_model(adapted, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
-            check.update(_check_logits(tmp, checked.expected, checked.images, checked.real, cfg.tolerance))
+            tolerance = _tolerance(cfg.tolerance, checked.expected, foreign.float16_input)
+            check.update(_check_logits(tmp, checked.expected, checked.images, checked.real, tolerance))
 
         try:
             atomic_write(path, write)
@@ -215,6 +218,7 @@ def _write_import(cfg: ImportConfig, run_dir: Path, checked: _CheckedImport, sta
         )
         run = {
             "config": {**asdict(cfg), "name": name},
+            "file": path.name,
             "run_id": run_id,
             "entrant": record,
             "data": data.describe(),
@@ -222,7 +226,7 @@ def _write_import(cfg: ImportConfig, run_dir: Path, checked: _CheckedImport, sta
             "check": check,
             "flops": flops.to_dict(),
         }
-        update_manifest(run_dir, run=("import", run), artifacts={IMPORTED_NAME: entry})
+        update_manifest(run_dir, run=("import", run), artifacts={path.name: entry})
     return ImportResult(run_dir, path, check, flops.model_flops / 1e9, selective, time.perf_counter() - started)
 
 
@@ -244,6 +248,24 @@ def imported_run(source: str | Path) -> Path | None:
     except DawnpipeError:
         return None
     return folder if isinstance(runs.get("import"), dict) and "train" not in runs else None
+
+
+def imported_name(float16: bool) -> str:
+    """The adapted file's name in an import's run folder: it says the precision the model computes in."""
+    return "model-fp16.onnx" if float16 else IMPORTED_NAME
+
+
+def imported_file(run_dir: Path) -> Path:
+    """The adapted file of the imported run ``run_dir``: the name its manifest's import record gives (one of the two
+    imported_name gives; an import made before float16 models were named records none and is fp32)."""
+    record = read_manifest(run_dir).get("runs", {}).get("import", {})
+    name = record.get("file", IMPORTED_NAME) if isinstance(record, dict) else IMPORTED_NAME
+    if name not in (imported_name(False), imported_name(True)):
+        raise DawnpipeError(
+            f"{run_dir / MANIFEST_NAME} names {name!r} as the imported file, not one `dawnpipe import` writes",
+            "import the model again into a new run folder (dawnpipe import MODEL --data DATA --name NEW)",
+        )
+    return run_dir / name
 
 
 def class_order(given: list[str], data_classes: tuple[str, ...]) -> list[int] | None:
@@ -367,19 +389,36 @@ def _reference_logits(
     return expected if order is None else expected[:, order]
 
 
-def _check_logits(path: Path, expected: np.ndarray, images: np.ndarray, real: int, tolerance: float) -> dict:
-    """The adapted file's logits against the foreign file's own (``expected``) on the same pixels, fp32, largest
+def _tolerance(given: float, expected: np.ndarray, float16: bool) -> dict[str, Any]:
+    """The logit check's tolerance and why. A float32 model: ``given``. A float16 model: at least _FP16_ULPS fp16 units
+    in the last place of its largest logit, because onnxruntime's CPU runs a float16 graph in mixed precision (casts
+    to float32 where it has no float16 kernel, and removes cast pairs), differently for the foreign graph alone and
+    for it behind the adapter's cast: seen here, a 1.5e-4 logit difference on identical float16 inputs."""
+    if not float16:
+        return {"tolerance": given, "rule": "float32 model: the import's tolerance"}
+    largest = float(np.abs(expected).max()) if expected.size else 0.0
+    ulp = float(np.spacing(np.float16(min(largest, 65504.0))))
+    return {
+        "tolerance": max(given, _FP16_ULPS * ulp),
+        "rule": f"float16 model: the larger of the import's tolerance and {_FP16_ULPS} fp16 units in the last place "
+        f"of its largest logit ({largest:.4g})",
+    }
+
+
+def _check_logits(path: Path, expected: np.ndarray, images: np.ndarray, real: int, tolerance: dict) -> dict:
+    """The adapted file's logits against the foreign file's own (``expected``) on the same pixels, largest
     difference; raises to keep the adapted file from being renamed into place when they differ by more than
-    ``tolerance``."""
+    ``tolerance["tolerance"]`` (recorded with its rule)."""
     from dawnpipe.export.onnx_export import compare_logits, run_onnxruntime
 
     result = {**compare_logits(run_onnxruntime(path, images), expected), "random_images": len(images) - real}
     result["real_images"] = real
     result["reference"] = "the foreign file in onnxruntime (CPU), fed the contract's preprocessing in float32"
-    if not result["max_abs_diff"] <= tolerance:
+    result["tolerance"], result["tolerance_rule"] = tolerance["tolerance"], tolerance["rule"]
+    if not result["max_abs_diff"] <= tolerance["tolerance"]:
         raise DawnpipeError(
             f"the adapted model's logits differ from the foreign model's by {result['max_abs_diff']:.2e} "
-            f"(tolerance {tolerance:.0e}); nothing was kept",
+            f"(tolerance {tolerance['tolerance']:.1e}); nothing was kept",
             "report this with the model file; a graph whose output depends on the batch cannot be adapted",
         )
     return result
@@ -388,7 +427,7 @@ def _check_logits(path: Path, expected: np.ndarray, images: np.ndarray, real: in
 def fit_selective(path: Path, data: Any, count: int, target: float | str) -> dict[str, Any] | None:
     """Selective thresholds fitted through the file at ``path`` on the first ``count`` class-balanced training images
     of ``data`` (export.selective_fit, as for dawnpipe's own exports) and stamped into it; None when ``count`` is 0.
-    The import's fp32 file and its int8 file are fitted here alike."""
+    The import's adapted file and its int8 file are fitted here alike."""
     from dawnpipe.export.onnx_export import restamp
     from dawnpipe.export.selective_fit import fit_artifact
     from dawnpipe.train.calibration import describe_holdout, split_holdout

@@ -85,12 +85,12 @@ def load(
 
 
 def _imported_model(path: Path) -> Path:
-    """An imported entrant's run folder stands for its adapted fp32 file (it has no checkpoint)."""
+    """An imported entrant's run folder stands for its adapted file (it has no checkpoint)."""
     if not path.is_dir():
         return path
-    from dawnpipe.export.entrant import IMPORTED_NAME, imported_run
+    from dawnpipe.export.entrant import imported_file, imported_run
 
-    return path / IMPORTED_NAME if imported_run(path) is not None else path
+    return imported_file(path) if imported_run(path) is not None else path
 
 
 def _check_onnx_lineage(path: Path, allow_foreign: bool) -> None:

@@ -43,8 +43,9 @@ class _Net(torch.nn.Module):
 
 def _export(path: Path, net: torch.nn.Module, shape=(2, 3, 32, 32), dynamic: bool = True, **kwargs) -> Path:
     axes = {"x": {0: "n"}, "y": {0: "n"}} if dynamic else None
+    images = torch.zeros(*shape, dtype=next(net.parameters()).dtype)  # a float16 net takes float16 images
     torch.onnx.export(
-        net.eval(), (torch.zeros(*shape),), str(path), input_names=["x"], output_names=["y"], dynamic_axes=axes,
+        net.eval(), (images,), str(path), input_names=["x"], output_names=["y"], dynamic_axes=axes,
         opset_version=17, dynamo=False, **kwargs,
     )  # fmt: skip
     return path
@@ -204,9 +205,12 @@ def test_each_model_dawnpipe_cannot_judge_is_refused_in_one_line_and_nothing_is_
 def test_the_import_command_prints_where_the_run_went_and_refuses_in_one_line(tmp_path, image_folder):
     foreign = _export(tmp_path / "entrant.onnx", _Net())
     common = ["import", str(foreign), "--data", str(image_folder), "--out", str(tmp_path / "runs"), "--holdout", "20"]
-    done = CliRunner().invoke(main, [*common, "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))])
+    contract = ["--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
+    done = CliRunner().invoke(main, [*common, *contract, "--check-images", "16", "--tolerance", "5e-4"])
     assert done.exit_code == 0, done.output
     assert f"onnx:     {tmp_path / 'runs' / 'entrant' / IMPORTED_NAME}" in done.output
+    check = json.loads((tmp_path / "runs" / "entrant" / "manifest.json").read_text())["runs"]["import"]["check"]
+    assert check["random_images"] == 16 and check["tolerance"] == 5e-4 and check["tolerance_rule"].startswith("float32")
     again = CliRunner().invoke(main, common)
     assert again.exit_code == 1 and again.output.count("\n") == 1 and "already holds a finished run" in again.output
     bad = CliRunner().invoke(main, [*common, "--name", "x", "--mean", "1,2"])
@@ -232,7 +236,7 @@ def test_downstream_stages_take_an_imported_model(tmp_path, image_folder):
         assert backend.precision == "int8" and "selective-airbench94" in backend.selective["modes"]
         assert backend.meta["quantization"]["calibration_images"] == 32
     refused = runner.invoke(main, ["export", str(result.run_dir), "--precision", "fp16"])
-    assert refused.exit_code == 1 and "already its fp32 file" in refused.output
+    assert refused.exit_code == 1 and "already its own file (model-fp32.onnx)" in refused.output
     modes = "none,airbench94,selective-airbench94"
     done = runner.invoke(
         main, ["eval", str(result.onnx), str(int8), "--data", str(image_folder), "--tta", modes, "--no-latency"]
@@ -249,3 +253,51 @@ def test_downstream_stages_take_an_imported_model(tmp_path, image_folder):
     done = runner.invoke(main, ["predict", folder, str(image), "--tta", "airbench94", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["results"][0]["predictions"][0]["class"] in CLASSES
+
+
+def test_a_float16_model_is_imported_as_fp16_checked_in_fp16_units_and_quantizes(tmp_path, image_folder):
+    """A real float16 ONNX model (torch's exporter on a half-precision net): the adapted file is named and stamped
+    fp16, its logit check runs at fp16 resolution (onnxruntime's CPU runs a float16 graph in mixed precision, so a
+    float32 tolerance would refuse a correct adapter), its logits match the foreign net's own float16 forward, the
+    run folder stands for the file, and int8 is made from it and checked against it. About float16."""
+    net = _Net().half()
+    foreign = _export(tmp_path / "half.onnx", net)
+    assert onnx.load(str(foreign)).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    result = _import(foreign, image_folder, tmp_path / "runs", holdout=20)
+    check = result.check
+    assert result.onnx.name == "model-fp16.onnx" and check["tolerance_rule"].startswith("float16 model")
+    assert check["max_abs_diff"] <= check["tolerance"] <= 0.05  # 8 fp16 units of logits of order 1, not a blank check
+    images = _images()
+    with torch.no_grad():  # the foreign net itself in float16, given its own preprocessing
+        want = net(torch.from_numpy(reference_inputs(images, ForeignContract(mean=MEAN, std=STD), float16=True)))
+    with load(result.run_dir) as backend:  # the folder stands for its adapted file
+        assert backend.path == result.onnx and backend.precision == "fp16"
+        got = backend.infer(images)
+    assert np.abs(got - want.float().numpy()).max() <= check["tolerance"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["runs"]["import"]["file"] == "model-fp16.onnx" and "model-fp16.onnx" in manifest["artifacts"]
+    done = CliRunner().invoke(
+        main, ["export", str(result.run_dir), "--precision", "int8", "--calibration-images", "32"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "int8 check vs model-fp16.onnx (fp16)" in done.output
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    entry = manifest["artifacts"]["model-int8.onnx"]
+    assert entry["made_from"]["sha256"] == manifest["artifacts"]["model-fp16.onnx"]["sha256"]
+    assert entry["metrics"]["model_gflops_per_image"] == pytest.approx(result.gflops)
+    refused = CliRunner().invoke(main, ["export", str(result.run_dir), "--precision", "fp16"])
+    assert refused.exit_code == 1 and "already its own file (model-fp16.onnx)" in refused.output
+
+
+def test_a_manifest_naming_another_imported_file_is_refused_in_one_line(tmp_path, image_folder):
+    """The import record's file name is read from JSON an earlier run wrote (untrusted): only the two names
+    `dawnpipe import` writes are taken, so an edited manifest cannot point a folder at a file elsewhere."""
+    result = _import(_export(tmp_path / "entrant.onnx", _Net()), image_folder, tmp_path / "runs", holdout=0)
+    manifest_path = result.run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["runs"]["import"]["file"] == IMPORTED_NAME
+    manifest["runs"]["import"]["file"] = "../elsewhere.onnx"
+    manifest_path.write_text(json.dumps(manifest))
+    done = CliRunner().invoke(main, ["eval", str(result.run_dir), "--tta", "none", "--no-latency"])
+    assert done.exit_code == 1 and done.output.count("\n") == 1
+    assert "names '../elsewhere.onnx' as the imported file" in done.output
