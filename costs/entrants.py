@@ -140,9 +140,9 @@ def entrant_margins(points: list[Point], family: list[Point]) -> list[dict[str, 
     buys (against the family's network nearest in FLOPs at or above it), each a paired accuracy margin."""
     rows = []
     for p in points:
-        name = p.label.split(" ", 1)[0]
+        name = p.model
         plain = next(
-            (q for q in points if not q.uses_tta and q.label.split(" ", 1)[0] == name
+            (q for q in points if not q.uses_tta and q.model == name
              and (q.backend, q.precision) == (p.backend, p.precision)),
             None,
         )  # fmt: skip

@@ -45,6 +45,12 @@ class Point:
     latency_drift: float | None = None  # largest round-to-round drift of the sessions it was timed in
 
     @property
+    def model(self) -> str:
+        """The network this point runs: ``w<width>`` for a family member, the entrant's name for an import (the label's
+        first word; the same network on every backend, precision and TTA mode)."""
+        return self.label.split(" ", 1)[0]
+
+    @property
     def uses_tta(self) -> bool:
         """More than one view per image on average."""
         return self.views_per_image > 1.0 + 1e-9

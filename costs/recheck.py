@@ -136,14 +136,20 @@ def recheck(path: str | Path) -> Recheck:
             margins.append((d["winner"], d["runner_up"], by, d["margin"]))
     for a, b, by, stated in margins:
         _recheck_margin(found, points, a, b, by, stated)
-    # entrants' margins pair their points with each other and with the family's; decisions never see them
+    # entrants' margins pair their points with each other and with the family's; the family's decisions never see
+    # them, the decisions over every entry do
     everything = {**points, **points_of(report, "entrant_points")}
     for r in report.get("entrant_margins") or []:
         pairs = ((r["plain"], r["views_margin"]), (r["network"], r["network_margin"]))
         for other, margin in (*pairs, (r.get("latency_network"), r.get("latency_margin"))):
             if other is not None:
                 _recheck_margin(found, everything, r["configuration"], other, "accuracy", margin)
+    for d in report.get("entry_decisions") or []:
+        if d.get("winner") and d.get("runner_up") and d.get("margin"):
+            by = "latency" if d["ranks_by"] == "latency" else "accuracy"
+            _recheck_margin(found, everything, d["winner"], d["runner_up"], by, d["margin"])
     _recheck_decisions(found, report, points)
+    _recheck_entry_decisions(found, report, everything)
     _recheck_counts(found, report, points)
     return found
 
@@ -199,6 +205,27 @@ def _recheck_decisions(found: Recheck, report: dict[str, Any], points: dict[str,
                 found.disagreements.append(
                     f"decision {rule.name} ({d.get('backend')}): {role} stated {d.get(role)}, recomputed {label}"
                 )
+
+
+def _recheck_entry_decisions(found: Recheck, report: dict[str, Any], points: dict[str, Point]) -> None:
+    """Each decision over every entry (costs.entry_rules): its winner and runner-up, decided again among the rows it
+    names as ranked; a named row the file does not hold is a disagreement."""
+    from dawnpipe.costs.rules import Rule, decide
+
+    rules = {r["name"]: Rule(**r) for r in report.get("rules") or []}
+    for d in report.get("entry_decisions") or []:
+        rule, entries = rules.get(d.get("rule")), d.get("entries") or []
+        where = f"decision over every entry {d.get('rule')} ({d.get('scope')})"
+        missing = [label for label in entries if label not in points]
+        if rule is None or missing:
+            found.disagreements.append(f"{where}: the report holds no {'rule' if rule is None else missing[0]}")
+            continue
+        again = decide(rule, [points[label] for label in entries])
+        found.decisions += 1
+        for role, ours in (("winner", again.winner), ("runner_up", again.runner_up)):
+            label = ours.label if ours else None
+            if label != d.get(role):
+                found.disagreements.append(f"{where}: {role} stated {d.get(role)}, recomputed {label}")
 
 
 def _recheck_counts(found: Recheck, report: dict[str, Any], points: dict[str, Point]) -> None:

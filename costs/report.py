@@ -24,6 +24,7 @@ from dawnpipe.costs.entrants import (
     is_entrant,
     load_entrant,
 )
+from dawnpipe.costs.entry_rules import entry_decisions, entry_section
 from dawnpipe.costs.family import Run, load_family
 from dawnpipe.costs.multiplicity import pairing_summary
 from dawnpipe.costs.points import Point, cheapest_at_least, compare, pareto_front
@@ -95,6 +96,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
     check_beside_family(entrants, runs[0].test_images, runs[0].classes)
     contenders = entrant_points(entrants)
     contest = entrant_margins(contenders, points)
+    every_entry, entry_notes = entry_decisions(rules, points, contenders)
     out_dir = out_dir or ensure_writable_dir(runs[0].path)
     reference = resnet18_flops() / 1e9
     # a rule decides among models (width x TTA) run the same way: one decision per backend and precision
@@ -129,6 +131,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
         "entrants": [{**e.record, "path": str(e.path), "entrant": e.name, "seed": e.seed} for e in entrants],
         "entrant_points": [point_record(p) for p in contenders],
         "entrant_margins": contest,
+        "entry_decisions": [e.to_dict() for e in every_entry],
+        "entry_notes": entry_notes,
     }
     out = {
         "json": atomic_write_json(out_dir / "report.json", data),
@@ -151,6 +155,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
             + scaling_curve_section(points)
             + precision_section(precisions)
             + entrant_section(contest, contenders)
+            + entry_section(every_entry, entry_notes)
             + "\n".join(["", *training_lines(data["trainings"]), *machine_lines(data["machines"])])
             + "\n".join(["", *skipped_lines(data["skipped"])]),
         ),

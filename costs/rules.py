@@ -176,19 +176,19 @@ def decide(rule: Rule, points: list[Point]) -> Decision:
 
 
 def _lift(rule: Rule, points: list[Point]) -> str:
-    """Which widths clear the accuracy bar only with TTA (their single-view twin on the same backend falls short),
+    """Which networks clear the accuracy bar only with TTA (their single-view twin on the same backend falls short),
     and whether the fastest configuration over the bar is one of them."""
     bar = rule.budget or 0.0
     over = [p for p in points if p.accuracy >= bar]
     if not over:
         return "No configuration clears the bar, with or without TTA."
     lifted = []
-    for width in sorted({p.width for p in over}):
-        twin = next((q for q in points if q.width == width and not q.uses_tta), None)
-        with_tta = sorted((p for p in over if p.width == width and p.uses_tta), key=lambda p: p.views_per_image)
+    for _, model in sorted({(p.width, p.model) for p in over}):  # entrants (width 0) by name, then family widths
+        twin = next((q for q in points if q.model == model and not q.uses_tta), None)
+        with_tta = sorted((p for p in over if p.model == model and p.uses_tta), key=lambda p: p.views_per_image)
         if twin is not None and twin.accuracy < bar and with_tta:
             lifted.append(
-                f"w{width:g} ({100 * twin.accuracy:.2f}% with one view; over with {', '.join(p.tta for p in with_tta)})"
+                f"{model} ({100 * twin.accuracy:.2f}% with one view; over with {', '.join(p.tta for p in with_tta)})"
             )
     timed = [p for p in over if p.latency_ms is not None]
     fastest = min(timed, key=lambda p: p.latency_ms) if timed else None
@@ -196,7 +196,7 @@ def _lift(rule: Rule, points: list[Point]) -> str:
     if fastest is None:
         return head
     if fastest.uses_tta:
-        twin = next((q for q in points if q.width == fastest.width and not q.uses_tta), None)
+        twin = next((q for q in points if q.model == fastest.model and not q.uses_tta), None)
         if twin is not None and twin.accuracy < bar:
             return f"{head} The fastest configuration over the bar, {fastest.label}, gets there by TTA."
         return f"{head} The fastest configuration over the bar, {fastest.label}, uses TTA its width did not need."

@@ -119,11 +119,55 @@ def test_latency_pairs_an_entrant_only_with_networks_timed_in_its_session(tmp_pa
         tmp_path / "e", "cd", 0, [timed("none", 1, 0.236, six, 1.5, "T"), timed("flip", 2, 0.47, six, 3.1, "T")]
     )
     out = tmp_path / "report"
-    build_report(ReportConfig(runs=tuple(map(str, [*family, together, apart])), out=str(out)))
-    rows = {r["configuration"]: r for r in json.loads((out / "report.json").read_text())["entrant_margins"]}
+    build_report(ReportConfig(runs=tuple(map(str, [*family, together, apart])), out=str(out), budget_ms=3.2))
+    data = json.loads((out / "report.json").read_text())
+    rows = {r["configuration"]: r for r in data["entrant_margins"]}
     paired = rows["ab flip @ onnxruntime/CPU fp32"]
     assert (
         paired["latency_network"] == "w1.5 none @ onnxruntime/CPU fp32" and paired["latency_network_at_least_as_slow"]
     )
     assert rows["cd flip @ onnxruntime/CPU fp32"]["latency_network"] is None  # timed in another session
+    # the latency rule over every entry: the family's rows and the entrant timed with them; the other named as left out
+    latency = next(d for d in data["entry_decisions"] if d["rule"] == "latency")
+    assert latency["scope"] == "rows timed in one session on onnxruntime/CPU fp32"
+    assert {label.split(" ")[0] for label in latency["entries"]} == {"w0.5", "w1", "w1.5", "ab"}
+    assert latency["left_out"] == ["cd: not timed in one session with the family on onnxruntime/CPU fp32"]
+    assert latency["eligible"] == 4  # within 3.2 ms: w0.5 (1.0), w1 (3.0), ab none (1.5) and flip (3.1); not w1.5
     assert not recheck(out / "report.json").disagreements
+
+
+def test_every_rule_ranks_the_entrants_with_the_family_where_they_were_measured_alike(tmp_path):
+    """A benchmark ranks every entry: an entrant more accurate than every network at a fraction of their FLOPs wins
+    the clock-free rules over the family and the entrants together (the family's own decisions still rank the family
+    alone); the latency rule ranks nobody it did not time with the family, and says so. Rechecked, and a changed
+    winner is caught."""
+    family = make_family(tmp_path / "family")
+    rng = np.random.default_rng(11)
+    entrant = []
+    for seed in (0, 1):
+        plain = _bits(rng, 0.97)  # the family's best single view is about 0.88
+        rows = [_eval_row("none", 1.0, 0.236, plain, 1.5), _eval_row("flip", 2.0, 0.473, plain, 3.0)]
+        entrant.append(_entrant(tmp_path / "entrants", "strong", seed, rows))
+    out = tmp_path / "report"
+    build_report(ReportConfig(runs=tuple(map(str, [*family, *entrant])), out=str(out), accuracy_threshold=85))
+    data = json.loads((out / "report.json").read_text())
+    assert all("strong" not in (d["winner"] or "") for d in data["decisions"])  # the family's own, unchanged
+    ranked = {d["rule"]: d for d in data["entry_decisions"]}
+    assert set(ranked) == {"no-tta", "total-flops"}  # the clock-free rules; dawnbench reads latency
+    assert ranked["no-tta"]["winner"] == "strong none @ onnxruntime/CPU fp32"
+    assert ranked["no-tta"]["runner_up"] == "w1 none @ onnxruntime/CPU fp32"
+    assert ranked["no-tta"]["margin"]["significant"] and ranked["no-tta"]["margin"]["difference"] > 0.05
+    assert ranked["total-flops"]["winner"].startswith("strong ")  # within one ResNet-18 pass, ahead of w0.5
+    entries = set(ranked["total-flops"]["entries"])
+    assert {"strong flip @ onnxruntime/CPU fp32", "w0.5 flip @ onnxruntime/CPU fp32"} <= entries
+    assert data["entry_notes"] == [
+        "dawnbench: no entrant was timed in one session with the family's rows (latency is the machine's), so this "
+        "rule ranks the family alone (its decisions above)"
+    ]
+    markdown = (out / "report.md").read_text()
+    assert "## Every entry under the rules" in markdown and "| no-tta | each network on its reference rows" in markdown
+    found = recheck(out / "report.json")
+    assert not found.disagreements and found.decisions == len(data["decisions"]) + 2
+    data["entry_decisions"][0]["winner"] = data["entry_decisions"][0]["runner_up"]
+    (out / "report.json").write_text(json.dumps(data))
+    assert any("decision over every entry no-tta" in line for line in recheck(out / "report.json").disagreements)
