@@ -4,6 +4,7 @@ logit checks are about fp32."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -276,6 +277,10 @@ def test_a_float16_model_is_imported_as_fp16_checked_in_fp16_units_and_quantizes
     assert np.abs(got - want.float().numpy()).max() <= check["tolerance"]
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["runs"]["import"]["file"] == "model-fp16.onnx" and "model-fp16.onnx" in manifest["artifacts"]
+    if importlib.util.find_spec("openvino") is not None:  # the dev extra brings it; the row says what ran
+        with load(result.onnx, "openvino", threads=1) as backend:
+            ran = backend.describe()
+        assert ran["precision"] == "fp16" and ran["openvino"]["compute_precision"] == "f32"  # as exported: f32 hint
     done = CliRunner().invoke(
         main, ["export", str(result.run_dir), "--precision", "int8", "--calibration-images", "32"]
     )
