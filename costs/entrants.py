@@ -26,7 +26,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 from dawnpipe.costs.family import backend_label, pool_point, refuse_repeats
-from dawnpipe.costs.points import Point, cheapest_at_least, compare
+from dawnpipe.costs.points import Point, cheapest_at_least, compare, reference_rows
 
 
 @dataclass(frozen=True)
@@ -191,15 +191,10 @@ def _latency_rival(p: Point, family: list[Point]) -> dict[str, Any]:
 
 def _family_rival(p: Point, family: list[Point]) -> tuple[Point | None, bool]:
     """The family's single-view network to set against ``p``: on ``p``'s backend and precision where the family has
-    rows there, else on the family's first backend (fp32 preferred); the cheapest costing at least ``p``'s FLOPs,
-    else the most expensive."""
+    rows there, else on the family's reference rows (points.reference_rows: its most complete backend, fp32 first);
+    the cheapest costing at least ``p``'s FLOPs, else the most expensive."""
     plain = [q for q in family if not q.uses_tta]
-    if not plain:
-        return None, False
-    same = [q for q in plain if (q.backend, q.precision) == (p.backend, p.precision)]
-    if not same:
-        choices = sorted({(q.backend, q.precision) for q in plain}, key=lambda b: (b[1] != "fp32", b))
-        same = [q for q in plain if (q.backend, q.precision) == choices[0]]
+    same = [q for q in plain if (q.backend, q.precision) == (p.backend, p.precision)] or reference_rows(plain)
     return cheapest_at_least(p.gflops_per_image, same, lambda q: q.gflops_per_image)
 
 

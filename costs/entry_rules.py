@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dawnpipe.costs.points import Point
+from dawnpipe.costs.points import Point, reference_rows
 from dawnpipe.costs.rules import Decision, Rule, decide
 
 _CLOCK_FREE = ("views", "gflops")  # what a rule limits when it reads no clock
@@ -37,17 +37,6 @@ class EntryDecision:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for report.json."""
         return {**self.decision.to_dict(), "scope": self.scope, "entries": self.entries, "left_out": self.left_out}
-
-
-def reference_rows(points: list[Point]) -> list[Point]:
-    """``points`` on the backend and precision where they have the most configurations (fp32 first, then by name)."""
-    counts: dict[tuple[str, str], int] = {}
-    for p in points:
-        counts[(p.backend, p.precision)] = counts.get((p.backend, p.precision), 0) + 1
-    if not counts:
-        return []
-    chosen = min(counts, key=lambda b: (-counts[b], b[1] != "fp32", b))
-    return [p for p in points if (p.backend, p.precision) == chosen]
 
 
 def entry_decisions(

@@ -157,6 +157,18 @@ def scope(m: dict[str, Any]) -> str:
     return f" (for these runs only: the seeds disagree, {each} points)"
 
 
+def reference_rows(points: list[Point]) -> list[Point]:
+    """``points`` on the backend and precision where they have the most configurations (fp32 first, then by name):
+    where a network, or the family, is judged when a comparison crosses backends (costs.entrants, costs.entry_rules)."""
+    counts: dict[tuple[str, str], int] = {}
+    for p in points:
+        counts[(p.backend, p.precision)] = counts.get((p.backend, p.precision), 0) + 1
+    if not counts:
+        return []
+    chosen = min(counts, key=lambda b: (-counts[b], b[1] != "fp32", b))
+    return [p for p in points if (p.backend, p.precision) == chosen]
+
+
 def pareto_front(points: list[Point], cost: str) -> list[Point]:
     """Points no other point beats on both accuracy (higher) and ``cost`` (lower), sorted by cost."""
     key = (lambda p: p.gflops_per_image) if cost == "gflops" else (lambda p: p.latency_ms)

@@ -171,3 +171,26 @@ def test_every_rule_ranks_the_entrants_with_the_family_where_they_were_measured_
     data["entry_decisions"][0]["winner"] = data["entry_decisions"][0]["runner_up"]
     (out / "report.json").write_text(json.dumps(data))
     assert any("decision over every entry no-tta" in line for line in recheck(out / "report.json").disagreements)
+
+
+def test_across_backends_a_network_is_judged_on_its_most_complete_rows_fp32_first():
+    """points.reference_rows: where an entrant's rival, or an entry under a clock-free rule, is taken from when the
+    comparison crosses backends: the backend with the most configurations (not a sparse fp32 one), fp32 on a tie."""
+    from dataclasses import replace
+
+    from dawnpipe.costs.entrants import _family_rival
+    from dawnpipe.costs.points import reference_rows
+    from tests.costs.test_rules_report import _point
+
+    def at(width, gflops, backend, precision):
+        p = _point(gflops=gflops, label=f"w{width:g} none @ {backend} {precision}")
+        return replace(p, width=width, backend=backend, precision=precision)
+
+    family = [at(w, g, "torch", "fp16") for w, g in ((0.5, 0.19), (1.0, 0.76), (1.5, 1.7))]
+    family.append(at(1.0, 0.76, "onnxruntime/CPU", "fp32"))  # one width timed on the CPU too
+    assert {p.backend for p in reference_rows(family)} == {"torch"}
+    entrant = replace(at(0, 1.0, "openvino", "fp32"), label="e none @ openvino fp32")
+    rival, costs_more = _family_rival(entrant, family)  # no family rows on openvino: the most complete backend
+    assert rival.label == "w1.5 none @ torch fp16" and costs_more
+    tie = [at(1.0, 0.76, "torch", "fp16"), at(1.0, 0.76, "openvino", "fp32"), at(1.0, 0.76, "onnxruntime/CPU", "fp32")]
+    assert [p.label for p in reference_rows(tie)] == ["w1 none @ onnxruntime/CPU fp32"]
