@@ -1,7 +1,9 @@
 """The report's plots: accuracy against inference GFLOPs and against batch-1 latency, with 95% error bars.
 
 Colour = width, marker = TTA mode (hollow = selective), one line per backend joining the single-view points
-across widths (the scaling curve TTA competes with). No text is drawn on the points, so nothing overlaps or
+across widths (the scaling curve TTA competes with). Entrants (models dawnpipe did not train) join the FLOPs plot in
+colours of their own, each on its reference rows (FLOPs are machine-free); the latency plot stays the family's,
+whose rows alone share its timing sessions. No text is drawn on the points, so nothing overlaps or
 falls outside the frame; the legend sits outside the axes and the figure is saved with a tight bounding box.
 """
 
@@ -10,16 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from dawnpipe.common.files import atomic_write
-from dawnpipe.costs.points import Point
+from dawnpipe.costs.points import Point, reference_rows
 from dawnpipe.costs.rules import Rule
 
 _MARKERS = {"none": "o", "flip": "s", "translate": "^", "flip-translate": "D", "airbench94": "P"}
+_ENTRANT_COLORS = ("tab:orange", "tab:pink", "tab:brown", "tab:cyan", "tab:olive")  # none is a width's viridis
 
 
-def _style(p: Point, colors: dict[float, tuple]) -> dict:
+def _style(p: Point, color: object) -> dict:
     base = p.tta.removeprefix("selective-")
     selective = p.tta.startswith("selective-")
-    color = colors[p.width]
     return {
         "marker": _MARKERS.get(base, "o"),
         "color": color,
@@ -69,11 +71,11 @@ def _save(fig, path: Path, plt) -> Path:
     return path
 
 
-def _errorbars(ax, points: list[Point], x_of, colors) -> None:
+def _errorbars(ax, points: list[Point], x_of, color_of) -> None:
     for p in points:
         y = 100 * p.accuracy
         low, high = 100 * p.ci95[0], 100 * p.ci95[1]
-        ax.errorbar([x_of(p)], [y], yerr=[[max(y - low, 0)], [max(high - y, 0)]], **_style(p, colors))
+        ax.errorbar([x_of(p)], [y], yerr=[[max(y - low, 0)], [max(high - y, 0)]], **_style(p, color_of(p)))
 
 
 def _scaling_curves(ax, points: list[Point], x_of, plt, named: bool = True) -> list:
@@ -96,9 +98,12 @@ def _scaling_curves(ax, points: list[Point], x_of, plt, named: bool = True) -> l
     return handles
 
 
-def plot_gflops(path: Path, points: list[Point], rules: list[Rule], front: list[str], reference: float) -> Path:
+def plot_gflops(
+    path: Path, points: list[Point], rules: list[Rule], front: list[str], reference: float, entrants: tuple = ()
+) -> Path:
     """Accuracy against total inference GFLOPs per image (model x views), one backend's points (FLOPs do not
-    depend on the backend; the reference backend is onnxruntime fp32 where present)."""
+    depend on the backend; the reference backend is onnxruntime fp32 where present), and each entrant's points on
+    its reference rows (points.reference_rows), in a colour of its own."""
     from matplotlib.lines import Line2D
 
     plt = _setup()
@@ -111,8 +116,15 @@ def plot_gflops(path: Path, points: list[Point], rules: list[Rule], front: list[
     )
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     x_of = lambda p: p.gflops_per_image  # noqa: E731
-    _errorbars(ax, shown, x_of, colors)
+    _errorbars(ax, shown, x_of, lambda p: colors[p.width])
     extra = _scaling_curves(ax, shown, x_of, plt)
+    drawn = list(shown)  # every point on the plot: its TTA modes make the marker legend
+    for model, color in zip(sorted({p.model for p in entrants}), _ENTRANT_COLORS, strict=False):  # at most five
+        rows = reference_rows([p for p in entrants if p.model == model])
+        _errorbars(ax, rows, x_of, lambda _p, c=color: c)
+        where = f"{rows[0].backend} {rows[0].precision}"
+        extra.append(Line2D([], [], color=color, marker="o", linestyle="none", label=f"{model} (entrant, {where})"))
+        drawn += rows
     frontier = sorted((p for p in shown if p.label in front), key=x_of)
     if len(frontier) > 1:
         ax.step(
@@ -143,9 +155,10 @@ def plot_gflops(path: Path, points: list[Point], rules: list[Rule], front: list[
     _log_axis(ax)
     ax.set_xlabel("total inference GFLOPs per image (model FLOPs x views), log scale")
     ax.set_ylabel("top-1 test accuracy (%), mean over seeds, 95% CI")
-    ax.set_title(f"Accuracy vs inference FLOPs ({' '.join(chosen)})")
+    where = f"family: {' '.join(chosen)}; entrants on their own rows" if entrants else " ".join(chosen)
+    ax.set_title(f"Accuracy vs inference FLOPs ({where})")
     ax.grid(alpha=0.3, which="both")
-    _legend(ax, shown, colors, extra)
+    _legend(ax, drawn, colors, extra)
     return _save(fig, path, plt)
 
 
@@ -166,7 +179,7 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
     extra: list = []
     for ax, backend in zip(axes[0], backends, strict=True):
         shown = [p for p in points if (p.backend, p.precision) == backend and p.latency_ms is not None]
-        _errorbars(ax, shown, x_of, colors)
+        _errorbars(ax, shown, x_of, lambda p: colors[p.width])
         for p in shown:
             if p.latency_flagged:
                 ax.plot([x_of(p)], [100 * p.accuracy], marker="x", color="tab:red", markersize=9, linestyle="none")

@@ -163,7 +163,9 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
     if cfg.plots:
         from dawnpipe.costs.plots import plot_gflops, plot_latency
 
-        out["plot_gflops"] = plot_gflops(out_dir / "accuracy_vs_gflops.png", points, rules, fronts["gflops"], reference)
+        out["plot_gflops"] = plot_gflops(
+            out_dir / "accuracy_vs_gflops.png", points, rules, fronts["gflops"], reference, tuple(contenders)
+        )
         if any(p.latency_ms is not None for p in points):
             out["plot_latency"] = plot_latency(out_dir / "accuracy_vs_latency.png", points, rules)
     made_from = {str(r.path): sha256_file(r.path / "eval.json") for r in [*runs, *entrants]}

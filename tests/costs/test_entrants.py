@@ -166,6 +166,10 @@ def test_every_rule_ranks_the_entrants_with_the_family_where_they_were_measured_
     ]
     markdown = (out / "report.md").read_text()
     assert "## Every entry under the rules" in markdown and "| no-tta | each network on its reference rows" in markdown
+    alone = tmp_path / "family-alone"
+    build_report(ReportConfig(runs=tuple(map(str, family)), out=str(alone), accuracy_threshold=85))
+    png = "accuracy_vs_gflops.png"  # the entrant is drawn on the FLOPs plot
+    assert (out / png).read_bytes() != (alone / png).read_bytes()
     found = recheck(out / "report.json")
     assert not found.disagreements and found.decisions == len(data["decisions"]) + 2
     data["entry_decisions"][0]["winner"] = data["entry_decisions"][0]["runner_up"]
