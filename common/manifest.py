@@ -45,18 +45,26 @@ def versions() -> dict[str, str]:
 
 @functools.cache
 def source_commit() -> str | None:
-    """The git commit of the checkout this dawnpipe runs from, with ``+dirty`` when tracked files differ from it;
-    None outside a checkout or without git. Asked once per process (5 s at most) and kept: training asks at its
-    start, so a commit made while it runs is not recorded as the code that ran."""
+    """The git commit of the checkout this dawnpipe runs from, with ``+dirty`` when its tracked code differs from
+    it; None outside a checkout or without git. Asked once per process (5 s at most each) and kept: training asks at
+    its start, so a commit made while it runs is not recorded as the code that ran."""
+    return commit_of(Path(__file__).resolve().parents[1])
+
+
+_CODE = ("*.py", "pyproject.toml")  # what "the code that ran" is: results and docs written into a checkout are not
+
+
+def commit_of(root: Path) -> str | None:
+    """The commit checked out at ``root``, ``+dirty`` when a tracked code file (_CODE) differs from it: a report
+    rebuilt into the checkout's own docs/results is data, not a change to the code that built it."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *_CODE],
                                capture_output=True, text=True, timeout=5, check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None

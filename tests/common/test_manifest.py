@@ -58,3 +58,30 @@ def test_training_asks_for_the_commit_before_its_first_epoch(image_folder, tmp_p
                               device="cpu", name="commit", train_limit=128, test_limit=64)  # fmt: skip
     trainer.train(cfg, progress=False)
     assert asked_before_epoch == [1]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_dirty_means_the_code_differs_not_the_results_written_into_the_checkout(tmp_path):
+    """A report rebuilt into a checkout's docs/results is data: only a changed tracked .py file or pyproject.toml
+    marks the commit +dirty."""
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "report.json").write_text("{}")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert manifest.commit_of(tmp_path) == head.strip()
+    (tmp_path / "report.json").write_text('{"rebuilt": true}')
+    assert manifest.commit_of(tmp_path) == head.strip()  # results changed: still the code of that commit
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert manifest.commit_of(tmp_path) == head.strip() + "+dirty"
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'changed'\n")
+    assert manifest.commit_of(tmp_path) == head.strip() + "+dirty"
+    assert manifest.commit_of(tmp_path / "pkg") is None  # not a checkout's root
