@@ -114,23 +114,32 @@ def entrant_points(entrants: list[Entrant]) -> list[Point]:
     return points
 
 
-def check_beside_family(entrants: list[Entrant], family_images: set[str], family_classes: tuple[str, ...]) -> None:
-    """Entrants are judged on the family's test images (same order) and classes, or not at all."""
+def check_beside_family(
+    entrants: list[Entrant], images: set[str], classes: tuple[str, ...], models: frozenset[str] = frozenset()
+) -> None:
+    """Entrants are judged on the family's test images (same order) and classes, or not at all; and under a name of
+    their own: an entrant named like a family network (``w1``) would share its labels in every table and margin."""
     for entrant in entrants:
+        if entrant.name in models:
+            raise DawnpipeError(
+                f"{entrant.path} is the entrant {entrant.name!r}, the name of the family's width-"
+                f"{entrant.name[1:]} network in this report",
+                f"import it again with another --entrant (e.g. --entrant {entrant.name}-entrant)",
+            )
         if len(entrant.test_images) != 1:
             raise DawnpipeError(
                 f"{entrant.path}'s eval rows were scored on {len(entrant.test_images)} test sets",
                 "re-evaluate it on one test set (the family's data, no --test-limit difference)",
             )
-        if family_images and entrant.test_images != family_images:
+        if images and entrant.test_images != images:
             raise DawnpipeError(
                 f"{entrant.path} was scored on other test images than the family (sha256 "
-                f"{next(iter(entrant.test_images))[:12]} vs {next(iter(family_images))[:12]})",
+                f"{next(iter(entrant.test_images))[:12]} vs {next(iter(images))[:12]})",
                 "evaluate the entrant on the family's data and test limit",
             )
-        if family_classes and entrant.classes and entrant.classes != family_classes:
+        if classes and entrant.classes and entrant.classes != classes:
             raise DawnpipeError(
-                f"{entrant.path} scores classes {list(entrant.classes)}, the family {list(family_classes)}",
+                f"{entrant.path} scores classes {list(entrant.classes)}, the family {list(classes)}",
                 "import the entrant with the family's data",
             )
 

@@ -93,7 +93,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
     out_dir = ensure_writable_dir(cfg.out) if cfg.out else None
     family_dirs, entrants = _split_entrants(cfg.runs)
     runs, points = load_family(family_dirs)
-    check_beside_family(entrants, runs[0].test_images, runs[0].classes)
+    check_beside_family(entrants, runs[0].test_images, runs[0].classes, frozenset(p.model for p in points))
     contenders = entrant_points(entrants)
     contest = entrant_margins(contenders, points)
     every_entry, entry_notes = entry_decisions(rules, points, contenders)

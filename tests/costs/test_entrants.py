@@ -95,7 +95,10 @@ def test_entrants_on_other_images_alone_or_twice_are_refused(tmp_path):
     copied.write_text(copied.read_text().replace('"none"', '"flip"', 1))  # no longer the file its manifest recorded
     with pytest.raises(DawnpipeError, match="is not the eval.json"):
         build_report(ReportConfig(runs=tuple(map(str, [*family, entrants[1]])), out=str(tmp_path / "r4")))
-    assert not any((tmp_path / f"r{k}" / "report.json").exists() for k in range(1, 5))
+    named = _entrant(tmp_path / "named", "w1", 0, [_eval_row("none", 1.0, 0.236, np.ones(IMAGES, bool), 1.0)])
+    with pytest.raises(DawnpipeError, match="'w1', the name of the family's width-1 network"):
+        build_report(ReportConfig(runs=tuple(map(str, [*family, named])), out=str(tmp_path / "r5")))
+    assert not any((tmp_path / f"r{k}" / "report.json").exists() for k in range(1, 6))
 
 
 def test_latency_pairs_an_entrant_only_with_networks_timed_in_its_session(tmp_path):
