@@ -67,3 +67,38 @@ def test_twenty_steps_equal_the_textbook_step():
                                   atol=1e-9)  # fmt: skip
     assert abs(float(step.loss_sum) - sum(losses)) < 1e-6 * sum(losses)  # the sum is kept in fp32
     assert int(step.counter) == steps and float(step.lr_row[0, 1]) == lrs[-1] * 64.0
+
+
+def test_a_capture_that_fails_leaves_a_notice_and_the_eager_step_exactly(capsys):
+    """float64: capturing the step raises on a machine without CUDA (torch's own refusal, as an op the capture
+    refuses would on a GPU); the step then says so in one notice line and in describe(), and trains eagerly to the
+    very weights of a step that never tried to capture."""
+    torch.manual_seed(0)
+    model = ResNet9(ModelConfig(width=0.125, num_classes=4)).to(torch.float64, memory_format=torch.channels_last)
+    twin = copy.deepcopy(model)
+    x = torch.randn(3, 16, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 4, (3, 16))
+    lrs = np.linspace(0.05, 0.2, 3)
+
+    def build(net: torch.nn.Module) -> TrainStep:
+        optimizer = torch.optim.SGD(_groups(net), lr=0.0, momentum=0.9, nesterov=True, fused=True)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        parts = ModelParts(net.cfg, net, optimizer, EMA(net, 0.9), None, lrs, 3)
+        step = TrainStep(TrainConfig(epochs=1), parts, DeviceChoice(torch.device("cpu"), None, channels_last=True),
+                         net, None)  # fmt: skip
+        step.start_epoch(0)
+        return step
+
+    tried, never = build(model), build(twin)
+    targets = [smoothed_targets(y[i], 4, 0.2, torch.float64) for i in range(3)]
+    tried.capture(x[0].contiguous(memory_format=torch.channels_last), y[0], targets[0], pull_back=False)
+    notice = capsys.readouterr().err
+    assert notice.startswith("notice: CUDA graph capture failed (") and notice.count("\n") == 1
+    assert tried.graph is None and tried.describe()["cuda_graph"] is False and tried.describe()["notice"]
+    for step in (tried, never):
+        for i in range(3):
+            step.run(x[i].contiguous(memory_format=torch.channels_last), y[i], targets[i])
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
