@@ -32,11 +32,11 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import atomic_write, check_folder_option, ensure_room, sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, artifact_entry, read_manifest, update_manifest
 from dawnpipe.common.run_folder import RunFolder, check_run_name
-from dawnpipe.export.adapter import ForeignContract, adapt, inspect_foreign, reference_inputs
+from dawnpipe.export.adapter import ForeignContract, adapt, inspect_foreign
+from dawnpipe.export.entrant_check import check_logits, check_set, reference_logits, tolerance_for
 from dawnpipe.train.config import DEFAULT_SELECTIVE_TARGET
 
 IMPORTED_NAME = "model-fp32.onnx"  # the adapted file in an import's run folder (a float16 model's: model-fp16.onnx)
-_FP16_ULPS = 8  # a float16 model's logit check: tolerance in fp16 units in the last place of its largest logit
 _MAX_BYTES = 2 << 30  # protobuf's own limit for one ONNX file
 
 
@@ -56,7 +56,7 @@ class ImportConfig:
     selective_target: float | str = DEFAULT_SELECTIVE_TARGET  # as training's --selective-target
     check_images: int = 256  # random images and as many real training images the adapted logits are checked on
     tolerance: float = 1e-4  # largest |logit difference| adapted vs foreign accepted (a float16 model: at least
-    # _FP16_ULPS fp16 units of its largest logit, since onnxruntime's CPU runs its graph in mixed precision)
+    # entrant_check.FP16_ULPS fp16 units of its largest logit: onnxruntime's CPU runs it in mixed precision)
     overwrite: bool = False  # replace a finished run folder of the same name
 
 
@@ -122,8 +122,8 @@ def import_model(cfg: ImportConfig) -> ImportResult:
     order = class_order(model_classes, data.classes)
     foreign = inspect_foreign(foreign_model, contract, len(data.classes))
     session = _session(source, onnxruntime_module())  # refused here, before any folder, if it cannot load
-    images, real = _check_set(data, cfg.check_images)
-    expected = _reference_logits(session, images, foreign, contract, len(data.classes), order)
+    images, real = check_set(data, cfg.check_images)
+    expected = reference_logits(session, images, foreign, contract, len(data.classes), order)
     run_dir = Path(cfg.out) / name
     ensure_room(Path(cfg.out), 2 * source.stat().st_size + (1 << 20), imported_name(foreign.float16_input))
     created = not run_dir.exists()
@@ -189,8 +189,8 @@ def _write_import(cfg: ImportConfig, run_dir: Path, checked: _CheckedImport, sta
             adapted.doc_string = f"dawnpipe import of {source.name} (sha256 {foreign_sha[:12]}): uint8 NHWC -> logits"
             onnx.save_model(adapted, str(tmp), save_as_external_data=False)
             onnx.checker.check_model(str(tmp), full_check=True)
-            tolerance = _tolerance(cfg.tolerance, checked.expected, foreign.float16_input)
-            check.update(_check_logits(tmp, checked.expected, checked.images, checked.real, tolerance))
+            tolerance = tolerance_for(cfg.tolerance, checked.expected, foreign.float16_input)
+            check.update(check_logits(tmp, checked.expected, checked.images, checked.real, tolerance))
 
         try:
             atomic_write(path, write)
@@ -350,78 +350,6 @@ def _metadata(run_id: str, data: Any, contract: ForeignContract, record: dict, f
         "precision": "fp16" if float16 else "fp32",
         "entrant": record,
     }
-
-
-def _check_set(data: Any, count: int) -> tuple[np.ndarray, int]:
-    """``count`` uniform random images and ``count`` class-balanced training images (uint8 NHWC), and how many are
-    real."""
-    from dawnpipe.train.data import balanced_subset
-
-    rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
-    real = data.train_x[balanced_subset(data.train_y, min(count, len(data.train_y)))]
-    return np.concatenate([noise, real]), len(real)
-
-
-def _reference_logits(
-    session: Any, images: np.ndarray, foreign: Any, contract: ForeignContract, classes: int, order: list[int] | None
-) -> np.ndarray:
-    """The foreign file's own logits on ``images`` (the contract's preprocessing in float32), in the data's class
-    order: what the adapted file must reproduce. Run before anything is written, so a model that does not score the
-    data's ``classes`` (a symbolic class dimension is only known by running it) is refused in one line here."""
-    feed = session.get_inputs()[0].name
-    want = []
-    for i in range(0, len(images), 128):
-        x = reference_inputs(images[i : i + 128], contract, float16=foreign.float16_input)
-        out = np.asarray(session.run(None, {feed: x})[0])
-        if out.ndim != 2 or out.shape[0] != len(x):
-            raise DawnpipeError(
-                f"the model returned shape {list(out.shape)} for {len(x)} images, not [N, classes] logits",
-                "export the model with its [N, classes] logits as the only output",
-            )
-        want.append(out.astype(np.float32))
-    expected = np.concatenate(want)
-    if expected.shape[1] != classes:
-        raise DawnpipeError(
-            f"the model scores {expected.shape[1]} classes; the data has {classes}",
-            "import a model trained on this data's classes, or pass the data it was trained on",
-        )
-    return expected if order is None else expected[:, order]
-
-
-def _tolerance(given: float, expected: np.ndarray, float16: bool) -> dict[str, Any]:
-    """The logit check's tolerance and why. A float32 model: ``given``. A float16 model: at least _FP16_ULPS fp16 units
-    in the last place of its largest logit, because onnxruntime's CPU runs a float16 graph in mixed precision (casts
-    to float32 where it has no float16 kernel, and removes cast pairs), differently for the foreign graph alone and
-    for it behind the adapter's cast: seen here, a 1.5e-4 logit difference on identical float16 inputs."""
-    if not float16:
-        return {"tolerance": given, "rule": "float32 model: the import's tolerance"}
-    largest = float(np.abs(expected).max()) if expected.size else 0.0
-    ulp = float(np.spacing(np.float16(min(largest, 65504.0))))
-    return {
-        "tolerance": max(given, _FP16_ULPS * ulp),
-        "rule": f"float16 model: the larger of the import's tolerance and {_FP16_ULPS} fp16 units in the last place "
-        f"of its largest logit ({largest:.4g})",
-    }
-
-
-def _check_logits(path: Path, expected: np.ndarray, images: np.ndarray, real: int, tolerance: dict) -> dict:
-    """The adapted file's logits against the foreign file's own (``expected``) on the same pixels, largest
-    difference; raises to keep the adapted file from being renamed into place when they differ by more than
-    ``tolerance["tolerance"]`` (recorded with its rule)."""
-    from dawnpipe.export.onnx_export import compare_logits, run_onnxruntime
-
-    result = {**compare_logits(run_onnxruntime(path, images), expected), "random_images": len(images) - real}
-    result["real_images"] = real
-    result["reference"] = "the foreign file in onnxruntime (CPU), fed the contract's preprocessing in float32"
-    result["tolerance"], result["tolerance_rule"] = tolerance["tolerance"], tolerance["rule"]
-    if not result["max_abs_diff"] <= tolerance["tolerance"]:
-        raise DawnpipeError(
-            f"the adapted model's logits differ from the foreign model's by {result['max_abs_diff']:.2e} "
-            f"(tolerance {tolerance['tolerance']:.1e}); nothing was kept",
-            "report this with the model file; a graph whose output depends on the batch cannot be adapted",
-        )
-    return result
 
 
 def fit_selective(path: Path, data: Any, count: int, target: float | str) -> dict[str, Any] | None:
