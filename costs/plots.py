@@ -1,10 +1,11 @@
 """The report's plots: accuracy against inference GFLOPs and against batch-1 latency, with 95% error bars.
 
-Colour = width, marker = TTA mode (hollow = selective), one line per backend joining the single-view points
-across widths (the scaling curve TTA competes with). Entrants (models dawnpipe did not train) join the FLOPs plot in
-colours of their own, each on its reference rows (FLOPs are machine-free); the latency plot stays the family's,
-whose rows alone share its timing sessions. No text is drawn on the points, so nothing overlaps or
-falls outside the frame; the legend sits outside the axes and the figure is saved with a tight bounding box.
+Colour = width, marker = TTA mode (hollow = selective), one line per backend joining the single-view points across
+widths (the scaling curve TTA competes with). Entrants (models dawnpipe did not train) join the FLOPs plot in
+colours of their own, each on its reference rows (FLOPs are machine-free); on the latency plot an entrant's rows
+appear only in the panel of a backend where they share a timing session with the family's (latency is the
+machine's). No text is drawn on the points, so nothing overlaps or falls outside the frame; the legend sits outside
+the axes and the figure is saved with a tight bounding box.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dawnpipe.costs.points import Point, reference_rows
 from dawnpipe.costs.rules import Rule
 
 _MARKERS = {"none": "o", "flip": "s", "translate": "^", "flip-translate": "D", "airbench94": "P"}
-_ENTRANT_COLORS = ("tab:orange", "tab:pink", "tab:brown", "tab:cyan", "tab:olive")  # none is a width's viridis
+_ENTRANT_COLORS = ("tab:pink", "tab:brown", "tab:cyan", "tab:olive", "black")  # not viridis, not a rule's line
 
 
 def _style(p: Point, color: object) -> dict:
@@ -162,8 +163,9 @@ def plot_gflops(
     return _save(fig, path, plt)
 
 
-def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
-    """Accuracy against batch-1 mean latency per image, one panel per backend (latency depends on it)."""
+def plot_latency(path: Path, points: list[Point], rules: list[Rule], entrants: tuple = ()) -> Path:
+    """Accuracy against batch-1 mean latency per image, one panel per backend (latency depends on it); an entrant's
+    rows in a panel only where they were timed in one session with the family's rows there."""
     from matplotlib.lines import Line2D
 
     plt = _setup()
@@ -177,6 +179,7 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
     )
     x_of = lambda p: p.latency_ms  # noqa: E731
     extra: list = []
+    drawn, named_entrants, entrant_handles = list(points), set(), []  # what the legend names
     for ax, backend in zip(axes[0], backends, strict=True):
         shown = [p for p in points if (p.backend, p.precision) == backend and p.latency_ms is not None]
         _errorbars(ax, shown, x_of, lambda p: colors[p.width])
@@ -185,6 +188,19 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
                 ax.plot([x_of(p)], [100 * p.accuracy], marker="x", color="tab:red", markersize=9, linestyle="none")
         curves = _scaling_curves(ax, shown, x_of, plt, named=False)
         extra = extra or curves
+        sessions = {s for p in shown for s in p.latency_sessions if s}
+        timed_with = [
+            p for p in entrants
+            if (p.backend, p.precision) == backend and p.latency_ms is not None and sessions & set(p.latency_sessions)
+        ]  # fmt: skip
+        for model, color in zip(sorted({p.model for p in entrants}), _ENTRANT_COLORS, strict=False):
+            rows = [p for p in timed_with if p.model == model]
+            _errorbars(ax, rows, x_of, lambda _p, c=color: c)
+            drawn += rows
+            if rows and model not in named_entrants:
+                named_entrants.add(model)
+                label = f"{model} (entrant, timed with the family)"
+                entrant_handles.append(Line2D([], [], color=color, marker="o", linestyle="none", label=label))
         for rule in rules:
             if rule.limits == "latency_ms":
                 ax.axvline(rule.budget, color="tab:red", ls="--", lw=1.2)
@@ -203,7 +219,7 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule]) -> Path:
                 Line2D([], [], color="tab:orange", ls="--", lw=1, label=f"dawnbench bar {100 * rule.budget:g}%")
             )
     extra.append(Line2D([], [], color="tab:red", marker="x", linestyle="none", label="latency spread flagged"))
-    _legend(axes[0][-1], points, colors, extra)
+    _legend(axes[0][-1], drawn, colors, entrant_handles + extra)
     fig.suptitle("Accuracy vs measured latency, per backend", fontsize=10)
     return _save(fig, path, plt)
 

@@ -167,7 +167,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Path]:
             out_dir / "accuracy_vs_gflops.png", points, rules, fronts["gflops"], reference, tuple(contenders)
         )
         if any(p.latency_ms is not None for p in points):
-            out["plot_latency"] = plot_latency(out_dir / "accuracy_vs_latency.png", points, rules)
+            out["plot_latency"] = plot_latency(out_dir / "accuracy_vs_latency.png", points, rules, tuple(contenders))
     made_from = {str(r.path): sha256_file(r.path / "eval.json") for r in [*runs, *entrants]}
     update_manifest(
         out_dir,

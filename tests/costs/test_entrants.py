@@ -136,6 +136,10 @@ def test_latency_pairs_an_entrant_only_with_networks_timed_in_its_session(tmp_pa
     assert {label.split(" ")[0] for label in latency["entries"]} == {"w0.5", "w1", "w1.5", "ab"}
     assert latency["left_out"] == ["cd: not timed in one session with the family on onnxruntime/CPU fp32"]
     assert latency["eligible"] == 4  # within 3.2 ms: w0.5 (1.0), w1 (3.0), ab none (1.5) and flip (3.1); not w1.5
+    alone = tmp_path / "family-alone"
+    build_report(ReportConfig(runs=tuple(map(str, family)), out=str(alone), budget_ms=3.2))
+    png = "accuracy_vs_latency.png"  # the entrant timed with the family is drawn in the family's panel
+    assert (out / png).read_bytes() != (alone / png).read_bytes()
     assert not recheck(out / "report.json").disagreements
 
 
