@@ -26,7 +26,7 @@ from dawnpipe.common.errors import DawnpipeError
 from dawnpipe.common.files import sha256_file
 from dawnpipe.common.manifest import MANIFEST_NAME, read_manifest
 from dawnpipe.costs.family import backend_label, pool_point, refuse_repeats
-from dawnpipe.costs.points import Point, cheapest_at_least, compare, reference_rows
+from dawnpipe.costs.points import Point, cheapest_at_least, compare, reference_rows, timed_with
 
 
 @dataclass(frozen=True)
@@ -180,12 +180,7 @@ def _latency_rival(p: Point, family: list[Point]) -> dict[str, Any]:
     """The family's fastest single-view network at least as slow as ``p`` at batch 1, among the rows timed in one
     session with ``p`` on its backend and precision (latency is the machine's: only rows timed together compare);
     its paired accuracy margin, or why there is none."""
-    sessions = {s for s in p.latency_sessions if s}
-    timed = [
-        q for q in family
-        if not q.uses_tta and q.latency_ms is not None and (q.backend, q.precision) == (p.backend, p.precision)
-        and sessions & set(q.latency_sessions)
-    ]  # fmt: skip
+    timed = [q for q in timed_with([p], family) if not q.uses_tta]
     if p.latency_ms is None or not timed:
         return {"latency_network": None, "latency_note": "not timed in one session with the family's networks"}
     rival, slower = cheapest_at_least(p.latency_ms, timed, lambda q: q.latency_ms)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dawnpipe.costs.points import Point, reference_rows
+from dawnpipe.costs.points import Point, reference_rows, reference_rows_by_model, timed_with
 from dawnpipe.costs.rules import Decision, Rule, decide
 
 _CLOCK_FREE = ("views", "gflops")  # what a rule limits when it reads no clock
@@ -47,9 +47,7 @@ def entry_decisions(
     if not entrants:
         return [], []
     models = sorted({p.model for p in entrants})
-    pool = reference_rows(family)
-    for model in models:
-        pool += reference_rows([p for p in entrants if p.model == model])
+    pool = reference_rows(family) + [p for rows in reference_rows_by_model(entrants).values() for p in rows]
     decisions, notes = [], []
     for rule in rules:
         if rule.limits in _CLOCK_FREE and rule.ranks_by == "accuracy":
@@ -60,11 +58,7 @@ def entry_decisions(
         joined_any = False
         for backend, precision in sorted({(p.backend, p.precision) for p in family}):
             here = [p for p in family if (p.backend, p.precision) == (backend, precision)]
-            sessions = {s for p in here for s in p.latency_sessions if s}
-            joined = [
-                p for p in entrants
-                if (p.backend, p.precision) == (backend, precision) and sessions & set(p.latency_sessions)
-            ]  # fmt: skip
+            joined = timed_with(here, entrants)
             if not joined:
                 continue
             joined_any = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dawnpipe.common.files import atomic_write
-from dawnpipe.costs.points import Point, reference_rows
+from dawnpipe.costs.points import Point, reference_rows_by_model, timed_with
 from dawnpipe.costs.rules import Rule
 
 _MARKERS = {"none": "o", "flip": "s", "translate": "^", "flip-translate": "D", "airbench94": "P"}
@@ -120,8 +120,7 @@ def plot_gflops(
     _errorbars(ax, shown, x_of, lambda p: colors[p.width])
     extra = _scaling_curves(ax, shown, x_of, plt)
     drawn = list(shown)  # every point on the plot: its TTA modes make the marker legend
-    for model, color in zip(sorted({p.model for p in entrants}), _ENTRANT_COLORS, strict=False):  # at most five
-        rows = reference_rows([p for p in entrants if p.model == model])
+    for (model, rows), color in zip(reference_rows_by_model(list(entrants)).items(), _ENTRANT_COLORS, strict=False):
         _errorbars(ax, rows, x_of, lambda _p, c=color: c)
         where = f"{rows[0].backend} {rows[0].precision}"
         extra.append(Line2D([], [], color=color, marker="o", linestyle="none", label=f"{model} (entrant, {where})"))
@@ -188,13 +187,9 @@ def plot_latency(path: Path, points: list[Point], rules: list[Rule], entrants: t
                 ax.plot([x_of(p)], [100 * p.accuracy], marker="x", color="tab:red", markersize=9, linestyle="none")
         curves = _scaling_curves(ax, shown, x_of, plt, named=False)
         extra = extra or curves
-        sessions = {s for p in shown for s in p.latency_sessions if s}
-        timed_with = [
-            p for p in entrants
-            if (p.backend, p.precision) == backend and p.latency_ms is not None and sessions & set(p.latency_sessions)
-        ]  # fmt: skip
+        together = timed_with(shown, list(entrants))
         for model, color in zip(sorted({p.model for p in entrants}), _ENTRANT_COLORS, strict=False):
-            rows = [p for p in timed_with if p.model == model]
+            rows = [p for p in together if p.model == model]
             _errorbars(ax, rows, x_of, lambda _p, c=color: c)
             drawn += rows
             if rows and model not in named_entrants:

@@ -169,6 +169,24 @@ def reference_rows(points: list[Point]) -> list[Point]:
     return [p for p in points if (p.backend, p.precision) == chosen]
 
 
+def reference_rows_by_model(points: list[Point]) -> dict[str, list[Point]]:
+    """Each network's reference rows (reference_rows), by network name in order: how entrants are placed beside the
+    family wherever a comparison crosses backends (the rules over every entry, the FLOPs plot)."""
+    return {m: reference_rows([p for p in points if p.model == m]) for m in sorted({p.model for p in points})}
+
+
+def timed_with(anchors: list[Point], others: list[Point]) -> list[Point]:
+    """The ``others`` whose latency compares with the ``anchors``': timed, on an anchor's backend and precision, in a
+    timing session an anchor was timed in (latency is the machine's: only rows timed together compare). One rule
+    for the entrants' latency rival, the latency rules over every entry and the latency plot."""
+    places = {(p.backend, p.precision) for p in anchors}
+    sessions = {s for p in anchors for s in p.latency_sessions if s}
+    return [
+        q for q in others
+        if q.latency_ms is not None and (q.backend, q.precision) in places and sessions & set(q.latency_sessions)
+    ]  # fmt: skip
+
+
 def pareto_front(points: list[Point], cost: str) -> list[Point]:
     """Points no other point beats on both accuracy (higher) and ``cost`` (lower), sorted by cost."""
     key = (lambda p: p.gflops_per_image) if cost == "gflops" else (lambda p: p.latency_ms)
